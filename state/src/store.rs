@@ -1,0 +1,289 @@
+//! The sled-backed store of one (flow, input partition): state rows, dedupe index, checkpoint.
+//! Writes happen only in atomic batches, after the changelog holds the same change.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::changelog::{ChangelogKey, RecordKind};
+use crate::checkpoint::Checkpoint;
+use crate::dedupe::{time_sort_key, DedupeEntry};
+use crate::error::StateError;
+
+const TIME_INDEX_TAG: u8 = b't';
+const CHECKPOINT_KEY: &[u8] = b"m/checkpoint";
+
+/// Tuning of one store; the defaults keep a dozen stores within a small pod.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// sled page cache bound per store, in bytes.
+    pub cache_capacity_bytes: u64,
+    /// How often sled flushes in the background; durability comes from the changelog anyway.
+    pub flush_every_ms: Option<u64>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            cache_capacity_bytes: 32 * 1024 * 1024,
+            flush_every_ms: Some(1000),
+        }
+    }
+}
+
+/// A local cache of one changelog partition, with the dedupe index and checkpoint beside it.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path` and checks that its checkpoint is readable.
+    pub fn open(path: &Path, opts: StoreOptions) -> Result<Self, StateError> {
+        std::fs::create_dir_all(path).map_err(|source| StateError::Fs {
+            path: path.to_owned(),
+            source,
+        })?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(opts.cache_capacity_bytes)
+            .flush_every_ms(opts.flush_every_ms)
+            .open()
+            .map_err(|source| StateError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        let store = Self {
+            db,
+            path: path.to_owned(),
+        };
+        store.checkpoint()?;
+        Ok(store)
+    }
+
+    /// Opens the store, or wipes it and opens an empty one when it cannot be read.
+    /// Returns the store and the reason it was wiped, if it was.
+    pub fn open_or_wipe(
+        path: &Path,
+        opts: StoreOptions,
+    ) -> Result<(Self, Option<StateError>), StateError> {
+        match Self::open(path, opts) {
+            Ok(store) => Ok((store, None)),
+            Err(reason) => {
+                Self::wipe(path)?;
+                Ok((Self::open(path, opts)?, Some(reason)))
+            }
+        }
+    }
+
+    /// Deletes the store's files; the next open starts empty.
+    pub fn wipe(path: &Path) -> Result<(), StateError> {
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StateError::Fs {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Where the store lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The checkpoint of the last committed batch, if any batch was committed.
+    pub fn checkpoint(&self) -> Result<Option<Checkpoint>, StateError> {
+        self.db
+            .get(CHECKPOINT_KEY)?
+            .map(|v| Checkpoint::decode(&v))
+            .transpose()
+    }
+
+    /// The encoded state of one aggregate key.
+    pub fn state(&self, key: &[u8]) -> Result<Option<sled::IVec>, StateError> {
+        let mut k = Vec::with_capacity(key.len() + 1);
+        ChangelogKey::encode_into(RecordKind::State, key, &mut k);
+        Ok(self.db.get(k)?)
+    }
+
+    /// The dedupe entry of one event id, if that id was applied and has not expired.
+    pub fn dedupe(&self, event_id: &[u8]) -> Result<Option<DedupeEntry>, StateError> {
+        let mut k = Vec::with_capacity(event_id.len() + 1);
+        ChangelogKey::encode_into(RecordKind::Dedupe, event_id, &mut k);
+        self.db
+            .get(k)?
+            .map(|v| DedupeEntry::decode(&v))
+            .transpose()
+    }
+
+    /// Writes one committed batch atomically: its state rows, dedupe changes and checkpoint.
+    pub fn commit(&self, batch: CommitBatch) -> Result<(), StateError> {
+        Ok(self.db.apply_batch(batch.batch)?)
+    }
+
+    /// Dedupe entries whose event time is before `before_ms`, oldest first, at most `limit`.
+    pub fn expired_dedupe(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, i64)>, StateError> {
+        let mut end = vec![TIME_INDEX_TAG];
+        end.extend_from_slice(&time_sort_key(before_ms));
+        let mut out = Vec::new();
+        for item in self.db.range(vec![TIME_INDEX_TAG]..end).take(limit) {
+            let (k, _) = item?;
+            let (ms, id) = parse_time_index_key(&k)?;
+            out.push((id.to_vec(), ms));
+        }
+        Ok(out)
+    }
+
+    /// Applies one chunk of changelog records (last value per key wins) and its checkpoint.
+    pub fn restore(&self, chunk: RestoreBatch) -> Result<(), StateError> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in chunk.records {
+            let parsed = ChangelogKey::parse(&key)?;
+            match parsed.kind {
+                RecordKind::State => match value {
+                    Some(v) => batch.insert(key.as_slice(), v),
+                    None => batch.remove(key.as_slice()),
+                },
+                RecordKind::Dedupe => {
+                    if let Some(old) = self.db.get(&key)? {
+                        let old = DedupeEntry::decode(&old)?;
+                        batch.remove(time_index_key(old.event_time_ms, parsed.id));
+                    }
+                    match value {
+                        Some(v) => {
+                            let entry = DedupeEntry::decode(&v)?;
+                            batch.insert(time_index_key(entry.event_time_ms, parsed.id), &[]);
+                            batch.insert(key.as_slice(), v);
+                        }
+                        None => batch.remove(key.as_slice()),
+                    }
+                }
+            }
+        }
+        batch.insert(CHECKPOINT_KEY, &chunk.checkpoint.encode());
+        Ok(self.db.apply_batch(batch)?)
+    }
+
+    /// Every state row as (aggregate key, encoded state), in key order.
+    pub fn states(&self) -> impl Iterator<Item = Result<(Vec<u8>, sled::IVec), StateError>> {
+        self.prefixed(RecordKind::State.tag())
+            .map(|r| r.map(|(k, v)| (k[1..].to_vec(), v)))
+    }
+
+    /// Every dedupe entry as (event id, entry), in id order.
+    pub fn dedupe_entries(&self) -> impl Iterator<Item = Result<(Vec<u8>, DedupeEntry), StateError>> {
+        self.prefixed(RecordKind::Dedupe.tag())
+            .map(|r| r.and_then(|(k, v)| Ok((k[1..].to_vec(), DedupeEntry::decode(&v)?))))
+    }
+
+    /// Waits until everything written so far is on disk (used on clean shutdown).
+    pub fn flush(&self) -> Result<(), StateError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Bytes the store occupies on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StateError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    fn prefixed(
+        &self,
+        tag: u8,
+    ) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec), StateError>> {
+        self.db.scan_prefix([tag]).map(|r| r.map_err(StateError::from))
+    }
+}
+
+/// The writes of one committed transaction, applied to sled in one atomic batch.
+#[derive(Default)]
+pub struct CommitBatch {
+    batch: sled::Batch,
+    key: Vec<u8>,
+}
+
+impl CommitBatch {
+    /// Stages the new encoded state of an aggregate key.
+    pub fn put_state(&mut self, key: &[u8], value: &[u8]) {
+        ChangelogKey::encode_into(RecordKind::State, key, &mut self.key);
+        self.batch.insert(self.key.as_slice(), value);
+    }
+
+    /// Stages a newly applied event id.
+    pub fn put_dedupe(&mut self, event_id: &[u8], entry: DedupeEntry) {
+        ChangelogKey::encode_into(RecordKind::Dedupe, event_id, &mut self.key);
+        self.batch.insert(self.key.as_slice(), &entry.encode());
+        self.batch
+            .insert(time_index_key(entry.event_time_ms, event_id), &[]);
+    }
+
+    /// Stages the expiry of an event id (its event time locates the index entry).
+    pub fn remove_dedupe(&mut self, event_id: &[u8], event_time_ms: i64) {
+        ChangelogKey::encode_into(RecordKind::Dedupe, event_id, &mut self.key);
+        self.batch.remove(self.key.as_slice());
+        self.batch.remove(time_index_key(event_time_ms, event_id));
+    }
+
+    /// Stages the checkpoint that describes the batch.
+    pub fn set_checkpoint(&mut self, cp: Checkpoint) {
+        self.batch.insert(CHECKPOINT_KEY, &cp.encode());
+    }
+}
+
+/// A chunk of changelog records read during restore, with the checkpoint reached after it.
+#[derive(Default)]
+pub struct RestoreBatch {
+    records: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The positions the store reaches once the chunk is applied.
+    pub checkpoint: Checkpoint,
+}
+
+impl RestoreBatch {
+    /// Adds one changelog record; a later record of the same key replaces an earlier one.
+    pub fn push(&mut self, key: &[u8], value: Option<&[u8]>) {
+        self.records.insert(key.to_vec(), value.map(<[u8]>::to_vec));
+    }
+
+    /// Number of distinct keys in the chunk.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether the chunk holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+fn time_index_key(ms: i64, id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + id.len());
+    k.push(TIME_INDEX_TAG);
+    k.extend_from_slice(&time_sort_key(ms));
+    k.extend_from_slice(id);
+    k
+}
+
+fn parse_time_index_key(k: &[u8]) -> Result<(i64, &[u8]), StateError> {
+    if k.len() < 9 {
+        return Err(StateError::Corrupt {
+            what: "dedupe time index",
+            detail: format!("key of {} bytes", k.len()),
+        });
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&k[1..9]);
+    let ms = (u64::from_be_bytes(b) ^ (1u64 << 63)) as i64;
+    Ok((ms, &k[9..]))
+}

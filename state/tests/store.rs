@@ -1,0 +1,154 @@
+//! Contract of a store: atomic committed batches, restore from changelog records, dedupe expiry,
+//! and wipe-on-unreadable. No broker involved.
+
+use proptest::prelude::*;
+use tally_state::{ChangelogKey, Checkpoint, CommitBatch, DedupeEntry, RecordKind, RestoreBatch, Store, StoreOptions};
+
+fn open(dir: &tempfile::TempDir) -> Store {
+    Store::open(dir.path(), StoreOptions::default()).expect("open store")
+}
+
+fn cp(input: i64) -> Checkpoint {
+    Checkpoint { input_offset: input, changelog_offset: input * 2, watermark_ms: 7 }
+}
+
+#[test]
+fn a_new_store_has_no_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(open(&dir).checkpoint().unwrap(), None);
+}
+
+#[test]
+fn a_committed_batch_is_read_back_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir);
+        let mut b = CommitBatch::default();
+        b.put_state(b"sku-1", b"\x01state");
+        b.put_dedupe(b"e-1", DedupeEntry { fingerprint: 11, event_time_ms: 100 });
+        b.set_checkpoint(cp(5));
+        store.commit(b).unwrap();
+        store.flush().unwrap();
+    }
+    let store = open(&dir);
+    assert_eq!(store.state(b"sku-1").unwrap().as_deref(), Some(&b"\x01state"[..]));
+    assert_eq!(store.dedupe(b"e-1").unwrap(), Some(DedupeEntry { fingerprint: 11, event_time_ms: 100 }));
+    assert_eq!(store.checkpoint().unwrap(), Some(cp(5)));
+}
+
+#[test]
+fn expiry_finds_only_entries_older_than_the_bound_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let mut b = CommitBatch::default();
+    for (id, t) in [("c", 30), ("a", 10), ("b", -20), ("d", 40)] {
+        b.put_dedupe(id.as_bytes(), DedupeEntry { fingerprint: 0, event_time_ms: t });
+    }
+    store.commit(b).unwrap();
+    let expired = store.expired_dedupe(30, 10).unwrap();
+    assert_eq!(expired, vec![(b"b".to_vec(), -20), (b"a".to_vec(), 10)]);
+}
+
+#[test]
+fn removing_a_dedupe_entry_removes_it_from_the_expiry_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let mut b = CommitBatch::default();
+    b.put_dedupe(b"a", DedupeEntry { fingerprint: 0, event_time_ms: 10 });
+    store.commit(b).unwrap();
+    let mut b = CommitBatch::default();
+    b.remove_dedupe(b"a", 10);
+    store.commit(b).unwrap();
+    assert_eq!(store.dedupe(b"a").unwrap(), None);
+    assert!(store.expired_dedupe(i64::MAX, 10).unwrap().is_empty());
+}
+
+#[test]
+fn restore_applies_the_last_record_of_each_key_and_tombstones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let skey = ChangelogKey::encode(RecordKind::State, b"k");
+    let dkey = ChangelogKey::encode(RecordKind::Dedupe, b"e");
+    let entry = DedupeEntry { fingerprint: 3, event_time_ms: 50 }.encode();
+    let mut chunk = RestoreBatch::default();
+    chunk.push(&skey, Some(b"old"));
+    chunk.push(&skey, Some(b"new"));
+    chunk.push(&dkey, Some(&entry));
+    chunk.checkpoint = cp(9);
+    store.restore(chunk).unwrap();
+    assert_eq!(store.state(b"k").unwrap().as_deref(), Some(&b"new"[..]));
+    assert_eq!(store.expired_dedupe(51, 10).unwrap(), vec![(b"e".to_vec(), 50)]);
+
+    let mut chunk = RestoreBatch::default();
+    chunk.push(&skey, None);
+    chunk.push(&dkey, None);
+    chunk.checkpoint = cp(10);
+    store.restore(chunk).unwrap();
+    assert_eq!(store.state(b"k").unwrap(), None);
+    assert_eq!(store.dedupe(b"e").unwrap(), None);
+    assert!(store.expired_dedupe(i64::MAX, 10).unwrap().is_empty());
+    assert_eq!(store.checkpoint().unwrap(), Some(cp(10)));
+}
+
+#[test]
+fn restore_refuses_a_record_of_unknown_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let mut chunk = RestoreBatch::default();
+    chunk.push(b"zzz", Some(b"v"));
+    assert!(store.restore(chunk).is_err());
+}
+
+#[test]
+fn an_unreadable_checkpoint_makes_open_or_wipe_start_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir);
+        let mut b = CommitBatch::default();
+        b.put_state(b"k", b"v");
+        store.commit(b).unwrap();
+        // A checkpoint written by an unknown (newer) format.
+        let mut chunk = RestoreBatch::default();
+        chunk.checkpoint = cp(1);
+        store.restore(chunk).unwrap();
+        drop(store);
+    }
+    // Corrupt the checkpoint through sled directly.
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.insert(b"m/checkpoint", &[42u8, 1, 2][..]).unwrap();
+        db.flush().unwrap();
+    }
+    assert!(Store::open(dir.path(), StoreOptions::default()).is_err());
+    let (store, wiped) = Store::open_or_wipe(dir.path(), StoreOptions::default()).unwrap();
+    assert!(wiped.is_some());
+    assert_eq!(store.state(b"k").unwrap(), None);
+    assert_eq!(store.checkpoint().unwrap(), None);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    /// Restoring the same changelog twice, in one chunk or many, ends in the same contents.
+    #[test]
+    fn restore_is_idempotent_and_chunking_does_not_matter(
+        records in proptest::collection::vec((0u8..6, proptest::option::of(0u8..4)), 1..60),
+        chunk in 1usize..10,
+    ) {
+        let encode = |k: u8| ChangelogKey::encode(RecordKind::State, &[b'a' + k]);
+        let one = tempfile::tempdir().unwrap();
+        let many = tempfile::tempdir().unwrap();
+        let (a, b) = (open(&one), open(&many));
+        let mut whole = RestoreBatch::default();
+        for (k, v) in &records { whole.push(&encode(*k), v.map(|v| [v]).as_ref().map(|v| &v[..])); }
+        a.restore(whole).unwrap();
+        for _ in 0..2 {
+            for part in records.chunks(chunk) {
+                let mut c = RestoreBatch::default();
+                for (k, v) in part { c.push(&encode(*k), v.map(|v| [v]).as_ref().map(|v| &v[..])); }
+                b.restore(c).unwrap();
+            }
+        }
+        let rows = |s: &Store| s.states().map(|r| r.unwrap()).map(|(k, v)| (k, v.to_vec())).collect::<Vec<_>>();
+        prop_assert_eq!(rows(&a), rows(&b));
+    }
+}
