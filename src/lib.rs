@@ -1,1 +1,14 @@
+//! tally: exactly-once, provable projections of business events on Apache Kafka.
+//!
+//! The runtime: Kafka IO, tasks per partition, rebalance and restore, transactions, HTTP and the
+//! tools (workload generator, independent oracle, demo). Pure logic lives in `tally-topology`,
+//! local state in `tally-state`.
 
+pub mod config;
+pub mod engine;
+pub mod health;
+pub mod http;
+pub mod kafka;
+pub mod metrics;
+pub mod oracle;
+pub mod workload;

@@ -1,1 +1,54 @@
-fn main(){}
+//! The `tally` binary: the processor and its tools (load, verify, demo).
+//! Errors at this edge are `anyhow`; everything below has typed errors.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+#[derive(Parser)]
+#[command(name = "tally", version, about = "Exactly-once, provable event projections on Apache Kafka")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the processor.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Produce a deterministic workload (same seed, same events) and print what was sent.
+    Load(cli::LoadArgs),
+    /// Recompute every key independently from the input topic and compare with the output.
+    Verify(cli::VerifyArgs),
+    /// Start a local broker, run the processor on a mixed workload, and check the results.
+    Demo(cli::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli::init_tracing();
+    let result = match cli.command {
+        Command::Run { config } => cli::run(&config).with_context(|| format!("tally run --config {}", config.display())),
+        Command::Load(args) => cli::load(args),
+        Command::Verify(args) => cli::verify(args),
+        Command::Demo(args) => tally_demo(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn tally_demo(args: cli::DemoArgs) -> anyhow::Result<ExitCode> {
+    cli::demo::run(args)
+}

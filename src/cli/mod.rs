@@ -1,0 +1,200 @@
+//! Subcommands of the binary: argument types and the glue from arguments to the library.
+//! Each command prints a human summary on stderr and a JSON report on stdout.
+
+pub mod demo;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use tally::config::Config;
+use tally::health::Health;
+use tally::oracle::{self, OracleSpec};
+use tally::workload::{self, Flow, LoadSpec};
+
+/// Logs to stderr; `RUST_LOG` filters (default info).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// `tally run`: serve HTTP, then process until SIGTERM/SIGINT.
+pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(config)?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&shutdown)).context("installing signal handlers")?;
+    }
+    run_processor(cfg, shutdown)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts HTTP and runs the engine in the calling thread until `shutdown`.
+pub fn run_processor(cfg: Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<std::net::SocketAddr> {
+    let handle = tally::metrics::install();
+    let health = Arc::new(Health::default());
+    let stores = Arc::new(tally::engine::StoreRegistry::default());
+    let kinds = cfg
+        .flows
+        .iter()
+        .filter_map(|f| f.kind().ok().map(|k| (f.name.clone(), k)))
+        .collect();
+    let bound = tally::http::serve(cfg.http.listen, handle, Arc::clone(&health), Arc::clone(&stores), kinds)
+        .with_context(|| format!("binding http.listen {}", cfg.http.listen))?;
+    tally::engine::run(cfg, shutdown, health, stores)?;
+    Ok(bound)
+}
+
+/// Arguments of `tally load`.
+#[derive(Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Which event contract to generate.
+    #[arg(long, default_value = "inventory")]
+    pub flow: String,
+    /// Records to send in total (duplicates and invalid ones included).
+    #[arg(long, default_value_t = 100_000)]
+    pub events: u64,
+    /// Distinct aggregate keys (SKUs, accounts).
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+    /// Fraction of records that are exact redeliveries of an earlier event.
+    #[arg(long, default_value_t = 0.05)]
+    pub duplicates: f64,
+    /// Fraction of records that are poison (every invalid kind in turn).
+    #[arg(long, default_value_t = 0.01)]
+    pub invalid: f64,
+    /// Fraction of records that reuse an event id with different content.
+    #[arg(long, default_value_t = 0.001)]
+    pub conflicts: f64,
+    /// Events per second; 0 sends as fast as the broker takes them.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Topic to write (default: inventory.events / ledger.events).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Create the topic with this many partitions if it does not exist.
+    #[arg(long, default_value_t = 12)]
+    pub partitions: i32,
+    #[arg(long, env = "TALLY_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
+    pub bootstrap: String,
+}
+
+/// `tally load`.
+pub fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
+    let (spec, topic) = load_spec(&args)?;
+    let passthrough = BTreeMap::new();
+    ensure_input(&args.bootstrap, &passthrough, &topic, args.partitions)?;
+    let report = workload::produce(&args.bootstrap, &passthrough, &topic, &spec)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The generator spec and topic of `tally load` arguments.
+pub fn load_spec(args: &LoadArgs) -> anyhow::Result<(LoadSpec, String)> {
+    let flow: Flow = args
+        .flow
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--flow must be inventory or ledger, not `{}`", args.flow))?;
+    for (name, v) in [("duplicates", args.duplicates), ("invalid", args.invalid), ("conflicts", args.conflicts)] {
+        anyhow::ensure!((0.0..1.0).contains(&v), "--{name} must be within [0, 1)");
+    }
+    anyhow::ensure!(args.keys > 0, "--keys must be > 0");
+    let topic = args.topic.clone().unwrap_or_else(|| format!("{}.events", args.flow));
+    let spec = LoadSpec {
+        flow,
+        events: args.events,
+        keys: args.keys,
+        duplicates: args.duplicates,
+        invalid: args.invalid,
+        conflicts: args.conflicts,
+        rate: args.rate,
+        seed: args.seed,
+    };
+    Ok((spec, topic))
+}
+
+/// Creates an input topic when missing (the processor itself never creates inputs).
+pub fn ensure_input(
+    bootstrap: &str,
+    passthrough: &BTreeMap<String, String>,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<()> {
+    let topics = tally::kafka::topics::Topics::connect(bootstrap, passthrough)?;
+    if topics.partitions(topic)?.is_none() {
+        topics.create(topic, partitions, -1, tally::kafka::topics::TopicRole::Log)?;
+    }
+    Ok(())
+}
+
+/// Arguments of `tally verify`.
+#[derive(Args, Debug, Clone)]
+pub struct VerifyArgs {
+    /// The processor's config (bootstrap, topics, group).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Flow to check (default: every flow).
+    #[arg(long)]
+    pub flow: Option<String>,
+    /// Read input only up to the group's committed offsets (for a processor still running).
+    #[arg(long)]
+    pub committed: bool,
+}
+
+/// `tally verify`: exits 1 when any key differs from the independent recomputation.
+pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(&args.config)?;
+    let mut pass = true;
+    for f in &cfg.flows {
+        if args.flow.as_ref().is_some_and(|n| *n != f.name) {
+            continue;
+        }
+        let report = oracle::check(&oracle_spec(&cfg, f, args.committed)?)?;
+        pass &= report.pass;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(if pass { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The oracle's view of one configured flow.
+pub fn oracle_spec(cfg: &Config, f: &tally::config::FlowConfig, committed: bool) -> anyhow::Result<OracleSpec> {
+    let flow: Flow = f
+        .kind()
+        .map_err(anyhow::Error::msg)?
+        .as_str()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("flow `{}` has no oracle", f.name))?;
+    Ok(OracleSpec {
+        bootstrap: cfg.bootstrap_servers.clone(),
+        kafka: cfg.kafka.clone(),
+        flow,
+        input: f.input.clone(),
+        output: f.output.clone(),
+        dead_letter: f.dead_letter.clone(),
+        group: committed.then(|| cfg.application_id.clone()),
+    })
+}
+
+/// Arguments of `tally demo`.
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Inventory events to load (ledger gets half as many).
+    #[arg(long, default_value_t = 100_000)]
+    pub events: u64,
+    /// Broker port for the local Kafka the demo starts.
+    #[arg(long, env = "KAFKA_PORT", default_value_t = 9092)]
+    pub kafka_port: u16,
+    /// Leave the local broker running afterwards.
+    #[arg(long)]
+    pub keep_broker: bool,
+}

@@ -1,0 +1,361 @@
+//! The processor's typed configuration: one TOML file, every key overridable by `TALLY_<KEY>`.
+//! Parsed and validated once at start; a bad value fails the start with the key named.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tally_topology::FlowKind;
+
+/// librdkafka settings tally sets itself; a `[kafka]` table may not override them.
+const MANAGED_KAFKA_KEYS: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "transactional.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "isolation.level",
+    "partition.assignment.strategy",
+    "enable.idempotence",
+];
+
+/// Why a configuration was refused; always names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config: {0}")]
+    Parse(String),
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Delivery guarantee of a processor, named as in Kafka Streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessingGuarantee {
+    /// One Kafka transaction per commit holds changelog, outputs, dead letters and offsets.
+    #[default]
+    ExactlyOnce,
+    /// Produce, flush, then commit offsets; the dedupe index still keeps state exact.
+    AtLeastOnce,
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Consumer group id and prefix of every internal topic.
+    pub application_id: String,
+    /// Kafka bootstrap servers.
+    pub bootstrap_servers: String,
+    /// Root of the local stores: `state_dir/application_id/flow/partition`.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub processing_guarantee: ProcessingGuarantee,
+    /// Longest time staged work waits before it is committed.
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    /// Staged events that force a commit before the interval ends.
+    #[serde(default = "default_commit_max_events")]
+    pub commit_max_events: usize,
+    /// Stable name of this instance; the transactional.id derives from it (pod name in k8s).
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// How long an applied event id is remembered, by event time ("7d", "36h", "90m", "600s").
+    #[serde(default = "default_dedupe_retention", deserialize_with = "de_duration")]
+    pub dedupe_retention: Duration,
+    /// Kafka transaction timeout; a zombie's open transaction is aborted after it.
+    #[serde(default = "default_transaction_timeout_ms")]
+    pub transaction_timeout_ms: u64,
+    /// Replication factor of topics tally creates (-1: the broker's default).
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// sled page cache per store, in MiB.
+    #[serde(default = "default_store_cache_mib")]
+    pub store_cache_mib: u64,
+    pub flows: Vec<FlowConfig>,
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Passed to librdkafka as-is (security, tuning); never logged.
+    #[serde(default)]
+    pub kafka: BTreeMap<String, String>,
+}
+
+/// One input topic projected into one output topic.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowConfig {
+    /// Flow name; also names its changelog and state folder.
+    pub name: String,
+    /// Built-in projection (`inventory` | `ledger`); defaults to the flow's name.
+    #[serde(default)]
+    pub projection: Option<String>,
+    pub input: String,
+    pub output: String,
+    pub dead_letter: String,
+}
+
+/// The HTTP endpoint for metrics, health and queries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/tally")
+}
+fn default_commit_interval_ms() -> u64 {
+    100
+}
+fn default_commit_max_events() -> usize {
+    20_000
+}
+fn default_dedupe_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_transaction_timeout_ms() -> u64 {
+    30_000
+}
+fn default_replication_factor() -> i32 {
+    -1
+}
+fn default_store_cache_mib() -> u64 {
+    16
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+
+/// Parses "7d", "36h", "90m", "600s", "250ms" or a plain number of milliseconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 7d, 36h, 90m, 600s or 250ms"))?;
+    let ms = match unit {
+        "" | "ms" => Some(n),
+        "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        _ => return Err(format!("`{s}` has unknown unit `{unit}` (use d, h, m, s or ms)")),
+    };
+    ms.map(Duration::from_millis)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Ms(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Ms(ms) => Ok(Duration::from_millis(ms)),
+        Raw::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Top-level keys (and `http.*`) that `TALLY_<KEY>` may override.
+const ENV_KEYS: &[&str] = &[
+    "application_id",
+    "bootstrap_servers",
+    "state_dir",
+    "processing_guarantee",
+    "commit_interval_ms",
+    "commit_max_events",
+    "instance_id",
+    "dedupe_retention",
+    "transaction_timeout_ms",
+    "replication_factor",
+    "store_cache_mib",
+];
+
+impl Config {
+    /// Reads the file, applies `TALLY_*` overrides from the process environment, validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, |k| std::env::var(k).ok())
+    }
+
+    /// Parses TOML text with overrides looked up by `env`, then validates.
+    pub fn from_toml(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut doc: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        for key in ENV_KEYS {
+            if let Some(v) = env(&format!("TALLY_{}", key.to_uppercase())) {
+                doc.insert((*key).to_string(), env_value(&v));
+            }
+        }
+        if let Some(v) = env("TALLY_HTTP_LISTEN") {
+            let http = doc
+                .entry("http")
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            if let toml::Value::Table(t) = http {
+                t.insert("listen".into(), toml::Value::String(v));
+            }
+        }
+        let cfg: Config = toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_name("application_id", &self.application_id)?;
+        if self.bootstrap_servers.trim().is_empty() {
+            return Err(invalid("bootstrap_servers", "must not be empty"));
+        }
+        if self.commit_interval_ms == 0 {
+            return Err(invalid("commit_interval_ms", "must be > 0"));
+        }
+        if self.commit_max_events == 0 {
+            return Err(invalid("commit_max_events", "must be > 0"));
+        }
+        if self.dedupe_retention.is_zero() {
+            return Err(invalid("dedupe_retention", "must be > 0"));
+        }
+        if !(1000..=900_000).contains(&self.transaction_timeout_ms) {
+            return Err(invalid(
+                "transaction_timeout_ms",
+                "must be within 1000..=900000",
+            ));
+        }
+        if self.replication_factor == 0 || self.replication_factor < -1 {
+            return Err(invalid("replication_factor", "must be -1 or >= 1"));
+        }
+        if let Some(id) = &self.instance_id {
+            check_name("instance_id", id)?;
+        }
+        if self.flows.is_empty() {
+            return Err(invalid("flows", "at least one [[flows]] entry is required"));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        let mut topics = std::collections::BTreeSet::new();
+        for (i, f) in self.flows.iter().enumerate() {
+            let at = |k: &str| format!("flows[{i}].{k}");
+            check_name(&at("name"), &f.name)?;
+            if !names.insert(f.name.as_str()) {
+                return Err(invalid(at("name"), format!("duplicate flow `{}`", f.name)));
+            }
+            f.kind().map_err(|m| invalid(at("projection"), m))?;
+            for (k, t) in [
+                ("input", &f.input),
+                ("output", &f.output),
+                ("dead_letter", &f.dead_letter),
+            ] {
+                check_name(&at(k), t)?;
+                if !topics.insert(t.as_str()) {
+                    return Err(invalid(at(k), format!("topic `{t}` is used twice")));
+                }
+            }
+        }
+        for key in self.kafka.keys() {
+            if MANAGED_KAFKA_KEYS.contains(&key.as_str()) {
+                return Err(invalid(
+                    format!("kafka.{key}"),
+                    "is managed by tally; use the top-level key instead",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The instance name: `instance_id`, else the host name.
+    pub fn instance(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .or_else(|| {
+                    std::fs::read_to_string("/etc/hostname")
+                        .ok()
+                        .map(|s| s.trim().to_string())
+                })
+                .unwrap_or_else(|| "tally".into())
+        })
+    }
+
+    /// Commit interval as a duration.
+    pub fn commit_interval(&self) -> Duration {
+        Duration::from_millis(self.commit_interval_ms)
+    }
+}
+
+impl FlowConfig {
+    /// The built-in projection this flow runs.
+    pub fn kind(&self) -> Result<FlowKind, String> {
+        let name = self.projection.as_deref().unwrap_or(&self.name);
+        name.parse::<FlowKind>()
+            .map_err(|_| format!("unknown projection `{name}` (built-in: inventory, ledger)"))
+    }
+
+    /// `{application_id}-{flow}-changelog`.
+    pub fn changelog_topic(&self, application_id: &str) -> String {
+        format!("{application_id}-{}-changelog", self.name)
+    }
+}
+
+/// An env override is a TOML literal when it parses as one (numbers, booleans), else a string.
+fn env_value(v: &str) -> toml::Value {
+    format!("v = {v}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .filter(|v| !matches!(v, toml::Value::Table(_) | toml::Value::Array(_)))
+        .unwrap_or_else(|| toml::Value::String(v.to_string()))
+}
+
+fn check_name(key: &str, v: &str) -> Result<(), ConfigError> {
+    let ok = !v.is_empty()
+        && v.len() <= 200
+        && v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("`{v}` must be 1-200 chars of [A-Za-z0-9._-]"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

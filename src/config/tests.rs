@@ -1,0 +1,96 @@
+use super::*;
+use rstest::rstest;
+
+const MINIMAL: &str = r#"
+application_id = "tally-inventory"
+bootstrap_servers = "127.0.0.1:9092"
+[[flows]]
+name = "inventory"
+input = "inventory.events"
+output = "inventory.availability"
+dead_letter = "inventory.events.dlq"
+"#;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+#[test]
+fn defaults_match_kafka_streams_names_and_values() {
+    let cfg = Config::from_toml(MINIMAL, no_env).unwrap();
+    assert_eq!(cfg.processing_guarantee, ProcessingGuarantee::ExactlyOnce);
+    assert_eq!(cfg.commit_interval_ms, 100);
+    assert_eq!(cfg.state_dir, PathBuf::from("/var/lib/tally"));
+    assert_eq!(cfg.dedupe_retention, Duration::from_secs(7 * 86400));
+    assert_eq!(cfg.http.listen.to_string(), "127.0.0.1:9464");
+    assert_eq!(
+        cfg.flows[0].changelog_topic(&cfg.application_id),
+        "tally-inventory-inventory-changelog"
+    );
+}
+
+#[test]
+fn env_overrides_win_and_are_typed() {
+    let env = |k: &str| match k {
+        "TALLY_COMMIT_INTERVAL_MS" => Some("250".to_string()),
+        "TALLY_PROCESSING_GUARANTEE" => Some("at_least_once".to_string()),
+        "TALLY_HTTP_LISTEN" => Some("127.0.0.1:1".to_string()),
+        _ => None,
+    };
+    let cfg = Config::from_toml(MINIMAL, env).unwrap();
+    assert_eq!(cfg.commit_interval_ms, 250);
+    assert_eq!(cfg.processing_guarantee, ProcessingGuarantee::AtLeastOnce);
+    assert_eq!(cfg.http.listen.port(), 1);
+}
+
+#[rstest]
+#[case::unknown_key("typo_key = 1\n", "typo_key")]
+#[case::zero_interval("commit_interval_ms = 0\n", "commit_interval_ms")]
+#[case::bad_guarantee("processing_guarantee = \"maybe_once\"\n", "maybe_once")]
+#[case::bad_retention("dedupe_retention = \"7 weeks\"\n", "7 weeks")]
+#[case::bad_app_id("application_id = \"has space\"\n", "application_id")]
+fn a_bad_config_fails_naming_the_key(#[case] line: &str, #[case] named: &str) {
+    // Later keys of the same name would be a TOML error; put the line first and drop the original.
+    let text = format!(
+        "{line}{}",
+        MINIMAL
+            .lines()
+            .filter(|l| !l.starts_with(line.split('=').next().unwrap().trim()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let err = Config::from_toml(&text, no_env).unwrap_err().to_string();
+    assert!(err.contains(named), "`{err}` should name `{named}`");
+}
+
+#[test]
+fn an_unknown_projection_is_refused() {
+    let text = MINIMAL.replace("name = \"inventory\"", "name = \"payroll\"");
+    let err = Config::from_toml(&text, no_env).unwrap_err().to_string();
+    assert!(err.contains("flows[0].projection"), "{err}");
+}
+
+#[test]
+fn managed_kafka_keys_cannot_be_overridden() {
+    let text = format!("{MINIMAL}\n[kafka]\n\"group.id\" = \"other\"\n");
+    let err = Config::from_toml(&text, no_env).unwrap_err().to_string();
+    assert!(err.contains("kafka.group.id"), "{err}");
+}
+
+#[test]
+fn kafka_passthrough_keeps_settings_as_is() {
+    let text = format!("{MINIMAL}\n[kafka]\n\"security.protocol\" = \"plaintext\"\n");
+    let cfg = Config::from_toml(&text, no_env).unwrap();
+    assert_eq!(cfg.kafka["security.protocol"], "plaintext");
+}
+
+#[rstest]
+#[case("7d", 7 * 86_400_000)]
+#[case("36h", 36 * 3_600_000)]
+#[case("90m", 90 * 60_000)]
+#[case("600s", 600_000)]
+#[case("250ms", 250)]
+#[case("1500", 1500)]
+fn durations_parse(#[case] text: &str, #[case] ms: u64) {
+    assert_eq!(parse_duration(text).unwrap(), Duration::from_millis(ms));
+}

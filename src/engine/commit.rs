@@ -1,0 +1,131 @@
+//! One commit of all staged work: a Kafka transaction (exactly_once) or produce-flush-commit
+//! (at_least_once), and only then the local stores. A failed commit rewinds every task.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::Producer;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::task::ProduceError;
+use super::Engine;
+use crate::config::ProcessingGuarantee;
+
+/// How a commit attempt ended.
+#[derive(Debug)]
+pub enum CommitOutcome {
+    /// Nothing was staged.
+    Idle,
+    /// Everything staged is committed and written to the stores.
+    Committed { events: usize },
+    /// The commit failed; staged work was dropped and every task is restoring again.
+    RolledBack,
+}
+
+impl Engine {
+    /// Commits all staged work of every active task.
+    pub fn commit<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<CommitOutcome, super::EngineError> {
+        self.next_commit = Instant::now() + self.cfg.commit_interval();
+        let mut offsets = TopicPartitionList::new();
+        let mut events = 0;
+        for t in self.tasks.values() {
+            if t.has_progress() {
+                events += t.staged();
+                offsets.add_partition_offset(&t.flow().input, t.partition(), Offset::Offset(t.position()))?;
+            }
+        }
+        if offsets.count() == 0 {
+            return Ok(CommitOutcome::Idle);
+        }
+        let started = Instant::now();
+        match self.commit_to_kafka(consumer, &offsets) {
+            Ok(()) => {}
+            Err(ProduceError::Task(e)) => return Err(e.into()),
+            Err(ProduceError::Kafka(e)) => {
+                tracing::warn!(error = %e, "commit failed; rolling back to the committed offsets");
+                self.roll_back(consumer, &e);
+                return Ok(CommitOutcome::RolledBack);
+            }
+        }
+        for t in self.tasks.values_mut() {
+            if t.has_progress() {
+                t.after_commit(&self.changelog_offsets)?;
+            }
+        }
+        self.health.broker_reachable(true);
+        metrics::histogram!("tally_commit_latency_seconds").record(started.elapsed().as_secs_f64());
+        Ok(CommitOutcome::Committed { events })
+    }
+
+    fn commit_to_kafka<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        offsets: &TopicPartitionList,
+    ) -> Result<(), ProduceError> {
+        let retention_ms = i64::try_from(self.cfg.dedupe_retention.as_millis()).unwrap_or(i64::MAX);
+        let timeout = self.sink.timeout;
+        match self.cfg.processing_guarantee {
+            ProcessingGuarantee::ExactlyOnce => {
+                let producer = self.sink.producer();
+                producer.begin_transaction()?;
+                for t in self.tasks.values_mut() {
+                    if t.has_progress() {
+                        t.produce(&self.sink, retention_ms)?;
+                    }
+                }
+                let group = consumer
+                    .group_metadata()
+                    .ok_or_else(|| KafkaError::Subscription("no consumer group metadata yet".into()))?;
+                self.sink.flush()?;
+                super::faults::hit("before_send_offsets");
+                producer.send_offsets_to_transaction(offsets, &group, timeout)?;
+                super::faults::hit("before_commit_transaction");
+                producer.commit_transaction(timeout)?;
+                super::faults::hit("after_commit_transaction");
+            }
+            ProcessingGuarantee::AtLeastOnce => {
+                let failures = self.sink.failures();
+                for t in self.tasks.values_mut() {
+                    if t.has_progress() {
+                        t.produce(&self.sink, retention_ms)?;
+                    }
+                }
+                self.sink.flush()?;
+                if self.sink.failures() != failures {
+                    return Err(KafkaError::MessageProduction(
+                        rdkafka::error::RDKafkaErrorCode::Fail,
+                    )
+                    .into());
+                }
+                super::faults::hit("before_commit_offsets");
+                consumer.commit(offsets, CommitMode::Sync)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops staged work everywhere and restores every task from its changelog: the state that
+    /// counts is whatever Kafka committed, whether or not this failed commit made it.
+    pub fn roll_back<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, cause: &KafkaError) {
+        metrics::counter!("tally_transactions_aborted_total").increment(1);
+        if self.sink.is_transactional() {
+            let abortable = matches!(cause, KafkaError::Transaction(e) if e.txn_requires_abort());
+            let aborted = abortable
+                && self
+                    .sink
+                    .producer()
+                    .abort_transaction(Duration::from_secs(30))
+                    .is_ok();
+            if !aborted {
+                self.recreate_sink();
+            }
+        } else {
+            self.recreate_sink();
+        }
+        self.restart_all(consumer);
+    }
+}

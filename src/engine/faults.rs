@@ -1,0 +1,42 @@
+//! Fault-injection points for the proof suite: `TALLY_FAULT=point[@n]` kills the process
+//! (as kill -9 would) the n-th time `point` is reached. Inert when the variable is unset.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+struct Fault {
+    point: String,
+    at: u64,
+    hits: AtomicU64,
+}
+
+fn fault() -> Option<&'static Fault> {
+    static FAULT: OnceLock<Option<Fault>> = OnceLock::new();
+    FAULT
+        .get_or_init(|| {
+            let spec = std::env::var("TALLY_FAULT").ok()?;
+            let (point, at) = match spec.split_once('@') {
+                Some((p, n)) => (p.to_string(), n.parse().unwrap_or(1)),
+                None => (spec, 1),
+            };
+            Some(Fault {
+                point,
+                at,
+                hits: AtomicU64::new(0),
+            })
+        })
+        .as_ref()
+}
+
+/// Marks that execution reached `point`; dies abruptly if a test asked for it here.
+pub fn hit(point: &str) {
+    if let Some(f) = fault() {
+        if f.point == point && f.hits.fetch_add(1, Ordering::AcqRel) + 1 == f.at {
+            tracing::error!(point, "TALLY_FAULT: killing the process");
+            // SAFETY: raising SIGKILL on ourselves has no memory-safety preconditions.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! The processor: one consumer group, one task per assigned input partition, one producer.
+//! `run` owns the poll loop; rebalance callbacks commit or drop work through the same engine.
+
+mod commit;
+mod faults;
+mod rebalance;
+mod restore;
+mod sink;
+mod task;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tally_state::{Store, StoreOptions};
+use tally_topology::{FlowKind, Inventory, Ledger};
+
+pub use commit::CommitOutcome;
+pub use rebalance::EngineContext;
+use restore::{RestoreDone, RestoreJob};
+pub use sink::ChangelogOffsets;
+use sink::Sink;
+use task::{Status, Task, TaskOps};
+
+use crate::config::{Config, ProcessingGuarantee};
+use crate::health::Health;
+use crate::kafka::clients;
+use crate::kafka::topics::{TopicRole, Topics};
+
+/// A flow's names, resolved once at start.
+#[derive(Debug)]
+pub struct FlowInfo {
+    pub idx: usize,
+    pub name: String,
+    pub kind: FlowKind,
+    pub input: String,
+    pub output: String,
+    pub dead_letter: String,
+    pub changelog: String,
+    pub partitions: i32,
+}
+
+/// Why the processor stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Topics(#[from] crate::kafka::topics::TopicError),
+    #[error(transparent)]
+    Task(#[from] task::TaskError),
+    #[error("store: {0}")]
+    State(#[from] tally_state::StateError),
+}
+
+/// Local stores by (flow name, partition), shared with the HTTP query endpoint.
+pub type StoreRegistry = dashmap::DashMap<(String, i32), Store>;
+
+/// State shared by the poll loop and the rebalance callbacks.
+pub struct Engine {
+    cfg: Arc<Config>,
+    flows: Vec<Arc<FlowInfo>>,
+    by_input: HashMap<String, usize>,
+    tasks: HashMap<(usize, i32), Box<dyn TaskOps>>,
+    cancels: HashMap<(usize, i32), Arc<AtomicBool>>,
+    open_stores: HashMap<(usize, i32), Store>,
+    sink: Sink,
+    changelog_offsets: Arc<ChangelogOffsets>,
+    restores_tx: Sender<RestoreDone>,
+    restores_rx: Receiver<RestoreDone>,
+    pending_seeks: Vec<(usize, i32, i64)>,
+    next_commit: Instant,
+    health: Arc<Health>,
+    stores: Arc<StoreRegistry>,
+}
+
+impl Engine {
+    fn transactional_id(cfg: &Config) -> Option<String> {
+        (cfg.processing_guarantee == ProcessingGuarantee::ExactlyOnce)
+            .then(|| format!("{}-{}", cfg.application_id, cfg.instance()))
+    }
+
+    fn create_sink(cfg: &Config, offsets: &Arc<ChangelogOffsets>) -> Result<Sink, KafkaError> {
+        let tid = Self::transactional_id(cfg);
+        let pc = clients::producer(
+            &cfg.bootstrap_servers,
+            &cfg.kafka,
+            tid.as_deref(),
+            cfg.transaction_timeout_ms,
+        );
+        Sink::create(&pc, Arc::clone(offsets), Duration::from_secs(60))
+    }
+
+    fn recreate_sink(&mut self) {
+        loop {
+            match Self::create_sink(&self.cfg, &self.changelog_offsets) {
+                Ok(s) => {
+                    self.sink = s;
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot re-create the producer; retrying");
+                    self.health.broker_reachable(false);
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    fn store_path(&self, flow: &FlowInfo, partition: i32) -> std::path::PathBuf {
+        self.cfg
+            .state_dir
+            .join(&self.cfg.application_id)
+            .join(&flow.name)
+            .join(partition.to_string())
+    }
+
+    /// Opens the store of a newly assigned partition and starts restoring it.
+    fn add_task(&mut self, flow_idx: usize, partition: i32) -> Result<(), EngineError> {
+        if self.tasks.contains_key(&(flow_idx, partition)) {
+            return Ok(());
+        }
+        let flow = Arc::clone(&self.flows[flow_idx]);
+        // A store stays open for the life of the process: sled locks its files, and a restore
+        // thread of an earlier assignment may still hold a handle.
+        let store = match self.open_stores.get(&(flow_idx, partition)) {
+            Some(s) => s.clone(),
+            None => {
+                let path = self.store_path(&flow, partition);
+                let opts = StoreOptions {
+                    cache_capacity_bytes: self.cfg.store_cache_mib * 1024 * 1024,
+                    ..StoreOptions::default()
+                };
+                let (store, wiped) = Store::open_or_wipe(&path, opts)?;
+                if let Some(reason) = wiped {
+                    tracing::warn!(flow = %flow.name, partition, %reason,
+                        "store unreadable; wiped, restoring from the changelog");
+                }
+                self.open_stores.insert((flow_idx, partition), store.clone());
+                store
+            }
+        };
+        self.stores
+            .insert((flow.name.clone(), partition), store.clone());
+        let task: Box<dyn TaskOps> = match flow.kind {
+            FlowKind::Inventory => Box::new(Task::<Inventory>::new(flow, partition, store)),
+            FlowKind::Ledger => Box::new(Task::<Ledger>::new(flow, partition, store)),
+        };
+        self.tasks.insert((flow_idx, partition), task);
+        self.start_restore(flow_idx, partition);
+        Ok(())
+    }
+
+    fn start_restore(&mut self, flow_idx: usize, partition: i32) {
+        let Some(task) = self.tasks.get_mut(&(flow_idx, partition)) else {
+            return;
+        };
+        let epoch = task.restart();
+        let cancel = Arc::new(AtomicBool::new(false));
+        if let Some(old) = self.cancels.insert((flow_idx, partition), Arc::clone(&cancel)) {
+            old.store(true, Ordering::Release);
+        }
+        self.pending_seeks
+            .retain(|(f, p, _)| (*f, *p) != (flow_idx, partition));
+        RestoreJob {
+            flow: Arc::clone(task.flow()),
+            partition,
+            epoch,
+            store: task.store().clone(),
+            bootstrap: self.cfg.bootstrap_servers.clone(),
+            passthrough: self.cfg.kafka.clone(),
+            group: self.cfg.application_id.clone(),
+            cancel,
+        }
+        .spawn(self.restores_tx.clone());
+        self.update_gauges();
+    }
+
+    /// Restarts every task from what Kafka committed (after a failed or unknown commit).
+    fn restart_all<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        let keys: Vec<_> = self.tasks.keys().copied().collect();
+        let mut tpl = TopicPartitionList::new();
+        for (f, p) in keys {
+            tpl.add_partition(&self.flows[f].input, p);
+            self.start_restore(f, p);
+        }
+        if let Err(e) = consumer.pause(&tpl) {
+            tracing::warn!(error = %e, "cannot pause partitions for restore");
+        }
+    }
+
+    /// Forgets a partition this instance no longer owns.
+    fn remove_task(&mut self, flow_idx: usize, partition: i32) {
+        if let Some(c) = self.cancels.remove(&(flow_idx, partition)) {
+            c.store(true, Ordering::Release);
+        }
+        if let Some(t) = self.tasks.remove(&(flow_idx, partition)) {
+            if let Err(e) = t.store().flush() {
+                tracing::warn!(error = %e, "flushing a revoked store failed");
+            }
+            self.stores.remove(&(t.flow().name.clone(), partition));
+        }
+        self.update_gauges();
+    }
+
+    fn update_gauges(&self) {
+        let restoring = self
+            .tasks
+            .values()
+            .filter(|t| t.status() == Status::Restoring)
+            .count();
+        self.health.set_partitions(self.tasks.len(), restoring);
+    }
+
+    /// Stages one input record in its task.
+    fn process(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), EngineError> {
+        let Some(&flow) = self.by_input.get(msg.topic()) else {
+            return Ok(());
+        };
+        if let Some(task) = self.tasks.get_mut(&(flow, msg.partition())) {
+            task.process(msg)?;
+        }
+        Ok(())
+    }
+
+    fn staged(&self) -> usize {
+        self.tasks.values().map(|t| t.staged()).sum()
+    }
+
+    /// Activates tasks whose restore finished: seek to the committed offset, then resume.
+    fn finish_restores<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        while let Ok(done) = self.restores_rx.try_recv() {
+            let key = (done.flow, done.partition);
+            let current = self.tasks.get(&key).map(|t| t.epoch());
+            if current != Some(done.epoch) {
+                continue;
+            }
+            match done.result {
+                Ok(r) => {
+                    tracing::debug!(records = r.records, full = r.full, "restore finished");
+                    self.pending_seeks.push((done.flow, done.partition, r.committed));
+                }
+                Err(e) => {
+                    tracing::warn!(flow = %self.flows[done.flow].name, partition = done.partition,
+                        error = %e, "restore failed; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                    self.start_restore(done.flow, done.partition);
+                }
+            }
+        }
+        let seeks = std::mem::take(&mut self.pending_seeks);
+        for (f, p, offset) in seeks {
+            let topic = self.flows[f].input.clone();
+            match consumer.seek(&topic, p, Offset::Offset(offset), Duration::from_secs(10)) {
+                Ok(()) => {
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(&topic, p);
+                    if let Some(t) = self.tasks.get_mut(&(f, p)) {
+                        t.activate(offset);
+                    }
+                    if let Err(e) = consumer.resume(&tpl) {
+                        tracing::warn!(error = %e, "resume failed");
+                    }
+                    tracing::info!(flow = %self.flows[f].name, partition = p, offset, "partition active");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "seek not possible yet; retrying");
+                    self.pending_seeks.push((f, p, offset));
+                }
+            }
+        }
+        self.update_gauges();
+    }
+}
+
+/// Prepares topics, then runs the processor until `shutdown` is set.
+pub fn run(
+    cfg: Config,
+    shutdown: Arc<AtomicBool>,
+    health: Arc<Health>,
+    stores: Arc<StoreRegistry>,
+) -> Result<(), EngineError> {
+    let cfg = Arc::new(cfg);
+    let flows = prepare_topics(&cfg)?;
+    let changelog_offsets = Arc::new(ChangelogOffsets::new(
+        flows.iter().map(|f| (f.changelog.clone(), f.partitions)),
+    ));
+    let sink = Engine::create_sink(&cfg, &changelog_offsets)?;
+    let (restores_tx, restores_rx) = channel();
+    let engine = Arc::new(Mutex::new(Engine {
+        by_input: flows.iter().map(|f| (f.input.clone(), f.idx)).collect(),
+        flows: flows.clone(),
+        cfg: Arc::clone(&cfg),
+        tasks: HashMap::new(),
+        cancels: HashMap::new(),
+        open_stores: HashMap::new(),
+        sink,
+        changelog_offsets,
+        restores_tx,
+        restores_rx,
+        pending_seeks: Vec::new(),
+        next_commit: Instant::now() + cfg.commit_interval(),
+        health: Arc::clone(&health),
+        stores,
+    }));
+    let context = EngineContext::new(Arc::clone(&engine), Arc::clone(&health));
+    let consumer: BaseConsumer<EngineContext> =
+        clients::group_consumer(&cfg.bootstrap_servers, &cfg.kafka, &cfg.application_id)
+            .create_with_context(context)?;
+    let inputs: Vec<&str> = flows.iter().map(|f| f.input.as_str()).collect();
+    consumer.subscribe(&inputs)?;
+    health.set_started();
+    tracing::info!(application_id = %cfg.application_id, instance = %cfg.instance(),
+        guarantee = ?cfg.processing_guarantee, flows = flows.len(), "processor started");
+    let max_events = cfg.commit_max_events;
+    let result = (|| -> Result<(), EngineError> {
+        while !shutdown.load(Ordering::Acquire) {
+            let wait = {
+                let e = lock(&engine);
+                e.next_commit.saturating_duration_since(Instant::now())
+            };
+            let mut polled = 0;
+            let mut next = consumer.poll(wait.min(Duration::from_millis(100)));
+            while let Some(item) = next {
+                match item {
+                    Ok(msg) => {
+                        lock(&engine).process(&msg)?;
+                        polled += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        break;
+                    }
+                }
+                if polled >= 2000 {
+                    break;
+                }
+                next = consumer.poll(Duration::ZERO);
+            }
+            let mut e = lock(&engine);
+            e.sink.poll();
+            e.finish_restores(&consumer);
+            if polled > 0 {
+                e.health.broker_reachable(true);
+            }
+            if Instant::now() >= e.next_commit || e.staged() >= max_events {
+                e.commit(&consumer)?;
+            }
+        }
+        let mut e = lock(&engine);
+        e.commit(&consumer)?;
+        Ok(())
+    })();
+    if let Err(err) = &result {
+        tracing::error!(error = %err, "processor stopping on error");
+    }
+    {
+        let e = lock(&engine);
+        for t in e.tasks.values() {
+            let _ = t.store().flush();
+        }
+    }
+    // Leaving the group runs the revoke callback, which commits nothing further and closes tasks.
+    consumer.unsubscribe();
+    drop(consumer);
+    tracing::info!("processor stopped");
+    result
+}
+
+fn lock(engine: &Mutex<Engine>) -> std::sync::MutexGuard<'_, Engine> {
+    engine.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Resolves every flow's topics: the input must exist; changelog, output and dead-letter topics
+/// are created with its partition count, or checked against it.
+fn prepare_topics(cfg: &Config) -> Result<Vec<Arc<FlowInfo>>, EngineError> {
+    let topics = Topics::connect(&cfg.bootstrap_servers, &cfg.kafka)?;
+    let mut out = Vec::new();
+    for (idx, f) in cfg.flows.iter().enumerate() {
+        let partitions = topics
+            .partitions(&f.input)?
+            .ok_or_else(|| crate::kafka::topics::TopicError::MissingInput(f.input.clone()))?;
+        let changelog = f.changelog_topic(&cfg.application_id);
+        let rf = cfg.replication_factor;
+        topics.ensure_copartitioned(&f.input, &changelog, partitions, rf, TopicRole::Compacted)?;
+        topics.ensure_copartitioned(&f.input, &f.output, partitions, rf, TopicRole::Compacted)?;
+        topics.ensure_copartitioned(&f.input, &f.dead_letter, partitions, rf, TopicRole::Log)?;
+        out.push(Arc::new(FlowInfo {
+            idx,
+            name: f.name.clone(),
+            kind: f.kind().unwrap_or(FlowKind::Inventory),
+            input: f.input.clone(),
+            output: f.output.clone(),
+            dead_letter: f.dead_letter.clone(),
+            changelog,
+            partitions,
+        }));
+    }
+    Ok(out)
+}

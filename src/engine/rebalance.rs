@@ -1,0 +1,96 @@
+//! Rebalance callbacks: commit in-flight work before a partition is given up, drop it when the
+//! assignment was lost, and start restores for new partitions while the rest keep running.
+
+use std::sync::{Arc, Mutex};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, TopicPartitionList};
+
+use super::{lock, Engine};
+use crate::health::Health;
+
+/// The consumer's context: reaches the engine from inside `poll`.
+pub struct EngineContext {
+    engine: Arc<Mutex<Engine>>,
+    health: Arc<Health>,
+}
+
+impl EngineContext {
+    /// Binds the callbacks to an engine.
+    pub fn new(engine: Arc<Mutex<Engine>>, health: Arc<Health>) -> Self {
+        Self { engine, health }
+    }
+
+    fn partitions(engine: &Engine, tpl: &TopicPartitionList) -> Vec<(usize, i32)> {
+        tpl.elements()
+            .iter()
+            .filter_map(|e| engine.by_input.get(e.topic()).map(|&f| (f, e.partition())))
+            .collect()
+    }
+}
+
+impl ClientContext for EngineContext {
+    fn stats(&self, stats: Statistics) {
+        for (topic, t) in &stats.topics {
+            for (p, part) in &t.partitions {
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    metrics::gauge!("tally_consumer_lag", "topic" => topic.clone(), "partition" => p.to_string())
+                        .set(part.consumer_lag as f64);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)) {
+            self.health.broker_reachable(false);
+        }
+        tracing::warn!(%error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for EngineContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let mut engine = lock(&self.engine);
+        let revoked = Self::partitions(&engine, tpl);
+        if consumer.assignment_lost() {
+            tracing::warn!(partitions = revoked.len(), "assignment lost; dropping staged work");
+            // Staged work spans every partition: drop it all and restore the survivors.
+            for &(f, p) in &revoked {
+                engine.remove_task(f, p);
+            }
+            engine.restart_all(consumer);
+            return;
+        }
+        match engine.commit(consumer) {
+            Ok(outcome) => tracing::info!(partitions = revoked.len(), ?outcome, "committed before revoke"),
+            Err(e) => tracing::error!(error = %e, "commit before revoke failed"),
+        }
+        for (f, p) in revoked {
+            engine.remove_task(f, p);
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(tpl) = rebalance else {
+            return;
+        };
+        let mut engine = lock(&self.engine);
+        let added = Self::partitions(&engine, tpl);
+        if let Err(e) = consumer.pause(tpl) {
+            tracing::warn!(error = %e, "cannot pause new partitions");
+        }
+        for (f, p) in added {
+            if let Err(e) = engine.add_task(f, p) {
+                tracing::error!(error = %e, partition = p, "cannot open the store of an assigned partition");
+            }
+        }
+        tracing::info!(partitions = tpl.count(), "partitions assigned; restoring");
+    }
+}

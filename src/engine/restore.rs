@@ -1,0 +1,217 @@
+//! Restores a task's store from its changelog on a thread of its own, so other partitions go on.
+//! It first reads the group's committed input offset (stable, KIP-447), then the changelog to its end.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tally_state::{ChangelogKey, Checkpoint, DedupeEntry, RecordKind, RestoreBatch, Store};
+
+use super::FlowInfo;
+use crate::kafka::clients;
+
+const CHUNK: usize = 20_000;
+/// How long end-of-partition below the high watermark may stay unexplained before restore
+/// accepts it (the tail is then transaction markers or aborted records).
+const SETTLE: Duration = Duration::from_millis(1500);
+
+/// Everything a restore needs, owned, so it can run on its own thread.
+pub struct RestoreJob {
+    pub flow: Arc<FlowInfo>,
+    pub partition: i32,
+    pub epoch: u64,
+    pub store: Store,
+    pub bootstrap: String,
+    pub passthrough: BTreeMap<String, String>,
+    pub group: String,
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// The outcome reported back to the engine.
+pub struct RestoreDone {
+    pub flow: usize,
+    pub partition: i32,
+    pub epoch: u64,
+    pub result: Result<Restored, String>,
+}
+
+/// A finished restore.
+#[derive(Debug, Clone, Copy)]
+pub struct Restored {
+    /// The group's committed input offset: processing resumes there.
+    pub committed: i64,
+    /// Changelog records read.
+    pub records: u64,
+    /// Whether the store was wiped and rebuilt from the beginning.
+    pub full: bool,
+}
+
+impl RestoreJob {
+    /// Runs the restore on a new thread and reports on `done`.
+    pub fn spawn(self, done: Sender<RestoreDone>) {
+        let name = format!("restore-{}-{}", self.flow.name, self.partition);
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            let (flow, partition, epoch) = (self.flow.idx, self.partition, self.epoch);
+            let result = self.run().map_err(|e| e.to_string());
+            let _ = done.send(RestoreDone {
+                flow,
+                partition,
+                epoch,
+                result,
+            });
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot spawn a restore thread");
+        }
+    }
+
+    fn run(self) -> Result<Restored, RestoreError> {
+        let started = Instant::now();
+        let consumer: BaseConsumer =
+            clients::reader(&self.bootstrap, &self.passthrough, &self.group).create()?;
+        let committed = self.committed_input(&consumer)?;
+        let (low, high) = consumer.fetch_watermarks(
+            &self.flow.changelog,
+            self.partition,
+            Duration::from_secs(30),
+        )?;
+        let cp = self.store.checkpoint()?;
+        let mut full = cp.is_none();
+        let mut from = low;
+        if let Some(cp) = cp {
+            if cp.changelog_offset > high || cp.input_offset > committed {
+                tracing::warn!(flow = %self.flow.name, partition = self.partition,
+                    checkpoint = ?cp, changelog_end = high, committed,
+                    "store is ahead of the changelog or the committed offsets; rebuilding it");
+                self.store.clear()?;
+                full = true;
+            } else {
+                from = cp.changelog_offset.max(low);
+            }
+        }
+        let mut watermark = cp.filter(|_| !full).map_or(i64::MIN, |c| c.watermark_ms);
+        let mut next = from;
+        let mut records = 0u64;
+        if from < high {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&self.flow.changelog, self.partition, Offset::Offset(from))?;
+            consumer.assign(&tpl)?;
+            let mut chunk = RestoreBatch::default();
+            let mut eof_at: Option<Instant> = None;
+            loop {
+                if self.cancel.load(Ordering::Acquire) {
+                    return Err(RestoreError::Cancelled);
+                }
+                match consumer.poll(Duration::from_millis(100)) {
+                    None if eof_at.is_some_and(|t| t.elapsed() > SETTLE) => break,
+                    None => continue,
+                    Some(Err(KafkaError::PartitionEOF(_))) => {
+                        if next >= high || self.settled(&consumer, high)? {
+                            break;
+                        }
+                        eof_at = Some(Instant::now());
+                    }
+                    Some(Err(e)) => return Err(e.into()),
+                    Some(Ok(m)) => {
+                        eof_at = None;
+                        records += 1;
+                        next = m.offset() + 1;
+                        let key = m.key().unwrap_or_default();
+                        if let (Ok(k), Some(v)) = (ChangelogKey::parse(key), m.payload()) {
+                            if k.kind == RecordKind::Dedupe {
+                                watermark = watermark.max(DedupeEntry::decode(v)?.event_time_ms);
+                            }
+                        }
+                        chunk.push(key, m.payload());
+                        if chunk.len() >= CHUNK {
+                            chunk.checkpoint = Checkpoint {
+                                input_offset: 0,
+                                changelog_offset: next,
+                                watermark_ms: watermark,
+                            };
+                            self.store.restore(std::mem::take(&mut chunk))?;
+                        }
+                    }
+                }
+            }
+            chunk.checkpoint = Checkpoint {
+                input_offset: committed,
+                changelog_offset: next.max(from),
+                watermark_ms: watermark,
+            };
+            self.store.restore(chunk)?;
+        } else {
+            let mut chunk = RestoreBatch::default();
+            chunk.checkpoint = Checkpoint {
+                input_offset: committed,
+                changelog_offset: from,
+                watermark_ms: watermark,
+            };
+            self.store.restore(chunk)?;
+        }
+        crate::metrics::record_restore(&self.flow, records);
+        tracing::info!(flow = %self.flow.name, partition = self.partition, records, full,
+            from, to = next, committed, elapsed_ms = started.elapsed().as_millis() as u64,
+            "store restored");
+        Ok(Restored {
+            committed,
+            records,
+            full,
+        })
+    }
+
+    /// The group's committed offset of the input partition (0 when nothing was committed yet).
+    /// librdkafka asks for stable offsets under read_committed, so an open transaction of the
+    /// previous owner is finished (committed or aborted) before this returns.
+    fn committed_input(&self, consumer: &BaseConsumer) -> Result<i64, RestoreError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.flow.input, self.partition);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            match consumer.committed_offsets(tpl.clone(), Duration::from_secs(30)) {
+                Ok(res) => {
+                    let offset = res
+                        .find_partition(&self.flow.input, self.partition)
+                        .map(|e| e.offset());
+                    return Ok(match offset {
+                        Some(Offset::Offset(o)) => o,
+                        _ => 0,
+                    });
+                }
+                Err(e) if Instant::now() < deadline && !self.cancel.load(Ordering::Acquire) => {
+                    tracing::warn!(error = %e, flow = %self.flow.name, partition = self.partition,
+                        "committed offsets not available yet; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// After end-of-partition below the high watermark: whether the consumer's position already
+    /// passed the markers and aborted records that remain.
+    fn settled(&self, consumer: &BaseConsumer, high: i64) -> Result<bool, RestoreError> {
+        let pos = consumer
+            .position()?
+            .find_partition(&self.flow.changelog, self.partition)
+            .and_then(|e| e.offset().to_raw());
+        Ok(pos.is_some_and(|p| p >= high))
+    }
+}
+
+/// Why a restore failed; the engine retries it.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("store: {0}")]
+    State(#[from] tally_state::StateError),
+    #[error("cancelled")]
+    Cancelled,
+}

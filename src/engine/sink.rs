@@ -1,0 +1,151 @@
+//! The processor's producer: transactional or idempotent, with delivery tracking.
+//! It learns the changelog offsets it wrote so a checkpoint can say where restore resumes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientConfig, ClientContext};
+
+/// Highest delivered offset per changelog partition, shared by every producer incarnation.
+#[derive(Default)]
+pub struct ChangelogOffsets {
+    topics: HashMap<String, Vec<AtomicI64>>,
+}
+
+impl ChangelogOffsets {
+    /// Tracks the given changelog topics and their partition counts.
+    pub fn new(topics: impl IntoIterator<Item = (String, i32)>) -> Self {
+        Self {
+            topics: topics
+                .into_iter()
+                .map(|(t, n)| (t, (0..n).map(|_| AtomicI64::new(-1)).collect()))
+                .collect(),
+        }
+    }
+
+    /// Next changelog offset after everything delivered to that partition (0 when nothing was).
+    pub fn next_offset(&self, topic: &str, partition: i32) -> i64 {
+        self.slot(topic, partition)
+            .map(|a| a.load(Ordering::Acquire) + 1)
+            .unwrap_or(0)
+    }
+
+    fn slot(&self, topic: &str, partition: i32) -> Option<&AtomicI64> {
+        self.topics.get(topic)?.get(usize::try_from(partition).ok()?)
+    }
+}
+
+/// librdkafka context of the producer: records delivery offsets and failures.
+pub struct DeliveryTracker {
+    offsets: Arc<ChangelogOffsets>,
+    failures: AtomicU64,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(m) => {
+                if let Some(slot) = self.offsets.slot(m.topic(), m.partition()) {
+                    slot.fetch_max(m.offset(), Ordering::AcqRel);
+                }
+            }
+            Err((e, m)) => {
+                self.failures.fetch_add(1, Ordering::AcqRel);
+                tracing::warn!(topic = m.topic(), partition = m.partition(), error = %e, "delivery failed");
+            }
+        }
+    }
+}
+
+/// The producer with tally's send discipline (explicit partitions, retry on a full queue).
+pub struct Sink {
+    producer: BaseProducer<DeliveryTracker>,
+    transactional: bool,
+    pub(crate) timeout: Duration,
+}
+
+impl Sink {
+    /// Creates the producer; a transactional one is initialised (fencing older incarnations).
+    pub fn create(
+        config: &ClientConfig,
+        offsets: Arc<ChangelogOffsets>,
+        timeout: Duration,
+    ) -> KafkaResult<Self> {
+        let transactional = config.get("transactional.id").is_some();
+        let producer: BaseProducer<DeliveryTracker> = config.create_with_context(DeliveryTracker {
+            offsets,
+            failures: AtomicU64::new(0),
+        })?;
+        if transactional {
+            producer.init_transactions(timeout)?;
+        }
+        Ok(Self {
+            producer,
+            transactional,
+            timeout,
+        })
+    }
+
+    /// Whether commits go through Kafka transactions.
+    pub fn is_transactional(&self) -> bool {
+        self.transactional
+    }
+
+    /// The underlying producer, for transaction calls.
+    pub fn producer(&self) -> &BaseProducer<DeliveryTracker> {
+        &self.producer
+    }
+
+    /// Deliveries that failed since the producer was created.
+    pub fn failures(&self) -> u64 {
+        self.producer.context().failures.load(Ordering::Acquire)
+    }
+
+    /// Serves delivery reports without blocking.
+    pub fn poll(&self) {
+        self.producer.poll(Duration::ZERO);
+    }
+
+    /// Produces one record to an explicit partition; waits while the local queue is full.
+    pub fn send(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        value: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+    ) -> KafkaResult<()> {
+        let mut record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(topic).partition(partition).key(key);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits until every produced record is acknowledged (and its delivery report served).
+    pub fn flush(&self) -> KafkaResult<()> {
+        self.producer.flush(self.timeout)
+    }
+}

@@ -1,0 +1,392 @@
+//! One task per (flow, input partition): decode, validate, dedupe, project, stage.
+//! Staged work becomes visible only through `produce` + `after_commit`, never before a commit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use tally_state::{ChangelogKey, Checkpoint, CommitBatch, DedupeEntry, RecordKind, StateError, Store};
+use tally_topology::{Invalid, Projection, Reason, SourceRef};
+
+use super::sink::{ChangelogOffsets, Sink};
+use super::FlowInfo;
+use crate::metrics;
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Catching its store up from the changelog; input is paused and ignored.
+    Restoring,
+    /// Processing input.
+    Active,
+}
+
+/// Why a task cannot go on (its store is unreadable or written by a newer tally).
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("store of {flow}/{partition}: {source}")]
+    Store {
+        flow: String,
+        partition: i32,
+        #[source]
+        source: StateError,
+    },
+    #[error("state of key `{key}` in {flow}/{partition} is unreadable: {message}")]
+    State {
+        flow: String,
+        partition: i32,
+        key: String,
+        message: String,
+    },
+}
+
+/// What the engine needs from a task, whatever its projection.
+pub trait TaskOps: Send {
+    fn flow(&self) -> &Arc<FlowInfo>;
+    fn partition(&self) -> i32;
+    fn status(&self) -> Status;
+    /// Generation of the current restore, so a stale restore result is ignored.
+    fn epoch(&self) -> u64;
+    fn store(&self) -> &Store;
+    /// Stages one input record.
+    fn process(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), TaskError>;
+    /// Events staged since the last commit.
+    fn staged(&self) -> usize;
+    /// Whether the input position moved since the last commit.
+    fn has_progress(&self) -> bool;
+    /// Next input offset to commit.
+    fn position(&self) -> i64;
+    /// Produces changelog, output and dead-letter records of the staged work.
+    fn produce(&mut self, sink: &Sink, retention_ms: i64) -> Result<(), ProduceError>;
+    /// Writes the committed work to the store and forgets it.
+    fn after_commit(&mut self, offsets: &ChangelogOffsets) -> Result<(), TaskError>;
+    /// Drops staged work and starts a new restore generation.
+    fn restart(&mut self) -> u64;
+    /// Restore finished: process from `committed` on.
+    fn activate(&mut self, committed: i64);
+}
+
+/// A produce failed: either Kafka refused or a staged state cannot be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Task(#[from] TaskError),
+}
+
+struct DeadLetter {
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    reason: Reason,
+    message: String,
+    offset: i64,
+    stage: &'static str,
+}
+
+/// A task running projection `P`.
+pub struct Task<P: Projection> {
+    flow: Arc<FlowInfo>,
+    partition: i32,
+    store: Store,
+    status: Status,
+    epoch: u64,
+    committed: i64,
+    next: i64,
+    watermark: i64,
+    changelog_from: i64,
+    states: HashMap<String, P::State>,
+    dedupe: HashMap<String, DedupeEntry>,
+    expired: Vec<(Vec<u8>, i64)>,
+    dead: Vec<DeadLetter>,
+    counts: Counts,
+    buf: Vec<u8>,
+    key: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Counts {
+    applied: u64,
+    duplicates: u64,
+    dead: [u64; Reason::ALL.len()],
+    timestamps: Vec<i64>,
+}
+
+impl<P: Projection> Task<P>
+where
+    P::State: Send,
+{
+    /// A task in `Restoring` state over an opened store.
+    pub fn new(flow: Arc<FlowInfo>, partition: i32, store: Store) -> Self {
+        Self {
+            flow,
+            partition,
+            store,
+            status: Status::Restoring,
+            epoch: 0,
+            committed: 0,
+            next: 0,
+            watermark: i64::MIN,
+            changelog_from: 0,
+            states: HashMap::new(),
+            dedupe: HashMap::new(),
+            expired: Vec::new(),
+            dead: Vec::new(),
+            counts: Counts::default(),
+            buf: Vec::with_capacity(512),
+            key: Vec::with_capacity(64),
+        }
+    }
+
+    fn store_err(&self, source: StateError) -> TaskError {
+        TaskError::Store {
+            flow: self.flow.name.clone(),
+            partition: self.partition,
+            source,
+        }
+    }
+
+    fn dead_letter(&mut self, msg: &BorrowedMessage<'_>, invalid: Invalid, stage: &'static str) {
+        self.counts.dead[reason_index(invalid.reason)] += 1;
+        self.dead.push(DeadLetter {
+            key: msg.key().map(<[u8]>::to_vec),
+            value: msg.payload().map(<[u8]>::to_vec),
+            reason: invalid.reason,
+            message: invalid.message,
+            offset: msg.offset(),
+            stage,
+        });
+    }
+
+    fn load_state(&self, key: &str) -> Result<Option<P::State>, TaskError> {
+        let Some(bytes) = self.store.state(key.as_bytes()).map_err(|e| self.store_err(e))? else {
+            return Ok(None);
+        };
+        P::decode_state(&bytes).map(Some).map_err(|e| TaskError::State {
+            flow: self.flow.name.clone(),
+            partition: self.partition,
+            key: key.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    fn applied_before(&self, event_id: &str) -> Result<Option<DedupeEntry>, TaskError> {
+        if let Some(e) = self.dedupe.get(event_id) {
+            return Ok(Some(*e));
+        }
+        self.store
+            .dedupe(event_id.as_bytes())
+            .map_err(|e| self.store_err(e))
+    }
+}
+
+impl<P: Projection + 'static> TaskOps for Task<P>
+where
+    P::State: Send,
+    P::Event: Send,
+{
+    fn flow(&self) -> &Arc<FlowInfo> {
+        &self.flow
+    }
+    fn partition(&self) -> i32 {
+        self.partition
+    }
+    fn status(&self) -> Status {
+        self.status
+    }
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+    fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn process(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), TaskError> {
+        let offset = msg.offset();
+        if self.status != Status::Active || offset < self.next {
+            return Ok(());
+        }
+        self.next = offset + 1;
+        if let Some(ts) = msg.timestamp().to_millis() {
+            self.counts.timestamps.push(ts);
+        }
+        let Some(value) = msg.payload() else {
+            let invalid = Invalid {
+                reason: Reason::MalformedJson,
+                message: "record has no value".into(),
+            };
+            self.dead_letter(msg, invalid, "decode");
+            return Ok(());
+        };
+        let event = match P::decode(msg.key(), value) {
+            Ok(ev) => ev,
+            Err(invalid) => {
+                self.dead_letter(msg, invalid, "decode");
+                return Ok(());
+            }
+        };
+        let event_id = P::event_id(&event);
+        let fingerprint = P::fingerprint(&event);
+        if let Some(seen) = self.applied_before(event_id)? {
+            if seen.fingerprint == fingerprint {
+                self.counts.duplicates += 1;
+            } else {
+                let invalid = Invalid {
+                    reason: Reason::DuplicateConflict,
+                    message: format!(
+                        "event_id `{event_id}` was already applied with different content"
+                    ),
+                };
+                self.dead_letter(msg, invalid, "dedupe");
+            }
+            return Ok(());
+        }
+        let source = SourceRef {
+            partition: self.partition,
+            offset,
+        };
+        let key = P::aggregate_key(&event);
+        let applied = match self.states.get_mut(key) {
+            Some(state) => P::apply(Some(state), &event, source).map(|s| *state = s),
+            None => {
+                let prev = self.load_state(key)?;
+                P::apply(prev.as_ref(), &event, source).map(|s| {
+                    self.states.insert(key.to_owned(), s);
+                })
+            }
+        };
+        if let Err(invalid) = applied {
+            self.dead_letter(msg, invalid, "project");
+            return Ok(());
+        }
+        let event_time_ms = P::event_time_ms(&event);
+        self.watermark = self.watermark.max(event_time_ms);
+        self.dedupe.insert(
+            event_id.to_owned(),
+            DedupeEntry {
+                fingerprint,
+                event_time_ms,
+            },
+        );
+        self.counts.applied += 1;
+        Ok(())
+    }
+
+    fn staged(&self) -> usize {
+        (self.next - self.committed).max(0) as usize
+    }
+
+    fn has_progress(&self) -> bool {
+        self.status == Status::Active && self.next > self.committed
+    }
+
+    fn position(&self) -> i64 {
+        self.next
+    }
+
+    fn produce(&mut self, sink: &Sink, retention_ms: i64) -> Result<(), ProduceError> {
+        let flow = Arc::clone(&self.flow);
+        let p = self.partition;
+        for (key, state) in &self.states {
+            P::encode_state(state, &mut self.buf);
+            ChangelogKey::encode_into(RecordKind::State, key.as_bytes(), &mut self.key);
+            sink.send(&flow.changelog, p, &self.key, Some(&self.buf), None)?;
+            P::render(state, &mut self.buf).map_err(|e| TaskError::State {
+                flow: flow.name.clone(),
+                partition: p,
+                key: key.clone(),
+                message: e.to_string(),
+            })?;
+            sink.send(&flow.output, p, key.as_bytes(), Some(&self.buf), None)?;
+        }
+        for (id, entry) in &self.dedupe {
+            ChangelogKey::encode_into(RecordKind::Dedupe, id.as_bytes(), &mut self.key);
+            sink.send(&flow.changelog, p, &self.key, Some(&entry.encode()), None)?;
+        }
+        self.expired.clear();
+        if self.watermark != i64::MIN {
+            let bound = self.watermark.saturating_sub(retention_ms);
+            self.expired = self
+                .store
+                .expired_dedupe(bound, 10_000)
+                .map_err(|e| self.store_err(e))?;
+            for (id, _) in &self.expired {
+                ChangelogKey::encode_into(RecordKind::Dedupe, id, &mut self.key);
+                sink.send(&flow.changelog, p, &self.key, None, None)?;
+            }
+        }
+        for d in &self.dead {
+            let headers = dead_letter_headers(&flow.input, p, d);
+            let key = d.key.as_deref().unwrap_or_default();
+            sink.send(&flow.dead_letter, p, key, d.value.as_deref(), Some(headers))?;
+        }
+        Ok(())
+    }
+
+    fn after_commit(&mut self, offsets: &ChangelogOffsets) -> Result<(), TaskError> {
+        let mut batch = CommitBatch::default();
+        for (key, state) in self.states.drain() {
+            P::encode_state(&state, &mut self.buf);
+            batch.put_state(key.as_bytes(), &self.buf);
+        }
+        for (id, entry) in self.dedupe.drain() {
+            batch.put_dedupe(id.as_bytes(), entry);
+        }
+        for (id, t) in self.expired.drain(..) {
+            batch.remove_dedupe(&id, t);
+        }
+        self.changelog_from = self
+            .changelog_from
+            .max(offsets.next_offset(&self.flow.changelog, self.partition));
+        batch.set_checkpoint(Checkpoint {
+            input_offset: self.next,
+            changelog_offset: self.changelog_from,
+            watermark_ms: self.watermark,
+        });
+        self.store.commit(batch).map_err(|e| self.store_err(e))?;
+        self.committed = self.next;
+        self.dead.clear();
+        let c = std::mem::take(&mut self.counts);
+        metrics::record_commit(&self.flow, c.applied, c.duplicates, &c.dead, &c.timestamps);
+        self.counts.timestamps = c.timestamps;
+        self.counts.timestamps.clear();
+        Ok(())
+    }
+
+    fn restart(&mut self) -> u64 {
+        self.states.clear();
+        self.dedupe.clear();
+        self.expired.clear();
+        self.dead.clear();
+        self.counts = Counts::default();
+        self.status = Status::Restoring;
+        self.epoch += 1;
+        self.epoch
+    }
+
+    fn activate(&mut self, committed: i64) {
+        if let Ok(Some(cp)) = self.store.checkpoint() {
+            self.watermark = cp.watermark_ms;
+            self.changelog_from = cp.changelog_offset;
+        }
+        self.committed = committed;
+        self.next = committed;
+        self.status = Status::Active;
+    }
+}
+
+fn reason_index(r: Reason) -> usize {
+    Reason::ALL.iter().position(|x| *x == r).unwrap_or(0)
+}
+
+fn dead_letter_headers(topic: &str, partition: i32, d: &DeadLetter) -> OwnedHeaders {
+    let partition = partition.to_string();
+    let offset = d.offset.to_string();
+    OwnedHeaders::new_with_capacity(6)
+        .insert(Header { key: "tally.error.reason", value: Some(d.reason.as_str()) })
+        .insert(Header { key: "tally.error.message", value: Some(d.message.as_str()) })
+        .insert(Header { key: "tally.error.stage", value: Some(d.stage) })
+        .insert(Header { key: "tally.source.topic", value: Some(topic) })
+        .insert(Header { key: "tally.source.partition", value: Some(partition.as_str()) })
+        .insert(Header { key: "tally.source.offset", value: Some(offset.as_str()) })
+}

@@ -1,0 +1,6 @@
+//! Kafka plumbing shared by the processor and the tools: client configs and topic management.
+//! Only this module and the engine talk to librdkafka.
+
+pub mod clients;
+pub mod progress;
+pub mod topics;

@@ -1,0 +1,169 @@
+//! Creates the topics a flow needs and refuses to start on ones that do not fit.
+//! Changelog, output and dead-letter topics share the input's partition count.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+
+/// Why topics could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("input topic `{0}` does not exist (create it first, with the partition count you want)")]
+    MissingInput(String),
+    #[error("topic `{topic}` has {found} partitions but its input `{input}` has {expected}; co-partitioned topics must agree")]
+    PartitionMismatch {
+        topic: String,
+        input: String,
+        expected: i32,
+        found: i32,
+    },
+    #[error("changelog topic `{0}` is not compacted (cleanup.policy must include compact)")]
+    NotCompacted(String),
+    #[error("describing topic `{topic}` failed: {message}")]
+    Describe { topic: String, message: String },
+    #[error("creating topic `{topic}` failed: {message}")]
+    Create { topic: String, message: String },
+}
+
+/// How a topic tally creates is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicRole {
+    /// Compacted: the latest value per key is the truth (changelog, materialized output).
+    Compacted,
+    /// Delete policy (dead letters).
+    Log,
+}
+
+/// Admin helper bound to one cluster.
+pub struct Topics {
+    admin: AdminClient<DefaultClientContext>,
+    meta: BaseConsumer,
+    timeout: Duration,
+}
+
+impl Topics {
+    /// Connects an admin client and a metadata client.
+    pub fn connect(bootstrap: &str, passthrough: &BTreeMap<String, String>) -> Result<Self, TopicError> {
+        let cfg = super::clients::base(bootstrap, passthrough);
+        Ok(Self {
+            admin: cfg.create()?,
+            meta: cfg.create()?,
+            timeout: Duration::from_secs(30),
+        })
+    }
+
+    /// Partition count of a topic, or None when it does not exist.
+    pub fn partitions(&self, topic: &str) -> Result<Option<i32>, TopicError> {
+        let md = self.meta.fetch_metadata(Some(topic), self.timeout)?;
+        Ok(md.topics().first().and_then(|t| match t.error() {
+            Some(_) => None,
+            None if t.partitions().is_empty() => None,
+            None => Some(t.partitions().len() as i32),
+        }))
+    }
+
+    /// Creates `topic` when missing (idempotent; tolerates a concurrent creator).
+    pub fn create(
+        &self,
+        topic: &str,
+        partitions: i32,
+        replication: i32,
+        role: TopicRole,
+    ) -> Result<(), TopicError> {
+        let policy = match role {
+            TopicRole::Compacted => "compact",
+            TopicRole::Log => "delete",
+        };
+        let mut nt = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication))
+            .set("cleanup.policy", policy);
+        if role == TopicRole::Compacted {
+            nt = nt.set("min.cleanable.dirty.ratio", "0.1").set("segment.ms", "600000");
+        }
+        let opts = AdminOptions::new().operation_timeout(Some(self.timeout));
+        let res = block_on(self.admin.create_topics([&nt], &opts))?;
+        for r in res {
+            match r {
+                Ok(_) => {}
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, code)) => {
+                    return Err(TopicError::Create {
+                        topic: t,
+                        message: code.to_string(),
+                    })
+                }
+            }
+        }
+        // Metadata of a new topic propagates asynchronously.
+        for _ in 0..100 {
+            if self.partitions(topic)?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Makes sure `topic` exists with `expected` partitions (creating it if missing).
+    pub fn ensure_copartitioned(
+        &self,
+        input: &str,
+        topic: &str,
+        expected: i32,
+        replication: i32,
+        role: TopicRole,
+    ) -> Result<(), TopicError> {
+        match self.partitions(topic)? {
+            None => self.create(topic, expected, replication, role)?,
+            Some(found) if found != expected => {
+                return Err(TopicError::PartitionMismatch {
+                    topic: topic.into(),
+                    input: input.into(),
+                    expected,
+                    found,
+                })
+            }
+            Some(_) => {}
+        }
+        if role == TopicRole::Compacted && !self.is_compacted(topic)? {
+            return Err(TopicError::NotCompacted(topic.into()));
+        }
+        Ok(())
+    }
+
+    /// Whether the topic's cleanup.policy includes compact.
+    pub fn is_compacted(&self, topic: &str) -> Result<bool, TopicError> {
+        let opts = AdminOptions::new().request_timeout(Some(self.timeout));
+        let res = block_on(
+            self.admin
+                .describe_configs([&ResourceSpecifier::Topic(topic)], &opts),
+        )?;
+        for r in res {
+            let resource = r.map_err(|code| TopicError::Describe {
+                topic: topic.into(),
+                message: code.to_string(),
+            })?;
+            if let Some(entry) = resource.get("cleanup.policy") {
+                return Ok(entry
+                    .value
+                    .as_deref()
+                    .is_some_and(|v| v.split(',').any(|p| p.trim() == "compact")));
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// Runs an admin future to completion on the current thread (admin calls are rare).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a current-thread tokio runtime always builds")
+        .block_on(f)
+}

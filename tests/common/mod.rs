@@ -1,0 +1,328 @@
+//! Shared harness of the integration tests: one real broker per run, fresh topics and group per
+//! test, the `tally` binary as a child process, and the independent oracle to judge results.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tally::oracle::{OracleReport, OracleSpec};
+use tally::workload::{Flow, LoadReport, LoadSpec};
+
+/// Bootstrap servers of the run's broker: `TALLY_TEST_BOOTSTRAP`, else one started on 19092.
+pub fn bootstrap() -> &'static str {
+    static BOOTSTRAP: OnceLock<String> = OnceLock::new();
+    BOOTSTRAP.get_or_init(|| {
+        if let Ok(b) = std::env::var("TALLY_TEST_BOOTSTRAP") {
+            return b;
+        }
+        let port = std::env::var("TALLY_TEST_KAFKA_PORT").unwrap_or_else(|_| "19092".into());
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/kafka");
+        let status = Command::new(script)
+            .arg("up")
+            .env("KAFKA_PORT", &port)
+            .status()
+            .expect("run deploy/local/kafka up");
+        assert!(status.success(), "the test broker did not start");
+        format!("127.0.0.1:{port}")
+    })
+}
+
+/// A name unique to this test and run.
+pub fn unique(name: &str) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    format!("t-{name}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// A free TCP port on loopback for a processor's HTTP endpoint.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One flow's topics and the processor configuration around them.
+#[derive(Clone)]
+pub struct Setup {
+    pub app: String,
+    pub flow: Flow,
+    pub input: String,
+    pub output: String,
+    pub dlq: String,
+    pub partitions: i32,
+    pub dir: PathBuf,
+    pub guarantee: &'static str,
+}
+
+impl Setup {
+    /// Fresh topics (input created here) and a fresh state dir for one test.
+    pub fn new(name: &str, flow: Flow, partitions: i32) -> Self {
+        let app = unique(name);
+        let dir = std::env::temp_dir().join(&app);
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = Self {
+            input: format!("{app}.in"),
+            output: format!("{app}.out"),
+            dlq: format!("{app}.dlq"),
+            app,
+            flow,
+            partitions,
+            dir,
+            guarantee: "exactly_once",
+        };
+        let topics = tally::kafka::topics::Topics::connect(bootstrap(), &BTreeMap::new()).unwrap();
+        topics
+            .create(&s.input, partitions, 1, tally::kafka::topics::TopicRole::Log)
+            .unwrap();
+        s
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// Writes a config for instance `instance` and returns its path.
+    pub fn config(&self, instance: &str, http_port: u16) -> PathBuf {
+        let flow = match self.flow {
+            Flow::Inventory => "inventory",
+            Flow::Ledger => "ledger",
+        };
+        let text = format!(
+            r#"application_id = "{app}"
+bootstrap_servers = "{bootstrap}"
+state_dir = "{state}"
+processing_guarantee = "{guarantee}"
+commit_interval_ms = 100
+instance_id = "{instance}"
+transaction_timeout_ms = 10000
+[[flows]]
+name = "{flow}"
+input = "{input}"
+output = "{output}"
+dead_letter = "{dlq}"
+[http]
+listen = "127.0.0.1:{http_port}"
+[kafka]
+"session.timeout.ms" = "6000"
+"#,
+            app = self.app,
+            bootstrap = bootstrap(),
+            state = self.state_dir().join(instance).display(),
+            guarantee = self.guarantee,
+            input = self.input,
+            output = self.output,
+            dlq = self.dlq,
+        );
+        let path = self.dir.join(format!("{instance}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Produces a deterministic workload into the input topic.
+    pub fn load(&self, events: u64, keys: u64, duplicates: f64, invalid: f64, conflicts: f64, seed: u64) -> LoadReport {
+        self.load_at(events, keys, duplicates, invalid, conflicts, seed, 0)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn load_at(&self, events: u64, keys: u64, duplicates: f64, invalid: f64, conflicts: f64, seed: u64, rate: u64) -> LoadReport {
+        let spec = LoadSpec { flow: self.flow, events, keys, duplicates, invalid, conflicts, rate, seed };
+        tally::workload::produce(bootstrap(), &BTreeMap::new(), &self.input, &spec).expect("load")
+    }
+
+    /// Waits until the group committed every input record (panics after `limit`).
+    pub fn wait_caught_up(&self, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            let lag = tally::kafka::progress::group_lag(bootstrap(), &BTreeMap::new(), &self.app, &[&self.input]).unwrap();
+            if lag == 0 {
+                return;
+            }
+            assert!(started.elapsed() < limit, "group {} still lags by {lag} after {limit:?}", self.app);
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// The independent recomputation of every key, compared with the output topic.
+    pub fn oracle(&self) -> OracleReport {
+        tally::oracle::check(&OracleSpec {
+            bootstrap: bootstrap().to_string(),
+            kafka: BTreeMap::new(),
+            flow: self.flow,
+            input: self.input.clone(),
+            output: self.output.clone(),
+            dead_letter: self.dlq.clone(),
+            group: Some(self.app.clone()),
+        })
+        .expect("oracle")
+    }
+}
+
+/// A `tally run` child process.
+pub struct Processor {
+    child: Child,
+    pub http_port: u16,
+    pub log: PathBuf,
+}
+
+impl Processor {
+    /// Starts `tally run --config CONFIG` with extra environment.
+    pub fn start(setup: &Setup, instance: &str, env: &[(&str, &str)]) -> Self {
+        let http_port = free_port();
+        let config = setup.config(instance, http_port);
+        let log = setup.dir.join(format!("{instance}-{}.log", SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn tally");
+        Self { child, http_port, log }
+    }
+
+    /// kill -9.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn terminate(mut self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "tally exited with {status}; log {}", self.log.display());
+                return;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = self.child.kill();
+                panic!("tally did not stop within 60 s of SIGTERM; log {}", self.log.display());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Whether the process already exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// GET a path of the processor's HTTP endpoint: (status, body).
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.http_port, path)
+    }
+
+    /// Sum of every sample of a metric (all label sets).
+    pub fn metric(&self, name: &str) -> f64 {
+        let Some((_, body)) = self.get("/metrics") else { return 0.0 };
+        metric_sum(&body, name)
+    }
+
+    /// Waits until `/readyz` answers 200 with at least `min_partitions` assigned.
+    pub fn wait_ready(&self, min_partitions: usize, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            if let Some((200, body)) = self.get("/readyz") {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                if v["partitions_assigned"].as_u64().unwrap_or(0) as usize >= min_partitions {
+                    return;
+                }
+            }
+            assert!(started.elapsed() < limit, "processor not ready within {limit:?}; log {}", self.log.display());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Processor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sum of every sample of `name` in a Prometheus text body.
+pub fn metric_sum(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let status = raw.split(' ').nth(1)?.parse().ok()?;
+    let body = raw.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+/// One record read back from a topic.
+#[derive(Debug)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Every committed record of a topic, partition by partition.
+pub fn read_all(topic: &str) -> Vec<Record> {
+    let consumer: BaseConsumer = tally::kafka::clients::reader(bootstrap(), &BTreeMap::new(), &unique("reader")).create().unwrap();
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let n = md.topics()[0].partitions().len();
+    for p in 0..n as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut eof = 0;
+    let mut out = Vec::new();
+    let started = Instant::now();
+    while eof < n && started.elapsed() < Duration::from_secs(60) {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                let mut headers = BTreeMap::new();
+                if let Some(h) = m.headers() {
+                    for hd in h.iter() {
+                        headers.insert(hd.key.to_string(), String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned());
+                    }
+                }
+                out.push(Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers,
+                });
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => eof += 1,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Asserts the oracle's verdict with its report in the message.
+pub fn assert_trusted(report: &OracleReport) {
+    assert!(report.pass, "oracle: {}", serde_json::to_string_pretty(report).unwrap());
+}

@@ -1,0 +1,61 @@
+//! Against a real broker: processors share partitions and take over from each other, and a
+//! kill -9 in the middle of a load (or inside a commit) loses nothing and applies nothing twice.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assert_trusted, Processor, Setup};
+use tally::workload::Flow;
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+#[test]
+fn two_processors_split_the_partitions_and_one_takes_over_when_the_other_stops() {
+    let setup = Setup::new("split", Flow::Inventory, 6);
+    let a = Processor::start(&setup, "a", &[]);
+    let b = Processor::start(&setup, "b", &[]);
+    setup.load(4_000, 600, 0.05, 0.01, 0.0, 7);
+    setup.wait_caught_up(LIMIT);
+    let assigned = |p: &Processor| p.metric("tally_partitions_assigned");
+    assert!(assigned(&a) >= 1.0 && assigned(&b) >= 1.0, "a={} b={}", assigned(&a), assigned(&b));
+    assert_eq!(assigned(&a) + assigned(&b), 6.0);
+
+    a.terminate();
+    setup.load(4_000, 600, 0.05, 0.01, 0.0, 8);
+    setup.wait_caught_up(LIMIT);
+    b.wait_ready(6, LIMIT);
+    assert_trusted(&setup.oracle());
+}
+
+#[test]
+fn kill_9_during_a_load_under_exactly_once_loses_nothing_and_applies_nothing_twice() {
+    let setup = Setup::new("kill9", Flow::Ledger, 4);
+    let p = Processor::start(&setup, "a", &[]);
+    let loader = {
+        let setup = setup.clone();
+        std::thread::spawn(move || setup.load_at(20_000, 500, 0.05, 0.01, 0.002, 9, 8_000))
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    p.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    let _p = Processor::start(&setup, "a", &[]);
+    loader.join().unwrap();
+    setup.wait_caught_up(LIMIT);
+    assert_trusted(&setup.oracle());
+}
+
+#[test]
+fn a_crash_between_sending_offsets_and_committing_loses_nothing() {
+    let setup = Setup::new("crash-commit", Flow::Inventory, 2);
+    let mut p = Processor::start(&setup, "a", &[("TALLY_FAULT", "before_commit_transaction@5")]);
+    setup.load(5_000, 300, 0.05, 0.0, 0.0, 10);
+    let started = std::time::Instant::now();
+    while !p.exited() {
+        assert!(started.elapsed() < LIMIT, "the fault never fired");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _p = Processor::start(&setup, "a", &[]);
+    setup.wait_caught_up(LIMIT);
+    assert_trusted(&setup.oracle());
+}
