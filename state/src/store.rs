@@ -75,6 +75,14 @@ impl Store {
     ) -> Result<(Self, Option<StateError>), StateError> {
         match Self::open(path, opts) {
             Ok(store) => Ok((store, None)),
+            // Another process holds the store: wiping it would destroy live state.
+            Err(StateError::Open {
+                source: sled::Error::Io(e),
+                path,
+            }) if e.kind() == std::io::ErrorKind::WouldBlock => Err(StateError::Open {
+                source: sled::Error::Io(e),
+                path,
+            }),
             Err(reason) => {
                 Self::wipe(path)?;
                 Ok((Self::open(path, opts)?, Some(reason)))
@@ -92,6 +100,11 @@ impl Store {
                 source,
             }),
         }
+    }
+
+    /// Removes every row, dedupe entry and the checkpoint (the store is rebuilt from the changelog).
+    pub fn clear(&self) -> Result<(), StateError> {
+        Ok(self.db.clear()?)
     }
 
     /// Where the store lives.
