@@ -1,1 +1,19 @@
-//! placeholder
+//! tally's pure core: event contracts, their validation, and the deterministic projections that
+//! fold events into materialized state.
+//!
+//! No IO, no clocks, no randomness: the same events in give byte-identical state out. Money and
+//! quantities are i64 and overflow is an error, never a wrap.
+
+pub mod error;
+pub mod inventory;
+pub mod ledger;
+pub mod projection;
+pub mod time;
+
+mod codec;
+mod fields;
+
+pub use error::{Invalid, Reason};
+pub use inventory::{Availability, Bucket, Buckets, Inventory, InventoryEvent, Operation};
+pub use ledger::{Amounts, Balance, EntryType, Ledger, LedgerEvent};
+pub use projection::{FlowKind, Projection, SourceRef, StateDecodeError};

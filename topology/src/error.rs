@@ -1,0 +1,81 @@
+//! Why an event was refused: a machine reason (the dead-letter header) and a human message.
+//! Every refusal names one reason from a closed list, so operators can count and replay by it.
+
+/// The closed list of reasons an input record is not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    MalformedJson,
+    MissingField,
+    InvalidField,
+    UnknownSchemaVersion,
+    UnknownBucket,
+    UnknownOperation,
+    UnknownType,
+    OutOfRange,
+    Overflow,
+    KeyMismatch,
+    DuplicateConflict,
+}
+
+impl Reason {
+    /// Every reason, for metrics and reports that list them all.
+    pub const ALL: [Reason; 11] = [
+        Reason::MalformedJson,
+        Reason::MissingField,
+        Reason::InvalidField,
+        Reason::UnknownSchemaVersion,
+        Reason::UnknownBucket,
+        Reason::UnknownOperation,
+        Reason::UnknownType,
+        Reason::OutOfRange,
+        Reason::Overflow,
+        Reason::KeyMismatch,
+        Reason::DuplicateConflict,
+    ];
+
+    /// The snake_case name written to the `tally.error.reason` header.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reason::MalformedJson => "malformed_json",
+            Reason::MissingField => "missing_field",
+            Reason::InvalidField => "invalid_field",
+            Reason::UnknownSchemaVersion => "unknown_schema_version",
+            Reason::UnknownBucket => "unknown_bucket",
+            Reason::UnknownOperation => "unknown_operation",
+            Reason::UnknownType => "unknown_type",
+            Reason::OutOfRange => "out_of_range",
+            Reason::Overflow => "overflow",
+            Reason::KeyMismatch => "key_mismatch",
+            Reason::DuplicateConflict => "duplicate_conflict",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An event that cannot be applied, with the reason and a message naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {message}")]
+pub struct Invalid {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Invalid {
+    /// Shorthand used by the validators.
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// An arithmetic overflow while applying `what`.
+    pub fn overflow(what: &str) -> Self {
+        Self::new(Reason::Overflow, format!("{what} overflows i64"))
+    }
+}

@@ -1,0 +1,171 @@
+//! The inventory input contract (schema_version 1) and its validation.
+//! A record that breaks it is refused with a reason; nothing partial is ever applied.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::error::{Invalid, Reason};
+use crate::fields;
+
+/// Which stock bucket a movement touches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Bucket {
+    Sellable,
+    Damaged,
+    ReturnToVendor,
+}
+
+impl Bucket {
+    /// The contract's name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Bucket::Sellable => "sellable",
+            Bucket::Damaged => "damaged",
+            Bucket::ReturnToVendor => "return_to_vendor",
+        }
+    }
+
+    fn parse(field: &str, s: &str) -> Result<Self, Invalid> {
+        match s {
+            "sellable" => Ok(Bucket::Sellable),
+            "damaged" => Ok(Bucket::Damaged),
+            "return_to_vendor" => Ok(Bucket::ReturnToVendor),
+            other => Err(Invalid::new(
+                Reason::UnknownBucket,
+                format!("{field} `{other}` is not sellable, damaged or return_to_vendor"),
+            )),
+        }
+    }
+}
+
+/// What a movement does to its bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    Adjust,
+    Set,
+    Move,
+}
+
+impl Operation {
+    /// The contract's name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Operation::Adjust => "adjust",
+            Operation::Set => "set",
+            Operation::Move => "move",
+        }
+    }
+}
+
+/// One validated inventory movement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InventoryEvent {
+    pub event_id: String,
+    pub schema_version: u32,
+    pub sku: String,
+    pub seller_id: String,
+    pub location_id: String,
+    pub bucket: Bucket,
+    pub operation: Operation,
+    pub to_bucket: Option<Bucket>,
+    pub quantity: i64,
+    pub event_time_ms: i64,
+}
+
+#[derive(Deserialize)]
+struct Raw<'a> {
+    #[serde(borrow)]
+    event_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    schema_version: Option<&'a RawValue>,
+    #[serde(borrow)]
+    sku: Option<&'a RawValue>,
+    #[serde(borrow)]
+    seller_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    location_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    bucket: Option<&'a RawValue>,
+    #[serde(borrow)]
+    operation: Option<&'a RawValue>,
+    #[serde(borrow)]
+    to_bucket: Option<&'a RawValue>,
+    #[serde(borrow)]
+    quantity: Option<&'a RawValue>,
+    #[serde(borrow)]
+    event_time: Option<&'a RawValue>,
+}
+
+/// Parses and validates one inventory record.
+pub(crate) fn decode(key: Option<&[u8]>, value: &[u8]) -> Result<InventoryEvent, Invalid> {
+    let raw: Raw<'_> = fields::object(value)?;
+    let event_id = fields::id("event_id", raw.event_id)?;
+    let schema_version = fields::schema_version(raw.schema_version, &[1])?;
+    let sku = fields::id("sku", raw.sku)?;
+    let seller_id = fields::id("seller_id", raw.seller_id)?;
+    let location_id = fields::id("location_id", raw.location_id)?;
+    let bucket = Bucket::parse(
+        "bucket",
+        &fields::required::<std::borrow::Cow<'_, str>>("bucket", raw.bucket)?,
+    )?;
+    let op: std::borrow::Cow<'_, str> = fields::required("operation", raw.operation)?;
+    let operation = match op.as_ref() {
+        "adjust" => Operation::Adjust,
+        "set" => Operation::Set,
+        "move" => Operation::Move,
+        other => {
+            return Err(Invalid::new(
+                Reason::UnknownOperation,
+                format!("operation `{other}` is not adjust, set or move"),
+            ))
+        }
+    };
+    let to_bucket = match fields::optional_str("to_bucket", raw.to_bucket)? {
+        Some(b) => Some(Bucket::parse("to_bucket", &b)?),
+        None => None,
+    };
+    let quantity: i64 = fields::required("quantity", raw.quantity)?;
+    let event_time: std::borrow::Cow<'_, str> = fields::required("event_time", raw.event_time)?;
+    let event_time_ms = crate::time::parse_event_time(&event_time)?;
+    let range = |msg: &str| Err(Invalid::new(Reason::OutOfRange, msg.to_string()));
+    match operation {
+        Operation::Adjust if quantity == 0 => return range("adjust needs a non-zero quantity"),
+        Operation::Set if quantity < 0 => return range("set needs a quantity >= 0"),
+        Operation::Move if quantity <= 0 => return range("move needs a quantity > 0"),
+        _ => {}
+    }
+    match (operation, to_bucket) {
+        (Operation::Move, None) => {
+            return Err(Invalid::new(
+                Reason::MissingField,
+                "field `to_bucket` is missing (required for move)",
+            ))
+        }
+        (Operation::Move, Some(t)) if t == bucket => {
+            return Err(Invalid::new(
+                Reason::InvalidField,
+                "move needs to_bucket different from bucket",
+            ))
+        }
+        (Operation::Adjust | Operation::Set, Some(_)) => {
+            return Err(Invalid::new(
+                Reason::InvalidField,
+                "to_bucket is only allowed for move",
+            ))
+        }
+        _ => {}
+    }
+    fields::key_matches(key, "sku", &sku)?;
+    Ok(InventoryEvent {
+        event_id: event_id.into_owned(),
+        schema_version,
+        sku: sku.into_owned(),
+        seller_id: seller_id.into_owned(),
+        location_id: location_id.into_owned(),
+        bucket,
+        operation,
+        to_bucket,
+        quantity,
+        event_time_ms,
+    })
+}

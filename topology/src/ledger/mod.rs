@@ -1,0 +1,164 @@
+//! The ledger flow: postings per account folded into available and reserved balances per
+//! currency, in i64 minor units. Postings are facts: balances may go negative; overflow may not.
+
+mod event;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+pub use event::{EntryType, LedgerEvent};
+
+use crate::codec::{self, Fingerprint};
+use crate::error::Invalid;
+use crate::projection::{FlowKind, Projection, SourceRef, StateDecodeError};
+use crate::time::render_event_time;
+
+/// Balances of one currency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bincode::Encode, bincode::Decode)]
+pub struct Amounts {
+    pub available: i64,
+    pub reserved: i64,
+}
+
+/// Balances of one account: the materialized state of the ledger flow.
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct Balance {
+    pub account_id: String,
+    pub balances: BTreeMap<String, Amounts>,
+    pub events_applied: u64,
+    pub last_event_id: String,
+    pub last_event_time_ms: i64,
+    pub source: SourceRef,
+}
+
+/// The ledger projection.
+pub struct Ledger;
+
+fn step(v: i64, delta: i64, what: &str) -> Result<i64, Invalid> {
+    v.checked_add(delta).ok_or_else(|| Invalid::overflow(what))
+}
+
+impl Projection for Ledger {
+    type Event = LedgerEvent;
+    type State = Balance;
+    const KIND: FlowKind = FlowKind::Ledger;
+    const STATE_VERSION: u8 = 1;
+
+    fn decode(key: Option<&[u8]>, value: &[u8]) -> Result<LedgerEvent, Invalid> {
+        event::decode(key, value)
+    }
+
+    fn event_id(ev: &LedgerEvent) -> &str {
+        &ev.event_id
+    }
+
+    fn aggregate_key(ev: &LedgerEvent) -> &str {
+        &ev.account_id
+    }
+
+    fn event_time_ms(ev: &LedgerEvent) -> i64 {
+        ev.event_time_ms
+    }
+
+    fn fingerprint(ev: &LedgerEvent) -> u64 {
+        Fingerprint::new("ledger")
+            .str(&ev.event_id)
+            .int(i64::from(ev.schema_version))
+            .str(&ev.account_id)
+            .str(ev.kind.as_str())
+            .int(ev.amount_minor)
+            .str(&ev.currency)
+            .int(ev.event_time_ms)
+            .opt(ev.correlation_id.as_deref())
+            .opt(ev.causation_id.as_deref())
+            .finish()
+    }
+
+    fn apply(
+        prev: Option<&Balance>,
+        ev: &LedgerEvent,
+        source: SourceRef,
+    ) -> Result<Balance, Invalid> {
+        let mut s = match prev {
+            Some(p) => p.clone(),
+            None => Balance {
+                account_id: ev.account_id.clone(),
+                balances: BTreeMap::new(),
+                events_applied: 0,
+                last_event_id: String::new(),
+                last_event_time_ms: 0,
+                source,
+            },
+        };
+        let a = ev.amount_minor;
+        let neg = a
+            .checked_neg()
+            .ok_or_else(|| Invalid::overflow("amount_minor"))?;
+        let m = s.balances.entry(ev.currency.clone()).or_default();
+        let (da, dr) = match ev.kind {
+            EntryType::Deposited => (a, 0),
+            EntryType::Withdrawn => (neg, 0),
+            EntryType::Reserved => (neg, a),
+            EntryType::Released => (a, neg),
+            EntryType::Captured => (0, neg),
+        };
+        m.available = step(m.available, da, "available")?;
+        m.reserved = step(m.reserved, dr, "reserved")?;
+        step(m.available, m.reserved, "total")?;
+        s.events_applied = s
+            .events_applied
+            .checked_add(1)
+            .ok_or_else(|| Invalid::overflow("events_applied"))?;
+        s.last_event_id.clone_from(&ev.event_id);
+        s.last_event_time_ms = ev.event_time_ms;
+        s.source = source;
+        Ok(s)
+    }
+
+    fn render(s: &Balance, out: &mut Vec<u8>) -> Result<(), Invalid> {
+        out.clear();
+        out.extend_from_slice(b"{\"account_id\":");
+        let _ = serde_json::to_writer(&mut *out, &s.account_id);
+        out.extend_from_slice(b",\"balances\":{");
+        for (i, (cur, m)) in s.balances.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let total = step(m.available, m.reserved, "total")?;
+            let _ = serde_json::to_writer(&mut *out, cur);
+            let _ = write!(
+                out,
+                ":{{\"available\":{},\"reserved\":{},\"total\":{total}}}",
+                m.available, m.reserved
+            );
+        }
+        let _ = write!(
+            out,
+            "}},\"events_applied\":{},\"last_event_id\":",
+            s.events_applied
+        );
+        let _ = serde_json::to_writer(&mut *out, &s.last_event_id);
+        out.extend_from_slice(b",\"last_event_time\":");
+        let _ = serde_json::to_writer(&mut *out, &render_event_time(s.last_event_time_ms));
+        let _ = write!(
+            out,
+            ",\"source\":{{\"partition\":{},\"offset\":{}}}}}",
+            s.source.partition, s.source.offset
+        );
+        Ok(())
+    }
+
+    fn encode_state(state: &Balance, out: &mut Vec<u8>) {
+        codec::encode(Self::STATE_VERSION, state, out);
+    }
+
+    fn decode_state(bytes: &[u8]) -> Result<Balance, StateDecodeError> {
+        codec::decode("ledger", Self::STATE_VERSION, bytes)
+    }
+
+    fn state_key(state: &Balance) -> &str {
+        &state.account_id
+    }
+}

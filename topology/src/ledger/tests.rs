@@ -1,0 +1,114 @@
+//! The ledger contract, case by case.
+
+use rstest::rstest;
+
+use super::*;
+use crate::error::Reason;
+
+const SRC: SourceRef = SourceRef {
+    partition: 0,
+    offset: 7,
+};
+
+fn posting(kind: &str, amount: i64, currency: &str) -> String {
+    format!(
+        r#"{{"event_id":"e-{kind}-{amount}","schema_version":1,"account_id":"acc-1","type":"{kind}","amount_minor":{amount},"currency":"{currency}","event_time":"2026-06-19T18:23:11Z","correlation_id":"c-1","causation_id":null}}"#
+    )
+}
+
+fn apply(prev: Option<&Balance>, json: &str) -> Result<Balance, Invalid> {
+    let ev = Ledger::decode(Some(b"acc-1"), json.as_bytes())?;
+    Ledger::apply(prev, &ev, SRC)
+}
+
+#[test]
+fn the_contract_example_renders_exactly() {
+    let s = apply(
+        None,
+        &posting("deposited", 1000, "EUR").replace("e-deposited-1000", "e-1"),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    Ledger::render(&s, &mut out).unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        r#"{"account_id":"acc-1","balances":{"EUR":{"available":1000,"reserved":0,"total":1000}},"events_applied":1,"last_event_id":"e-1","last_event_time":"2026-06-19T18:23:11Z","source":{"partition":0,"offset":7}}"#
+    );
+}
+
+#[rstest]
+#[case::deposited("deposited", (1100, 50))]
+#[case::withdrawn("withdrawn", (900, 50))]
+#[case::reserved("reserved", (900, 150))]
+#[case::released("released", (1100, -50))]
+#[case::captured("captured", (1000, -50))]
+fn each_type_moves_its_balances(#[case] kind: &str, #[case] expected: (i64, i64)) {
+    let mut s = apply(None, &posting("deposited", 1050, "EUR")).unwrap();
+    s = apply(Some(&s), &posting("reserved", 50, "EUR")).unwrap();
+    let s = apply(Some(&s), &posting(kind, 100, "EUR")).unwrap();
+    let m = s.balances["EUR"];
+    assert_eq!((m.available, m.reserved), expected);
+    assert_eq!(s.events_applied, 3);
+}
+
+#[test]
+fn currencies_are_kept_apart() {
+    let s = apply(None, &posting("deposited", 5, "JPY")).unwrap();
+    let s = apply(Some(&s), &posting("deposited", 7, "EUR")).unwrap();
+    assert_eq!(s.balances["JPY"].available, 5);
+    assert_eq!(s.balances["EUR"].available, 7);
+}
+
+#[rstest]
+#[case::available_overflow("deposited")]
+#[case::total_overflow("released")]
+fn overflow_is_an_error_never_a_wrap(#[case] kind: &str) {
+    let s = apply(None, &posting("deposited", i64::MAX - 10, "EUR")).unwrap();
+    let s = if kind == "released" {
+        apply(Some(&s), &posting("reserved", 5, "EUR")).unwrap()
+    } else {
+        s
+    };
+    let err = apply(Some(&s), &posting(kind, 20, "EUR")).unwrap_err();
+    assert_eq!(err.reason, Reason::Overflow);
+}
+
+#[rstest]
+#[case::not_json("nope", Reason::MalformedJson)]
+#[case::missing_amount(&posting("deposited", 1, "EUR").replace("\"amount_minor\":1,", ""), Reason::MissingField)]
+#[case::amount_as_string(&posting("deposited", 1, "EUR").replace("\"amount_minor\":1", "\"amount_minor\":\"1\""), Reason::InvalidField)]
+#[case::amount_zero(&posting("deposited", 0, "EUR"), Reason::OutOfRange)]
+#[case::amount_negative(&posting("deposited", -5, "EUR"), Reason::OutOfRange)]
+#[case::amount_too_big(&posting("deposited", 1, "EUR").replace("\"amount_minor\":1", "\"amount_minor\":99999999999999999999"), Reason::InvalidField)]
+#[case::lowercase_currency(&posting("deposited", 1, "eur"), Reason::InvalidField)]
+#[case::long_currency(&posting("deposited", 1, "EURO"), Reason::InvalidField)]
+#[case::unknown_type(&posting("stolen", 1, "EUR"), Reason::UnknownType)]
+#[case::schema_v99(&posting("deposited", 1, "EUR").replace("\"schema_version\":1", "\"schema_version\":99"), Reason::UnknownSchemaVersion)]
+#[case::correlation_not_string(&posting("deposited", 1, "EUR").replace("\"c-1\"", "7"), Reason::InvalidField)]
+fn invalid_input_is_refused_with_its_reason(#[case] json: &str, #[case] reason: Reason) {
+    assert_eq!(
+        Ledger::decode(Some(b"acc-1"), json.as_bytes())
+            .unwrap_err()
+            .reason,
+        reason
+    );
+}
+
+#[test]
+fn the_message_key_must_be_the_account() {
+    let json = posting("deposited", 1, "EUR");
+    assert_eq!(
+        Ledger::decode(Some(b"acc-2"), json.as_bytes())
+            .unwrap_err()
+            .reason,
+        Reason::KeyMismatch
+    );
+}
+
+#[test]
+fn state_roundtrips() {
+    let s = apply(None, &posting("deposited", 5, "JPY")).unwrap();
+    let mut buf = Vec::new();
+    Ledger::encode_state(&s, &mut buf);
+    assert_eq!(Ledger::decode_state(&buf).unwrap(), s);
+}
