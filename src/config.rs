@@ -164,7 +164,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
         "d" => n.checked_mul(86_400_000),
-        _ => return Err(format!("`{s}` has unknown unit `{unit}` (use d, h, m, s or ms)")),
+        _ => {
+            return Err(format!(
+                "`{s}` has unknown unit `{unit}` (use d, h, m, s or ms)"
+            ))
+        }
     };
     ms.map(Duration::from_millis)
         .ok_or_else(|| format!("`{s}` is too large"))
@@ -344,8 +348,7 @@ fn env_value(v: &str) -> toml::Value {
 fn check_name(key: &str, v: &str) -> Result<(), ConfigError> {
     let ok = !v.is_empty()
         && v.len() <= 200
-        && v
-            .chars()
+        && v.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok {
         Ok(())

@@ -79,14 +79,21 @@ async fn readyz(State(s): State<AppState>) -> Response {
 
 fn status(ok: bool, health: &Health) -> Response {
     let (assigned, restoring) = health.partitions();
-    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = format!(
         "{{\"ok\":{ok},\"partitions_assigned\":{assigned},\"partitions_restoring\":{restoring}}}\n"
     );
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn state_route(State(s): State<AppState>, Path((flow, key)): Path<(String, String)>) -> Response {
+async fn state_route(
+    State(s): State<AppState>,
+    Path((flow, key)): Path<(String, String)>,
+) -> Response {
     let Some(kind) = s.kinds.get(&flow).copied() else {
         return (StatusCode::NOT_FOUND, format!("unknown flow `{flow}`\n")).into_response();
     };
@@ -96,7 +103,10 @@ async fn state_route(State(s): State<AppState>, Path((flow, key)): Path<(String,
         .filter(|e| e.key().0 == flow)
         .find_map(|e| e.value().state(key.as_bytes()).ok().flatten());
     let Some(bytes) = found else {
-        return (StatusCode::NOT_FOUND, format!("key `{key}` is not in a partition owned here\n"))
+        return (
+            StatusCode::NOT_FOUND,
+            format!("key `{key}` is not in a partition owned here\n"),
+        )
             .into_response();
     };
     let mut out = Vec::new();

@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 mod cli;
 
 #[derive(Parser)]
-#[command(name = "tally", version, about = "Exactly-once, provable event projections on Apache Kafka")]
+#[command(
+    name = "tally",
+    version,
+    about = "Exactly-once, provable event projections on Apache Kafka"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,7 +39,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::init_tracing();
     let result = match cli.command {
-        Command::Run { config } => cli::run(&config).with_context(|| format!("tally run --config {}", config.display())),
+        Command::Run { config } => {
+            cli::run(&config).with_context(|| format!("tally run --config {}", config.display()))
+        }
         Command::Load(args) => cli::load(args),
         Command::Verify(args) => cli::verify(args),
         Command::Demo(args) => tally_demo(args),

@@ -34,26 +34,64 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
-    metrics::describe_counter!("tally_events_processed_total", "Events applied to state, committed");
-    metrics::describe_counter!("tally_duplicates_skipped_total", "Redelivered events skipped by the dedupe index");
-    metrics::describe_counter!("tally_dead_lettered_total", "Records sent to the dead-letter topic, by reason");
-    metrics::describe_histogram!("tally_commit_latency_seconds", "Time to commit one batch (transaction or flush+commit)");
-    metrics::describe_counter!("tally_transactions_aborted_total", "Commits that failed and were rolled back");
-    metrics::describe_counter!("tally_restore_records_total", "Changelog records read while restoring stores");
-    metrics::describe_gauge!("tally_consumer_lag", "Consumer lag per input partition (librdkafka statistics)");
-    metrics::describe_histogram!("tally_end_to_end_latency_seconds", "Input record timestamp to commit");
-    metrics::describe_gauge!("tally_partitions_assigned", "Input partitions assigned to this instance");
-    metrics::describe_gauge!("tally_partitions_restoring", "Assigned partitions still restoring");
+    metrics::describe_counter!(
+        "tally_events_processed_total",
+        "Events applied to state, committed"
+    );
+    metrics::describe_counter!(
+        "tally_duplicates_skipped_total",
+        "Redelivered events skipped by the dedupe index"
+    );
+    metrics::describe_counter!(
+        "tally_dead_lettered_total",
+        "Records sent to the dead-letter topic, by reason"
+    );
+    metrics::describe_histogram!(
+        "tally_commit_latency_seconds",
+        "Time to commit one batch (transaction or flush+commit)"
+    );
+    metrics::describe_counter!(
+        "tally_transactions_aborted_total",
+        "Commits that failed and were rolled back"
+    );
+    metrics::describe_counter!(
+        "tally_restore_records_total",
+        "Changelog records read while restoring stores"
+    );
+    metrics::describe_gauge!(
+        "tally_consumer_lag",
+        "Consumer lag per input partition (librdkafka statistics)"
+    );
+    metrics::describe_histogram!(
+        "tally_end_to_end_latency_seconds",
+        "Input record timestamp to commit"
+    );
+    metrics::describe_gauge!(
+        "tally_partitions_assigned",
+        "Input partitions assigned to this instance"
+    );
+    metrics::describe_gauge!(
+        "tally_partitions_restoring",
+        "Assigned partitions still restoring"
+    );
 }
 
 /// Counts one committed batch of a task.
-pub fn record_commit(flow: &FlowInfo, applied: u64, duplicates: u64, dead: &[u64], timestamps: &[i64]) {
+pub fn record_commit(
+    flow: &FlowInfo,
+    applied: u64,
+    duplicates: u64,
+    dead: &[u64],
+    timestamps: &[i64],
+) {
     let name = flow.name.clone();
     if applied > 0 {
-        metrics::counter!("tally_events_processed_total", "flow" => name.clone()).increment(applied);
+        metrics::counter!("tally_events_processed_total", "flow" => name.clone())
+            .increment(applied);
     }
     if duplicates > 0 {
-        metrics::counter!("tally_duplicates_skipped_total", "flow" => name.clone()).increment(duplicates);
+        metrics::counter!("tally_duplicates_skipped_total", "flow" => name.clone())
+            .increment(duplicates);
     }
     for (reason, n) in Reason::ALL.iter().zip(dead) {
         if *n > 0 {
@@ -74,5 +112,6 @@ pub fn record_commit(flow: &FlowInfo, applied: u64, duplicates: u64, dead: &[u64
 
 /// Counts changelog records read by a restore.
 pub fn record_restore(flow: &FlowInfo, records: u64) {
-    metrics::counter!("tally_restore_records_total", "flow" => flow.name.clone()).increment(records);
+    metrics::counter!("tally_restore_records_total", "flow" => flow.name.clone())
+        .increment(records);
 }

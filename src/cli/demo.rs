@@ -51,7 +51,10 @@ fn kafka(script: &PathBuf, port: u16, cmd: &str) -> anyhow::Result<()> {
 /// Runs the demo end to end; exits non-zero when the independent check fails.
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let script = kafka_script()?;
-    say(format!("Starting a real Apache Kafka broker (KRaft) on 127.0.0.1:{}", args.kafka_port));
+    say(format!(
+        "Starting a real Apache Kafka broker (KRaft) on 127.0.0.1:{}",
+        args.kafka_port
+    ));
     kafka(&script, args.kafka_port, "up")?;
     let result = run_on_broker(&args);
     if !args.keep_broker {
@@ -109,7 +112,10 @@ listen = "127.0.0.1:0"
     };
 
     let mut loads = Vec::new();
-    for (flow, events, keys) in [("inventory", args.events, 2_000), ("ledger", args.events / 2, 1_000)] {
+    for (flow, events, keys) in [
+        ("inventory", args.events, 2_000),
+        ("ledger", args.events / 2, 1_000),
+    ] {
         let load = LoadArgs {
             flow: flow.into(),
             events,
@@ -124,7 +130,9 @@ listen = "127.0.0.1:0"
             bootstrap: bootstrap.clone(),
         };
         let (spec, topic) = load_spec(&load)?;
-        say(format!("Loading {events} {flow} events (5% duplicates, 0.2% conflicting ids, 1% poison)"));
+        say(format!(
+            "Loading {events} {flow} events (5% duplicates, 0.2% conflicting ids, 1% poison)"
+        ));
         let report = workload::produce(&bootstrap, &passthrough, &topic, &spec)?;
         eprintln!("    {}", serde_json::to_string(&report)?);
         loads.push(report);
@@ -137,7 +145,12 @@ listen = "127.0.0.1:0"
         if processor.is_finished() {
             bail!("the processor stopped early: {:?}", processor.join());
         }
-        let lag = tally::kafka::progress::group_lag(&bootstrap, &passthrough, &cfg.application_id, &inputs)?;
+        let lag = tally::kafka::progress::group_lag(
+            &bootstrap,
+            &passthrough,
+            &cfg.application_id,
+            &inputs,
+        )?;
         if lag == 0 {
             break;
         }
@@ -154,14 +167,21 @@ listen = "127.0.0.1:0"
         }
         Err(_) => bail!("the processor thread panicked"),
     }
-    eprintln!("    caught up {:.1} s after the load finished", elapsed.as_secs_f64());
+    eprintln!(
+        "    caught up {:.1} s after the load finished",
+        elapsed.as_secs_f64()
+    );
 
     say("What the processor counted (committed)");
     let metrics = tally::metrics::install().render();
     for line in metrics.lines().filter(|l| {
-        ["tally_events_processed_total", "tally_duplicates_skipped_total", "tally_dead_lettered_total"]
-            .iter()
-            .any(|m| l.starts_with(m))
+        [
+            "tally_events_processed_total",
+            "tally_duplicates_skipped_total",
+            "tally_dead_lettered_total",
+        ]
+        .iter()
+        .any(|m| l.starts_with(m))
     }) {
         eprintln!("    {line}");
     }
@@ -172,11 +192,18 @@ listen = "127.0.0.1:0"
         for line in sample(&bootstrap, &f.output, 3)? {
             eprintln!("    {line}");
         }
-        say(format!("Independent recomputation of every `{}` key from {}", f.name, f.input));
+        say(format!(
+            "Independent recomputation of every `{}` key from {}",
+            f.name, f.input
+        ));
         let report = tally::oracle::check(&oracle_spec(&cfg, f, false)?)?;
         eprintln!(
             "    events checked {}, applied {}, duplicates {}, conflicts {}, invalid {}",
-            report.events_checked, report.valid_applied, report.duplicates, report.conflicts, report.invalid
+            report.events_checked,
+            report.valid_applied,
+            report.duplicates,
+            report.conflicts,
+            report.invalid
         );
         eprintln!(
             "    keys expected {}, in output {}, matched {}; lost {}, double-applied {}, wrong {}, extra {}",
@@ -195,7 +222,14 @@ listen = "127.0.0.1:0"
         for m in &report.mismatches {
             eprintln!("    MISMATCH {m}");
         }
-        eprintln!("    verdict: {}", if report.pass { "TRUSTED" } else { "NOT TRUSTED" });
+        eprintln!(
+            "    verdict: {}",
+            if report.pass {
+                "TRUSTED"
+            } else {
+                "NOT TRUSTED"
+            }
+        );
         trusted &= report.pass;
         println!("{}", serde_json::to_string(&report)?);
     }
@@ -205,7 +239,11 @@ listen = "127.0.0.1:0"
     } else {
         "Some keys differ from the independent recomputation (see above)."
     });
-    Ok(if trusted { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if trusted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// The first `n` records of partition 0 of a topic, as text.
@@ -219,7 +257,9 @@ fn sample(bootstrap: &str, topic: &str, n: usize) -> anyhow::Result<Vec<String>>
     let deadline = Instant::now() + Duration::from_secs(10);
     while out.len() < n && Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned()),
+            Some(Ok(m)) => {
+                out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
+            }
             Some(Err(KafkaError::PartitionEOF(_))) => break,
             _ => {}
         }

@@ -31,14 +31,18 @@ pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, Arc::clone(&shutdown)).context("installing signal handlers")?;
+        signal_hook::flag::register(sig, Arc::clone(&shutdown))
+            .context("installing signal handlers")?;
     }
     run_processor(cfg, shutdown)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Starts HTTP and runs the engine in the calling thread until `shutdown`.
-pub fn run_processor(cfg: Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<std::net::SocketAddr> {
+pub fn run_processor(
+    cfg: Config,
+    shutdown: Arc<AtomicBool>,
+) -> anyhow::Result<std::net::SocketAddr> {
     let handle = tally::metrics::install();
     let health = Arc::new(Health::default());
     let stores = Arc::new(tally::engine::StoreRegistry::default());
@@ -47,8 +51,14 @@ pub fn run_processor(cfg: Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<s
         .iter()
         .filter_map(|f| f.kind().ok().map(|k| (f.name.clone(), k)))
         .collect();
-    let bound = tally::http::serve(cfg.http.listen, handle, Arc::clone(&health), Arc::clone(&stores), kinds)
-        .with_context(|| format!("binding http.listen {}", cfg.http.listen))?;
+    let bound = tally::http::serve(
+        cfg.http.listen,
+        handle,
+        Arc::clone(&health),
+        Arc::clone(&stores),
+        kinds,
+    )
+    .with_context(|| format!("binding http.listen {}", cfg.http.listen))?;
     tally::engine::run(cfg, shutdown, health, stores)?;
     Ok(bound)
 }
@@ -85,7 +95,11 @@ pub struct LoadArgs {
     /// Create the topic with this many partitions if it does not exist.
     #[arg(long, default_value_t = 12)]
     pub partitions: i32,
-    #[arg(long, env = "TALLY_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        env = "TALLY_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
     pub bootstrap: String,
 }
 
@@ -105,11 +119,18 @@ pub fn load_spec(args: &LoadArgs) -> anyhow::Result<(LoadSpec, String)> {
         .flow
         .parse()
         .map_err(|_| anyhow::anyhow!("--flow must be inventory or ledger, not `{}`", args.flow))?;
-    for (name, v) in [("duplicates", args.duplicates), ("invalid", args.invalid), ("conflicts", args.conflicts)] {
+    for (name, v) in [
+        ("duplicates", args.duplicates),
+        ("invalid", args.invalid),
+        ("conflicts", args.conflicts),
+    ] {
         anyhow::ensure!((0.0..1.0).contains(&v), "--{name} must be within [0, 1)");
     }
     anyhow::ensure!(args.keys > 0, "--keys must be > 0");
-    let topic = args.topic.clone().unwrap_or_else(|| format!("{}.events", args.flow));
+    let topic = args
+        .topic
+        .clone()
+        .unwrap_or_else(|| format!("{}.events", args.flow));
     let spec = LoadSpec {
         flow,
         events: args.events,
@@ -163,11 +184,19 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         pass &= report.pass;
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
-    Ok(if pass { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if pass {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// The oracle's view of one configured flow.
-pub fn oracle_spec(cfg: &Config, f: &tally::config::FlowConfig, committed: bool) -> anyhow::Result<OracleSpec> {
+pub fn oracle_spec(
+    cfg: &Config,
+    f: &tally::config::FlowConfig,
+    committed: bool,
+) -> anyhow::Result<OracleSpec> {
     let flow: Flow = f
         .kind()
         .map_err(anyhow::Error::msg)?

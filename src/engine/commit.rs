@@ -35,7 +35,11 @@ impl Engine {
         for t in self.tasks.values() {
             if t.has_progress() {
                 events += t.staged();
-                offsets.add_partition_offset(&t.flow().input, t.partition(), Offset::Offset(t.position()))?;
+                offsets.add_partition_offset(
+                    &t.flow().input,
+                    t.partition(),
+                    Offset::Offset(t.position()),
+                )?;
             }
         }
         if offsets.count() == 0 {
@@ -77,9 +81,9 @@ impl Engine {
                         t.produce(&self.sink, retention_ms)?;
                     }
                 }
-                let group = consumer
-                    .group_metadata()
-                    .ok_or_else(|| KafkaError::Subscription("no consumer group metadata yet".into()))?;
+                let group = consumer.group_metadata().ok_or_else(|| {
+                    KafkaError::Subscription("no consumer group metadata yet".into())
+                })?;
                 self.sink.flush()?;
                 super::faults::hit("before_send_offsets");
                 producer.send_offsets_to_transaction(offsets, &group, timeout)?;
@@ -110,7 +114,11 @@ impl Engine {
 
     /// Drops staged work everywhere and restores every task from its changelog: the state that
     /// counts is whatever Kafka committed, whether or not this failed commit made it.
-    pub fn roll_back<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, cause: &KafkaError) {
+    pub fn roll_back<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        cause: &KafkaError,
+    ) {
         metrics::counter!("tally_transactions_aborted_total").increment(1);
         if self.sink.is_transactional() {
             let abortable = matches!(cause, KafkaError::Transaction(e) if e.txn_requires_abort());

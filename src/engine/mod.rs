@@ -142,7 +142,8 @@ impl Engine {
                     tracing::warn!(flow = %flow.name, partition, %reason,
                         "store unreadable; wiped, restoring from the changelog");
                 }
-                self.open_stores.insert((flow_idx, partition), store.clone());
+                self.open_stores
+                    .insert((flow_idx, partition), store.clone());
                 store
             }
         };
@@ -163,7 +164,10 @@ impl Engine {
         };
         let epoch = task.restart();
         let cancel = Arc::new(AtomicBool::new(false));
-        if let Some(old) = self.cancels.insert((flow_idx, partition), Arc::clone(&cancel)) {
+        if let Some(old) = self
+            .cancels
+            .insert((flow_idx, partition), Arc::clone(&cancel))
+        {
             old.store(true, Ordering::Release);
         }
         self.pending_seeks
@@ -244,7 +248,8 @@ impl Engine {
             match done.result {
                 Ok(r) => {
                     tracing::debug!(records = r.records, full = r.full, "restore finished");
-                    self.pending_seeks.push((done.flow, done.partition, r.committed));
+                    self.pending_seeks
+                        .push((done.flow, done.partition, r.committed));
                 }
                 Err(e) => {
                     tracing::warn!(flow = %self.flows[done.flow].name, partition = done.partition,

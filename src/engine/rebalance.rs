@@ -60,7 +60,10 @@ impl ConsumerContext for EngineContext {
         let mut engine = lock(&self.engine);
         let revoked = Self::partitions(&engine, tpl);
         if consumer.assignment_lost() {
-            tracing::warn!(partitions = revoked.len(), "assignment lost; dropping staged work");
+            tracing::warn!(
+                partitions = revoked.len(),
+                "assignment lost; dropping staged work"
+            );
             // Staged work spans every partition: drop it all and restore the survivors.
             for &(f, p) in &revoked {
                 engine.remove_task(f, p);
@@ -69,7 +72,11 @@ impl ConsumerContext for EngineContext {
             return;
         }
         match engine.commit(consumer) {
-            Ok(outcome) => tracing::info!(partitions = revoked.len(), ?outcome, "committed before revoke"),
+            Ok(outcome) => tracing::info!(
+                partitions = revoked.len(),
+                ?outcome,
+                "committed before revoke"
+            ),
             Err(e) => tracing::error!(error = %e, "commit before revoke failed"),
         }
         for (f, p) in revoked {

@@ -36,7 +36,9 @@ impl ChangelogOffsets {
     }
 
     fn slot(&self, topic: &str, partition: i32) -> Option<&AtomicI64> {
-        self.topics.get(topic)?.get(usize::try_from(partition).ok()?)
+        self.topics
+            .get(topic)?
+            .get(usize::try_from(partition).ok()?)
     }
 }
 
@@ -81,10 +83,11 @@ impl Sink {
         timeout: Duration,
     ) -> KafkaResult<Self> {
         let transactional = config.get("transactional.id").is_some();
-        let producer: BaseProducer<DeliveryTracker> = config.create_with_context(DeliveryTracker {
-            offsets,
-            failures: AtomicU64::new(0),
-        })?;
+        let producer: BaseProducer<DeliveryTracker> =
+            config.create_with_context(DeliveryTracker {
+                offsets,
+                failures: AtomicU64::new(0),
+            })?;
         if transactional {
             producer.init_transactions(timeout)?;
         }

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
-use tally_state::{ChangelogKey, Checkpoint, CommitBatch, DedupeEntry, RecordKind, StateError, Store};
+use tally_state::{
+    ChangelogKey, Checkpoint, CommitBatch, DedupeEntry, RecordKind, StateError, Store,
+};
 use tally_topology::{Invalid, Projection, Reason, SourceRef};
 
 use super::sink::{ChangelogOffsets, Sink};
@@ -159,15 +161,21 @@ where
     }
 
     fn load_state(&self, key: &str) -> Result<Option<P::State>, TaskError> {
-        let Some(bytes) = self.store.state(key.as_bytes()).map_err(|e| self.store_err(e))? else {
+        let Some(bytes) = self
+            .store
+            .state(key.as_bytes())
+            .map_err(|e| self.store_err(e))?
+        else {
             return Ok(None);
         };
-        P::decode_state(&bytes).map(Some).map_err(|e| TaskError::State {
-            flow: self.flow.name.clone(),
-            partition: self.partition,
-            key: key.to_string(),
-            message: e.to_string(),
-        })
+        P::decode_state(&bytes)
+            .map(Some)
+            .map_err(|e| TaskError::State {
+                flow: self.flow.name.clone(),
+                partition: self.partition,
+                key: key.to_string(),
+                message: e.to_string(),
+            })
     }
 
     fn applied_before(&self, event_id: &str) -> Result<Option<DedupeEntry>, TaskError> {
@@ -383,10 +391,28 @@ fn dead_letter_headers(topic: &str, partition: i32, d: &DeadLetter) -> OwnedHead
     let partition = partition.to_string();
     let offset = d.offset.to_string();
     OwnedHeaders::new_with_capacity(6)
-        .insert(Header { key: "tally.error.reason", value: Some(d.reason.as_str()) })
-        .insert(Header { key: "tally.error.message", value: Some(d.message.as_str()) })
-        .insert(Header { key: "tally.error.stage", value: Some(d.stage) })
-        .insert(Header { key: "tally.source.topic", value: Some(topic) })
-        .insert(Header { key: "tally.source.partition", value: Some(partition.as_str()) })
-        .insert(Header { key: "tally.source.offset", value: Some(offset.as_str()) })
+        .insert(Header {
+            key: "tally.error.reason",
+            value: Some(d.reason.as_str()),
+        })
+        .insert(Header {
+            key: "tally.error.message",
+            value: Some(d.message.as_str()),
+        })
+        .insert(Header {
+            key: "tally.error.stage",
+            value: Some(d.stage),
+        })
+        .insert(Header {
+            key: "tally.source.topic",
+            value: Some(topic),
+        })
+        .insert(Header {
+            key: "tally.source.partition",
+            value: Some(partition.as_str()),
+        })
+        .insert(Header {
+            key: "tally.source.offset",
+            value: Some(offset.as_str()),
+        })
 }

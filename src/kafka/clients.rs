@@ -37,7 +37,11 @@ pub fn group_consumer(
 }
 
 /// A consumer that reads assigned partitions to their end and never joins a group.
-pub fn reader(bootstrap: &str, passthrough: &BTreeMap<String, String>, group: &str) -> ClientConfig {
+pub fn reader(
+    bootstrap: &str,
+    passthrough: &BTreeMap<String, String>,
+    group: &str,
+) -> ClientConfig {
     let mut c = base(bootstrap, passthrough);
     c.set("group.id", group)
         .set("isolation.level", "read_committed")
@@ -66,7 +70,12 @@ pub fn producer(
     }
     set_default(&mut c, passthrough, "linger.ms", "5");
     set_default(&mut c, passthrough, "compression.type", "lz4");
-    set_default(&mut c, passthrough, "queue.buffering.max.messages", "500000");
+    set_default(
+        &mut c,
+        passthrough,
+        "queue.buffering.max.messages",
+        "500000",
+    );
     set_default(&mut c, passthrough, "queue.buffering.max.kbytes", "1048576");
     set_default(&mut c, passthrough, "batch.num.messages", "10000");
     c

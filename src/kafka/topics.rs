@@ -14,7 +14,9 @@ use rdkafka::error::RDKafkaErrorCode;
 pub enum TopicError {
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("input topic `{0}` does not exist (create it first, with the partition count you want)")]
+    #[error(
+        "input topic `{0}` does not exist (create it first, with the partition count you want)"
+    )]
     MissingInput(String),
     #[error("topic `{topic}` has {found} partitions but its input `{input}` has {expected}; co-partitioned topics must agree")]
     PartitionMismatch {
@@ -49,7 +51,10 @@ pub struct Topics {
 
 impl Topics {
     /// Connects an admin client and a metadata client.
-    pub fn connect(bootstrap: &str, passthrough: &BTreeMap<String, String>) -> Result<Self, TopicError> {
+    pub fn connect(
+        bootstrap: &str,
+        passthrough: &BTreeMap<String, String>,
+    ) -> Result<Self, TopicError> {
         let cfg = super::clients::base(bootstrap, passthrough);
         Ok(Self {
             admin: cfg.create()?,
@@ -83,7 +88,9 @@ impl Topics {
         let mut nt = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication))
             .set("cleanup.policy", policy);
         if role == TopicRole::Compacted {
-            nt = nt.set("min.cleanable.dirty.ratio", "0.1").set("segment.ms", "600000");
+            nt = nt
+                .set("min.cleanable.dirty.ratio", "0.1")
+                .set("segment.ms", "600000");
         }
         let opts = AdminOptions::new().operation_timeout(Some(self.timeout));
         let res = block_on(self.admin.create_topics([&nt], &opts))?;
