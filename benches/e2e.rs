@@ -15,7 +15,10 @@ use tally::kafka::topics::{TopicRole, Topics};
 use tally::workload::{Flow, LoadSpec};
 
 fn env_or<T: std::str::FromStr>(k: &str, d: T) -> T {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 #[derive(Serialize, Default)]
@@ -50,15 +53,26 @@ impl Broker {
     fn up() -> Self {
         let port = env_or("TALLY_BENCH_KAFKA_PORT", 29092u16).to_string();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/kafka");
-        let ok = Command::new(&script).arg("up").env("KAFKA_PORT", &port).status().expect("kafka up");
+        let ok = Command::new(&script)
+            .arg("up")
+            .env("KAFKA_PORT", &port)
+            .status()
+            .expect("kafka up");
         assert!(ok.success(), "broker did not start");
-        Self { bootstrap: format!("127.0.0.1:{port}"), script, port }
+        Self {
+            bootstrap: format!("127.0.0.1:{port}"),
+            script,
+            port,
+        }
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = Command::new(&self.script).arg("down").env("KAFKA_PORT", &self.port).status();
+        let _ = Command::new(&self.script)
+            .arg("down")
+            .env("KAFKA_PORT", &self.port)
+            .status();
     }
 }
 
@@ -74,10 +88,15 @@ fn main() {
     let broker = Broker::up();
     let bootstrap = broker.bootstrap.clone();
     let none = BTreeMap::new();
-    let run = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let run = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let input = format!("bench-{run}.in");
     let topics = Topics::connect(&bootstrap, &none).unwrap();
-    topics.create(&input, partitions, 1, TopicRole::Log).unwrap();
+    topics
+        .create(&input, partitions, 1, TopicRole::Log)
+        .unwrap();
 
     let mut report = Report {
         commit: git_commit(),
@@ -88,15 +107,31 @@ fn main() {
         duplicates,
         ..Report::default()
     };
-    eprintln!("loading {events} inventory events ({keys} SKUs, {partitions} partitions, 5% duplicates)");
-    let spec = LoadSpec { flow: Flow::Inventory, events, keys, duplicates, invalid: 0.0, conflicts: 0.0, rate: 0, seed: 1 };
+    eprintln!(
+        "loading {events} inventory events ({keys} SKUs, {partitions} partitions, 5% duplicates)"
+    );
+    let spec = LoadSpec {
+        flow: Flow::Inventory,
+        events,
+        keys,
+        duplicates,
+        invalid: 0.0,
+        conflicts: 0.0,
+        rate: 0,
+        seed: 1,
+    };
     let load = tally::workload::produce(&bootstrap, &none, &input, &spec).unwrap();
     report.load_events_per_sec = load.records_per_sec;
 
     let raw_out = format!("bench-{run}.raw");
-    topics.create(&raw_out, partitions, 1, TopicRole::Log).unwrap();
+    topics
+        .create(&raw_out, partitions, 1, TopicRole::Log)
+        .unwrap();
     report.raw_passthrough_events_per_sec = raw_passthrough(&bootstrap, &input, &raw_out, events);
-    eprintln!("raw passthrough: {:.0} events/s", report.raw_passthrough_events_per_sec);
+    eprintln!(
+        "raw passthrough: {:.0} events/s",
+        report.raw_passthrough_events_per_sec
+    );
 
     let work = std::env::temp_dir().join(format!("tally-bench-{run}"));
     for guarantee in ["exactly_once", "at_least_once"] {
@@ -106,7 +141,9 @@ fn main() {
         let mut child = start(&config, &work.join(format!("{guarantee}.log")));
         wait_lag_zero(&bootstrap, &app, &input);
         let eps = events as f64 / started.elapsed().as_secs_f64();
-        eprintln!("tally {guarantee}: {eps:.0} events/s (including start-up and restore of empty stores)");
+        eprintln!(
+            "tally {guarantee}: {eps:.0} events/s (including start-up and restore of empty stores)"
+        );
         if guarantee == "exactly_once" {
             report.exactly_once_events_per_sec = eps;
             report.peak_rss_mib_exactly_once = peak_rss_mib(child.id());
@@ -121,7 +158,10 @@ fn main() {
             report.restore_seconds = started.elapsed().as_secs_f64();
             report.restore_records = metric(port, "tally_restore_records_total") as u64;
             report.restore_records_per_sec = report.restore_records as f64 / report.restore_seconds;
-            eprintln!("restore: {} records in {:.2} s", report.restore_records, report.restore_seconds);
+            eprintln!(
+                "restore: {} records in {:.2} s",
+                report.restore_records, report.restore_seconds
+            );
             stop(&mut child);
         } else {
             report.at_least_once_events_per_sec = eps;
@@ -129,22 +169,31 @@ fn main() {
         }
     }
     report.keys_materialized = keys.min(events);
-    report.exactly_once_ratio_to_raw = report.exactly_once_events_per_sec / report.raw_passthrough_events_per_sec;
-    report.at_least_once_ratio_to_raw = report.at_least_once_events_per_sec / report.raw_passthrough_events_per_sec;
+    report.exactly_once_ratio_to_raw =
+        report.exactly_once_events_per_sec / report.raw_passthrough_events_per_sec;
+    report.at_least_once_ratio_to_raw =
+        report.at_least_once_events_per_sec / report.raw_passthrough_events_per_sec;
     write_reports(&report);
     let _ = std::fs::remove_dir_all(&work);
 }
 
 fn raw_passthrough(bootstrap: &str, input: &str, output: &str, events: u64) -> f64 {
     let none = BTreeMap::new();
-    let consumer: BaseConsumer = tally::kafka::clients::group_consumer(bootstrap, &none, &format!("{output}-group")).create().unwrap();
-    let producer: BaseProducer = tally::kafka::clients::producer(bootstrap, &none, None, 60_000).create().unwrap();
+    let consumer: BaseConsumer =
+        tally::kafka::clients::group_consumer(bootstrap, &none, &format!("{output}-group"))
+            .create()
+            .unwrap();
+    let producer: BaseProducer = tally::kafka::clients::producer(bootstrap, &none, None, 60_000)
+        .create()
+        .unwrap();
     consumer.subscribe(&[input]).unwrap();
     let started = Instant::now();
     let mut n = 0u64;
     while n < events {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            let mut rec = BaseRecord::to(output).partition(m.partition()).payload(m.payload().unwrap_or_default());
+            let mut rec = BaseRecord::to(output)
+                .partition(m.partition())
+                .payload(m.payload().unwrap_or_default());
             if let Some(k) = m.key() {
                 rec = rec.key(k);
             }
@@ -170,7 +219,11 @@ fn raw_passthrough(bootstrap: &str, input: &str, output: &str, events: u64) -> f
 
 fn write_config(work: &Path, app: &str, bootstrap: &str, input: &str, guarantee: &str) -> PathBuf {
     std::fs::create_dir_all(work).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let text = format!(
         "application_id = \"{app}\"\nbootstrap_servers = \"{bootstrap}\"\nstate_dir = \"{state}\"\nprocessing_guarantee = \"{guarantee}\"\ninstance_id = \"bench\"\n[[flows]]\nname = \"inventory\"\ninput = \"{input}\"\noutput = \"{app}.out\"\ndead_letter = \"{app}.dlq\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n",
         state = work.join("state").display()
@@ -183,7 +236,12 @@ fn write_config(work: &Path, app: &str, bootstrap: &str, input: &str, guarantee:
 fn http_port(config: &Path) -> u16 {
     let text = std::fs::read_to_string(config).unwrap();
     let line = text.lines().find(|l| l.starts_with("listen")).unwrap();
-    line.rsplit(':').next().unwrap().trim_end_matches('"').parse().unwrap()
+    line.rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('"')
+        .parse()
+        .unwrap()
 }
 
 fn start(config: &Path, log: &Path) -> Child {
@@ -207,11 +265,15 @@ fn stop(child: &mut Child) {
 fn wait_lag_zero(bootstrap: &str, group: &str, input: &str) {
     let started = Instant::now();
     loop {
-        let lag = tally::kafka::progress::group_lag(bootstrap, &BTreeMap::new(), group, &[input]).unwrap_or(i64::MAX);
+        let lag = tally::kafka::progress::group_lag(bootstrap, &BTreeMap::new(), group, &[input])
+            .unwrap_or(i64::MAX);
         if lag == 0 {
             return;
         }
-        assert!(started.elapsed() < Duration::from_secs(1800), "no catch-up within 30 minutes");
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "no catch-up within 30 minutes"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -219,7 +281,11 @@ fn wait_lag_zero(bootstrap: &str, group: &str, input: &str) {
 fn http(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut raw = String::new();
     s.read_to_string(&mut raw).ok()?;
     Some(raw)
@@ -229,7 +295,8 @@ fn wait_ready(port: u16, partitions: usize) {
     let want = format!("\"partitions_assigned\":{partitions},\"partitions_restoring\":0");
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(600) {
-        if http(port, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200") && r.contains(&want)) {
+        if http(port, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200") && r.contains(&want))
+        {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -249,13 +316,19 @@ fn metric(port: u16, name: &str) -> f64 {
 fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_string)
+        })
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn dir_size(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
     entries
         .flatten()
         .map(|e| match e.metadata() {

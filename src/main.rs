@@ -37,7 +37,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::init_tracing();
+    // The demo narrates itself; the processor's info logs would drown it.
+    cli::init_tracing(if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    });
     let result = match cli.command {
         Command::Run { config } => {
             cli::run(&config).with_context(|| format!("tally run --config {}", config.display()))

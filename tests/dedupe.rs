@@ -16,10 +16,19 @@ fn duplicates_are_not_double_counted() {
     setup.wait_caught_up(Duration::from_secs(120));
     let report = setup.oracle();
     assert_trusted(&report);
-    assert!(sent.duplicates > 500, "the workload must hold duplicates: {sent:?}");
+    assert!(
+        sent.duplicates > 500,
+        "the workload must hold duplicates: {sent:?}"
+    );
     assert_eq!(report.duplicates, sent.duplicates);
-    assert_eq!(p.metric("tally_duplicates_skipped_total") as u64, sent.duplicates);
-    assert_eq!(p.metric("tally_events_processed_total") as u64, sent.valid_events);
+    assert_eq!(
+        p.metric("tally_duplicates_skipped_total") as u64,
+        sent.duplicates
+    );
+    assert_eq!(
+        p.metric("tally_events_processed_total") as u64,
+        sent.valid_events
+    );
 }
 
 #[test]
@@ -31,7 +40,9 @@ fn conflicting_duplicates_are_dead_lettered_not_applied() {
     assert_trusted(&setup.oracle());
     let conflicts = read_all(&setup.dlq)
         .iter()
-        .filter(|r| r.headers.get("tally.error.reason").map(String::as_str) == Some("duplicate_conflict"))
+        .filter(|r| {
+            r.headers.get("tally.error.reason").map(String::as_str) == Some("duplicate_conflict")
+        })
         .count() as u64;
     assert!(sent.conflicts > 50, "{sent:?}");
     assert_eq!(conflicts, sent.conflicts);

@@ -18,7 +18,12 @@ fn two_processors_split_the_partitions_and_one_takes_over_when_the_other_stops()
     setup.load(4_000, 600, 0.05, 0.01, 0.0, 7);
     setup.wait_caught_up(LIMIT);
     let assigned = |p: &Processor| p.metric("tally_partitions_assigned");
-    assert!(assigned(&a) >= 1.0 && assigned(&b) >= 1.0, "a={} b={}", assigned(&a), assigned(&b));
+    assert!(
+        assigned(&a) >= 1.0 && assigned(&b) >= 1.0,
+        "a={} b={}",
+        assigned(&a),
+        assigned(&b)
+    );
     assert_eq!(assigned(&a) + assigned(&b), 6.0);
 
     a.terminate();
@@ -48,7 +53,11 @@ fn kill_9_during_a_load_under_exactly_once_loses_nothing_and_applies_nothing_twi
 #[test]
 fn a_crash_between_sending_offsets_and_committing_loses_nothing() {
     let setup = Setup::new("crash-commit", Flow::Inventory, 2);
-    let mut p = Processor::start(&setup, "a", &[("TALLY_FAULT", "before_commit_transaction@5")]);
+    let mut p = Processor::start(
+        &setup,
+        "a",
+        &[("TALLY_FAULT", "before_commit_transaction@5")],
+    );
     setup.load(5_000, 300, 0.05, 0.0, 0.0, 10);
     let started = std::time::Instant::now();
     while !p.exited() {

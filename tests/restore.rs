@@ -21,7 +21,10 @@ fn a_restart_with_an_intact_store_restores_incrementally() {
     let p = Processor::start(&setup, "a", &[]);
     p.wait_ready(3, LIMIT);
     let restored = p.metric("tally_restore_records_total");
-    assert!(restored < 10.0, "an intact store reads (almost) nothing back, read {restored}");
+    assert!(
+        restored < 10.0,
+        "an intact store reads (almost) nothing back, read {restored}"
+    );
     setup.load(1_000, 500, 0.05, 0.0, 0.0, 5);
     setup.wait_caught_up(LIMIT);
     assert_trusted(&setup.oracle());
@@ -40,7 +43,10 @@ fn a_restart_with_a_deleted_store_restores_fully() {
     p.wait_ready(3, LIMIT);
     let restored = p.metric("tally_restore_records_total");
     // Every applied event left a dedupe record, every key at least one state record.
-    assert!(restored >= (sent.valid_events + 400) as f64, "restored only {restored} records");
+    assert!(
+        restored >= (sent.valid_events + 400) as f64,
+        "restored only {restored} records"
+    );
     // Redelivering the same history must change nothing: the restored dedupe index knows it all.
     setup.load(3_000, 400, 0.0, 0.0, 0.0, 6);
     setup.wait_caught_up(LIMIT);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -248,8 +248,8 @@ listen = "127.0.0.1:0"
 
 /// The first `n` records of partition 0 of a topic, as text.
 fn sample(bootstrap: &str, topic: &str, n: usize) -> anyhow::Result<Vec<String>> {
-    let consumer: BaseConsumer =
-        tally::kafka::clients::reader(bootstrap, &BTreeMap::new(), "tally-demo-sample").create()?;
+    let consumer =
+        tally::kafka::clients::quiet_reader(bootstrap, &BTreeMap::new(), "tally-demo-sample")?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
     consumer.assign(&tpl)?;

@@ -16,10 +16,10 @@ use tally::health::Health;
 use tally::oracle::{self, OracleSpec};
 use tally::workload::{self, Flow, LoadSpec};
 
-/// Logs to stderr; `RUST_LOG` filters (default info).
-pub fn init_tracing() {
+/// Logs to stderr; `RUST_LOG` filters (else `default`).
+pub fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

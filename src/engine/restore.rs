@@ -73,8 +73,7 @@ impl RestoreJob {
 
     fn run(self) -> Result<Restored, RestoreError> {
         let started = Instant::now();
-        let consumer: BaseConsumer =
-            clients::reader(&self.bootstrap, &self.passthrough, &self.group).create()?;
+        let consumer = clients::quiet_reader(&self.bootstrap, &self.passthrough, &self.group)?;
         let committed = self.committed_input(&consumer)?;
         let (low, high) = consumer.fetch_watermarks(
             &self.flow.changelog,
@@ -169,7 +168,10 @@ impl RestoreJob {
     /// The group's committed offset of the input partition (0 when nothing was committed yet).
     /// librdkafka asks for stable offsets under read_committed, so an open transaction of the
     /// previous owner is finished (committed or aborted) before this returns.
-    fn committed_input(&self, consumer: &BaseConsumer) -> Result<i64, RestoreError> {
+    fn committed_input(
+        &self,
+        consumer: &BaseConsumer<clients::Quiet>,
+    ) -> Result<i64, RestoreError> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&self.flow.input, self.partition);
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -196,7 +198,11 @@ impl RestoreJob {
 
     /// After end-of-partition below the high watermark: whether the consumer's position already
     /// passed the markers and aborted records that remain.
-    fn settled(&self, consumer: &BaseConsumer, high: i64) -> Result<bool, RestoreError> {
+    fn settled(
+        &self,
+        consumer: &BaseConsumer<clients::Quiet>,
+        high: i64,
+    ) -> Result<bool, RestoreError> {
         let pos = consumer
             .position()?
             .find_partition(&self.flow.changelog, self.partition)

@@ -86,3 +86,27 @@ fn set_default(c: &mut ClientConfig, passthrough: &BTreeMap<String, String>, k: 
         c.set(k, v);
     }
 }
+
+/// Client context of readers: end-of-partition is expected there, not an error worth logging.
+pub struct Quiet;
+
+impl rdkafka::ClientContext for Quiet {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+            tracing::trace!(reason, "end of partition");
+        } else {
+            tracing::warn!(%error, reason, "kafka client error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Quiet {}
+
+/// A consumer built from [`reader`] with the [`Quiet`] context.
+pub fn quiet_reader(
+    bootstrap: &str,
+    passthrough: &BTreeMap<String, String>,
+    group: &str,
+) -> rdkafka::error::KafkaResult<rdkafka::consumer::BaseConsumer<Quiet>> {
+    reader(bootstrap, passthrough, group).create_with_context(Quiet)
+}

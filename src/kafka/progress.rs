@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaResult;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -15,7 +15,7 @@ pub fn group_lag(
     group: &str,
     topics: &[&str],
 ) -> KafkaResult<i64> {
-    let consumer: BaseConsumer = super::clients::reader(bootstrap, passthrough, group).create()?;
+    let consumer = super::clients::quiet_reader(bootstrap, passthrough, group)?;
     let timeout = Duration::from_secs(30);
     let mut tpl = TopicPartitionList::new();
     let mut ends = Vec::new();

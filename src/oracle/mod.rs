@@ -12,6 +12,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
 
+use crate::kafka::clients::Quiet;
 use crate::workload::Flow;
 use fold::{Fold, Verdict};
 
@@ -54,7 +55,7 @@ pub struct OracleReport {
     pub pass: bool,
 }
 
-fn reader(spec: &OracleSpec, group: &str) -> anyhow::Result<BaseConsumer> {
+fn reader(spec: &OracleSpec, group: &str) -> anyhow::Result<BaseConsumer<Quiet>> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &spec.bootstrap);
     for (k, v) in &spec.kafka {
@@ -65,13 +66,13 @@ fn reader(spec: &OracleSpec, group: &str) -> anyhow::Result<BaseConsumer> {
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest");
-    Ok(c.create()?)
+    Ok(c.create_with_context(Quiet)?)
 }
 
 /// Reads every partition of `topic` from the beginning to `ends` (or to the end), in offset order
 /// per partition, calling `f(partition, offset, key, value, headers)`.
 fn scan(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<Quiet>,
     topic: &str,
     ends: Option<&HashMap<i32, i64>>,
     mut f: impl FnMut(

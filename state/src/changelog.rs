@@ -76,7 +76,10 @@ mod tests {
     #[case(RecordKind::State, b"".as_slice())]
     fn keys_roundtrip(#[case] kind: RecordKind, #[case] id: &[u8]) {
         let bytes = ChangelogKey::encode(kind, id);
-        assert_eq!(ChangelogKey::parse(&bytes).unwrap(), ChangelogKey { kind, id });
+        assert_eq!(
+            ChangelogKey::parse(&bytes).unwrap(),
+            ChangelogKey { kind, id }
+        );
     }
 
     #[rstest]

@@ -131,10 +131,7 @@ impl Store {
     pub fn dedupe(&self, event_id: &[u8]) -> Result<Option<DedupeEntry>, StateError> {
         let mut k = Vec::with_capacity(event_id.len() + 1);
         ChangelogKey::encode_into(RecordKind::Dedupe, event_id, &mut k);
-        self.db
-            .get(k)?
-            .map(|v| DedupeEntry::decode(&v))
-            .transpose()
+        self.db.get(k)?.map(|v| DedupeEntry::decode(&v)).transpose()
     }
 
     /// Writes one committed batch atomically: its state rows, dedupe changes and checkpoint.
@@ -196,7 +193,9 @@ impl Store {
     }
 
     /// Every dedupe entry as (event id, entry), in id order.
-    pub fn dedupe_entries(&self) -> impl Iterator<Item = Result<(Vec<u8>, DedupeEntry), StateError>> {
+    pub fn dedupe_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, DedupeEntry), StateError>> {
         self.prefixed(RecordKind::Dedupe.tag())
             .map(|r| r.and_then(|(k, v)| Ok((k[1..].to_vec(), DedupeEntry::decode(&v)?))))
     }
@@ -216,7 +215,9 @@ impl Store {
         &self,
         tag: u8,
     ) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec), StateError>> {
-        self.db.scan_prefix([tag]).map(|r| r.map_err(StateError::from))
+        self.db
+            .scan_prefix([tag])
+            .map(|r| r.map_err(StateError::from))
     }
 }
 

@@ -2,14 +2,21 @@
 //! and wipe-on-unreadable. No broker involved.
 
 use proptest::prelude::*;
-use tally_state::{ChangelogKey, Checkpoint, CommitBatch, DedupeEntry, RecordKind, RestoreBatch, Store, StoreOptions};
+use tally_state::{
+    ChangelogKey, Checkpoint, CommitBatch, DedupeEntry, RecordKind, RestoreBatch, Store,
+    StoreOptions,
+};
 
 fn open(dir: &tempfile::TempDir) -> Store {
     Store::open(dir.path(), StoreOptions::default()).expect("open store")
 }
 
 fn cp(input: i64) -> Checkpoint {
-    Checkpoint { input_offset: input, changelog_offset: input * 2, watermark_ms: 7 }
+    Checkpoint {
+        input_offset: input,
+        changelog_offset: input * 2,
+        watermark_ms: 7,
+    }
 }
 
 #[test]
@@ -25,14 +32,29 @@ fn a_committed_batch_is_read_back_after_reopen() {
         let store = open(&dir);
         let mut b = CommitBatch::default();
         b.put_state(b"sku-1", b"\x01state");
-        b.put_dedupe(b"e-1", DedupeEntry { fingerprint: 11, event_time_ms: 100 });
+        b.put_dedupe(
+            b"e-1",
+            DedupeEntry {
+                fingerprint: 11,
+                event_time_ms: 100,
+            },
+        );
         b.set_checkpoint(cp(5));
         store.commit(b).unwrap();
         store.flush().unwrap();
     }
     let store = open(&dir);
-    assert_eq!(store.state(b"sku-1").unwrap().as_deref(), Some(&b"\x01state"[..]));
-    assert_eq!(store.dedupe(b"e-1").unwrap(), Some(DedupeEntry { fingerprint: 11, event_time_ms: 100 }));
+    assert_eq!(
+        store.state(b"sku-1").unwrap().as_deref(),
+        Some(&b"\x01state"[..])
+    );
+    assert_eq!(
+        store.dedupe(b"e-1").unwrap(),
+        Some(DedupeEntry {
+            fingerprint: 11,
+            event_time_ms: 100
+        })
+    );
     assert_eq!(store.checkpoint().unwrap(), Some(cp(5)));
 }
 
@@ -42,7 +64,13 @@ fn expiry_finds_only_entries_older_than_the_bound_oldest_first() {
     let store = open(&dir);
     let mut b = CommitBatch::default();
     for (id, t) in [("c", 30), ("a", 10), ("b", -20), ("d", 40)] {
-        b.put_dedupe(id.as_bytes(), DedupeEntry { fingerprint: 0, event_time_ms: t });
+        b.put_dedupe(
+            id.as_bytes(),
+            DedupeEntry {
+                fingerprint: 0,
+                event_time_ms: t,
+            },
+        );
     }
     store.commit(b).unwrap();
     let expired = store.expired_dedupe(30, 10).unwrap();
@@ -54,7 +82,13 @@ fn removing_a_dedupe_entry_removes_it_from_the_expiry_index() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let mut b = CommitBatch::default();
-    b.put_dedupe(b"a", DedupeEntry { fingerprint: 0, event_time_ms: 10 });
+    b.put_dedupe(
+        b"a",
+        DedupeEntry {
+            fingerprint: 0,
+            event_time_ms: 10,
+        },
+    );
     store.commit(b).unwrap();
     let mut b = CommitBatch::default();
     b.remove_dedupe(b"a", 10);
@@ -69,7 +103,11 @@ fn restore_applies_the_last_record_of_each_key_and_tombstones() {
     let store = open(&dir);
     let skey = ChangelogKey::encode(RecordKind::State, b"k");
     let dkey = ChangelogKey::encode(RecordKind::Dedupe, b"e");
-    let entry = DedupeEntry { fingerprint: 3, event_time_ms: 50 }.encode();
+    let entry = DedupeEntry {
+        fingerprint: 3,
+        event_time_ms: 50,
+    }
+    .encode();
     let mut chunk = RestoreBatch::default();
     chunk.push(&skey, Some(b"old"));
     chunk.push(&skey, Some(b"new"));
@@ -77,7 +115,10 @@ fn restore_applies_the_last_record_of_each_key_and_tombstones() {
     chunk.checkpoint = cp(9);
     store.restore(chunk).unwrap();
     assert_eq!(store.state(b"k").unwrap().as_deref(), Some(&b"new"[..]));
-    assert_eq!(store.expired_dedupe(51, 10).unwrap(), vec![(b"e".to_vec(), 50)]);
+    assert_eq!(
+        store.expired_dedupe(51, 10).unwrap(),
+        vec![(b"e".to_vec(), 50)]
+    );
 
     let mut chunk = RestoreBatch::default();
     chunk.push(&skey, None);

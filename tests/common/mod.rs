@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -38,13 +38,20 @@ pub fn bootstrap() -> &'static str {
 
 /// A name unique to this test and run.
 pub fn unique(name: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("t-{name}-{}-{}", std::process::id(), nanos % 1_000_000_000)
 }
 
 /// A free TCP port on loopback for a processor's HTTP endpoint.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// One flow's topics and the processor configuration around them.
@@ -78,7 +85,12 @@ impl Setup {
         };
         let topics = tally::kafka::topics::Topics::connect(bootstrap(), &BTreeMap::new()).unwrap();
         topics
-            .create(&s.input, partitions, 1, tally::kafka::topics::TopicRole::Log)
+            .create(
+                &s.input,
+                partitions,
+                1,
+                tally::kafka::topics::TopicRole::Log,
+            )
             .unwrap();
         s
     }
@@ -125,13 +137,39 @@ listen = "127.0.0.1:{http_port}"
     }
 
     /// Produces a deterministic workload into the input topic.
-    pub fn load(&self, events: u64, keys: u64, duplicates: f64, invalid: f64, conflicts: f64, seed: u64) -> LoadReport {
+    pub fn load(
+        &self,
+        events: u64,
+        keys: u64,
+        duplicates: f64,
+        invalid: f64,
+        conflicts: f64,
+        seed: u64,
+    ) -> LoadReport {
         self.load_at(events, keys, duplicates, invalid, conflicts, seed, 0)
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn load_at(&self, events: u64, keys: u64, duplicates: f64, invalid: f64, conflicts: f64, seed: u64, rate: u64) -> LoadReport {
-        let spec = LoadSpec { flow: self.flow, events, keys, duplicates, invalid, conflicts, rate, seed };
+    pub fn load_at(
+        &self,
+        events: u64,
+        keys: u64,
+        duplicates: f64,
+        invalid: f64,
+        conflicts: f64,
+        seed: u64,
+        rate: u64,
+    ) -> LoadReport {
+        let spec = LoadSpec {
+            flow: self.flow,
+            events,
+            keys,
+            duplicates,
+            invalid,
+            conflicts,
+            rate,
+            seed,
+        };
         tally::workload::produce(bootstrap(), &BTreeMap::new(), &self.input, &spec).expect("load")
     }
 
@@ -139,11 +177,21 @@ listen = "127.0.0.1:{http_port}"
     pub fn wait_caught_up(&self, limit: Duration) {
         let started = Instant::now();
         loop {
-            let lag = tally::kafka::progress::group_lag(bootstrap(), &BTreeMap::new(), &self.app, &[&self.input]).unwrap();
+            let lag = tally::kafka::progress::group_lag(
+                bootstrap(),
+                &BTreeMap::new(),
+                &self.app,
+                &[&self.input],
+            )
+            .unwrap();
             if lag == 0 {
                 return;
             }
-            assert!(started.elapsed() < limit, "group {} still lags by {lag} after {limit:?}", self.app);
+            assert!(
+                started.elapsed() < limit,
+                "group {} still lags by {lag} after {limit:?}",
+                self.app
+            );
             std::thread::sleep(Duration::from_millis(250));
         }
     }
@@ -175,7 +223,13 @@ impl Processor {
     pub fn start(setup: &Setup, instance: &str, env: &[(&str, &str)]) -> Self {
         let http_port = free_port();
         let config = setup.config(instance, http_port);
-        let log = setup.dir.join(format!("{instance}-{}.log", SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()));
+        let log = setup.dir.join(format!(
+            "{instance}-{}.log",
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+        ));
         let file = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
         cmd.arg("run")
@@ -188,7 +242,11 @@ impl Processor {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn tally");
-        Self { child, http_port, log }
+        Self {
+            child,
+            http_port,
+            log,
+        }
     }
 
     /// kill -9.
@@ -205,12 +263,19 @@ impl Processor {
         let started = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                assert!(status.success(), "tally exited with {status}; log {}", self.log.display());
+                assert!(
+                    status.success(),
+                    "tally exited with {status}; log {}",
+                    self.log.display()
+                );
                 return;
             }
             if started.elapsed() > Duration::from_secs(60) {
                 let _ = self.child.kill();
-                panic!("tally did not stop within 60 s of SIGTERM; log {}", self.log.display());
+                panic!(
+                    "tally did not stop within 60 s of SIGTERM; log {}",
+                    self.log.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -228,7 +293,9 @@ impl Processor {
 
     /// Sum of every sample of a metric (all label sets).
     pub fn metric(&self, name: &str) -> f64 {
-        let Some((_, body)) = self.get("/metrics") else { return 0.0 };
+        let Some((_, body)) = self.get("/metrics") else {
+            return 0.0;
+        };
         metric_sum(&body, name)
     }
 
@@ -242,7 +309,11 @@ impl Processor {
                     return;
                 }
             }
-            assert!(started.elapsed() < limit, "processor not ready within {limit:?}; log {}", self.log.display());
+            assert!(
+                started.elapsed() < limit,
+                "processor not ready within {limit:?}; log {}",
+                self.log.display()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -259,7 +330,10 @@ impl Drop for Processor {
 pub fn metric_sum(body: &str, name: &str) -> f64 {
     body.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -267,7 +341,11 @@ pub fn metric_sum(body: &str, name: &str) -> f64 {
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut raw = String::new();
     s.read_to_string(&mut raw).ok()?;
     let status = raw.split(' ').nth(1)?.parse().ok()?;
@@ -287,12 +365,17 @@ pub struct Record {
 
 /// Every committed record of a topic, partition by partition.
 pub fn read_all(topic: &str) -> Vec<Record> {
-    let consumer: BaseConsumer = tally::kafka::clients::reader(bootstrap(), &BTreeMap::new(), &unique("reader")).create().unwrap();
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let consumer =
+        tally::kafka::clients::quiet_reader(bootstrap(), &BTreeMap::new(), &unique("reader"))
+            .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
     let mut tpl = TopicPartitionList::new();
     let n = md.topics()[0].partitions().len();
     for p in 0..n as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&tpl).unwrap();
     let mut eof = 0;
@@ -304,7 +387,10 @@ pub fn read_all(topic: &str) -> Vec<Record> {
                 let mut headers = BTreeMap::new();
                 if let Some(h) = m.headers() {
                     for hd in h.iter() {
-                        headers.insert(hd.key.to_string(), String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned());
+                        headers.insert(
+                            hd.key.to_string(),
+                            String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
+                        );
                     }
                 }
                 out.push(Record {
@@ -324,5 +410,9 @@ pub fn read_all(topic: &str) -> Vec<Record> {
 
 /// Asserts the oracle's verdict with its report in the message.
 pub fn assert_trusted(report: &OracleReport) {
-    assert!(report.pass, "oracle: {}", serde_json::to_string_pretty(report).unwrap());
+    assert!(
+        report.pass,
+        "oracle: {}",
+        serde_json::to_string_pretty(report).unwrap()
+    );
 }

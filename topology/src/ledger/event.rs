@@ -75,20 +75,21 @@ pub(crate) fn decode(key: Option<&[u8]>, value: &[u8]) -> Result<LedgerEvent, In
     let schema_version = fields::schema_version(raw.schema_version, &[1])?;
     let account_id = fields::id("account_id", raw.account_id)?;
     let kind_name: Cow<'_, str> = fields::required("type", raw.kind)?;
-    let kind =
-        match kind_name.as_ref() {
-            "deposited" => EntryType::Deposited,
-            "withdrawn" => EntryType::Withdrawn,
-            "reserved" => EntryType::Reserved,
-            "released" => EntryType::Released,
-            "captured" => EntryType::Captured,
-            other => return Err(Invalid::new(
+    let kind = match kind_name.as_ref() {
+        "deposited" => EntryType::Deposited,
+        "withdrawn" => EntryType::Withdrawn,
+        "reserved" => EntryType::Reserved,
+        "released" => EntryType::Released,
+        "captured" => EntryType::Captured,
+        other => {
+            return Err(Invalid::new(
                 Reason::UnknownType,
                 format!(
                     "type `{other}` is not deposited, withdrawn, reserved, released or captured"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let amount_minor: i64 = fields::required("amount_minor", raw.amount_minor)?;
     if amount_minor <= 0 {
         return Err(Invalid::new(
