@@ -50,15 +50,16 @@ fn kill_9_during_a_load_under_exactly_once_loses_nothing_and_applies_nothing_twi
     assert_trusted(&setup.oracle());
 }
 
-#[test]
-fn a_crash_between_sending_offsets_and_committing_loses_nothing() {
+#[rstest::rstest]
+#[case::before_sending_offsets("before_send_offsets@3")]
+#[case::between_sending_offsets_and_committing("before_commit_transaction@3")]
+#[case::right_after_committing("after_commit_transaction@3")]
+fn a_crash_inside_a_commit_loses_nothing_and_applies_nothing_twice(#[case] fault: &str) {
     let setup = Setup::new("crash-commit", Flow::Inventory, 2);
-    let mut p = Processor::start(
-        &setup,
-        "a",
-        &[("TALLY_FAULT", "before_commit_transaction@5")],
-    );
-    setup.load(5_000, 300, 0.05, 0.0, 0.0, 10);
+    let mut p = Processor::start(&setup, "a", &[("TALLY_FAULT", fault)]);
+    p.wait_ready(2, LIMIT);
+    // A paced load spreads the events over many commits, so the third one comes mid-load.
+    setup.load_at(4_000, 300, 0.05, 0.0, 0.0, 10, 2_000);
     let started = std::time::Instant::now();
     while !p.exited() {
         assert!(started.elapsed() < LIMIT, "the fault never fired");

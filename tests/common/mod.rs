@@ -177,13 +177,14 @@ listen = "127.0.0.1:{http_port}"
     pub fn wait_caught_up(&self, limit: Duration) {
         let started = Instant::now();
         loop {
+            // Errors right after start-up (coordinator loading) count as "not yet".
             let lag = tally::kafka::progress::group_lag(
                 bootstrap(),
                 &BTreeMap::new(),
                 &self.app,
                 &[&self.input],
             )
-            .unwrap();
+            .unwrap_or(i64::MAX);
             if lag == 0 {
                 return;
             }
