@@ -47,3 +47,31 @@ fn conflicting_duplicates_are_dead_lettered_not_applied() {
     assert!(sent.conflicts > 50, "{sent:?}");
     assert_eq!(conflicts, sent.conflicts);
 }
+
+#[test]
+fn dedupe_entries_expire_by_event_time_with_changelog_tombstones() {
+    let setup = Setup::new("expiry", Flow::Inventory, 2);
+    // The workload's events are one second of event time apart: 3000 events span 50 minutes.
+    let _p = Processor::start(&setup, "a", &[("TALLY_DEDUPE_RETENTION", "10m")]);
+    // Paced, so expiry runs over many commits as the watermark advances.
+    let sent = setup.load_at(3_000, 100, 0.0, 0.0, 0.0, 11, 1_500);
+    setup.wait_caught_up(Duration::from_secs(120));
+    assert_trusted(&setup.oracle());
+    let changelog = read_all(&format!("{}-inventory-changelog", setup.app));
+    let dedupe = |tombstone: bool| {
+        changelog
+            .iter()
+            .filter(|r| r.key.as_deref().is_some_and(|k| k.starts_with(b"d")))
+            .filter(|r| r.value.is_none() == tombstone)
+            .count() as u64
+    };
+    let (written, expired) = (dedupe(false), dedupe(true));
+    assert!(expired > 0, "no expiry tombstones");
+    // A 10 minute window holds about a fifth of the ids; all the others expired.
+    let live = written - expired;
+    assert!(
+        live > 0 && live < sent.valid_events / 2,
+        "{live} ids still live of {}",
+        sent.valid_events
+    );
+}

@@ -307,13 +307,15 @@ where
             })?;
             sink.send(&flow.output, p, key.as_bytes(), Some(&self.buf), None)?;
         }
+        let bound = self.watermark.saturating_sub(retention_ms);
+        // Ids already outside the window are never written: expiring them now is the same.
+        self.dedupe.retain(|_, e| e.event_time_ms >= bound);
         for (id, entry) in &self.dedupe {
             ChangelogKey::encode_into(RecordKind::Dedupe, id.as_bytes(), &mut self.key);
             sink.send(&flow.changelog, p, &self.key, Some(&entry.encode()), None)?;
         }
         self.expired.clear();
         if self.watermark != i64::MIN {
-            let bound = self.watermark.saturating_sub(retention_ms);
             self.expired = self
                 .store
                 .expired_dedupe(bound, 10_000)
