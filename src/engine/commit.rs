@@ -55,11 +55,18 @@ impl Engine {
                 return Ok(CommitOutcome::RolledBack);
             }
         }
+        let kafka_done = started.elapsed();
         for t in self.tasks.values_mut() {
             if t.has_progress() {
                 t.after_commit(&self.changelog_offsets)?;
             }
         }
+        tracing::debug!(
+            events,
+            kafka_ms = kafka_done.as_millis() as u64,
+            store_ms = (started.elapsed() - kafka_done).as_millis() as u64,
+            "committed"
+        );
         self.health.broker_reachable(true);
         metrics::histogram!("tally_commit_latency_seconds").record(started.elapsed().as_secs_f64());
         Ok(CommitOutcome::Committed { events })
@@ -93,12 +100,19 @@ impl Engine {
             }
             ProcessingGuarantee::AtLeastOnce => {
                 let failures = self.sink.failures();
+                let started = std::time::Instant::now();
                 for t in self.tasks.values_mut() {
                     if t.has_progress() {
                         t.produce(&self.sink, retention_ms)?;
                     }
                 }
+                let produced = started.elapsed();
                 self.sink.flush()?;
+                tracing::debug!(
+                    produce_ms = produced.as_millis() as u64,
+                    flush_ms = (started.elapsed() - produced).as_millis() as u64,
+                    "flushed"
+                );
                 if self.sink.failures() != failures {
                     return Err(KafkaError::MessageProduction(
                         rdkafka::error::RDKafkaErrorCode::Fail,

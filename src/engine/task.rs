@@ -14,6 +14,9 @@ use super::sink::{ChangelogOffsets, Sink};
 use super::FlowInfo;
 use crate::metrics;
 
+/// Dedupe entries examined for expiry per commit and task.
+const EXPIRY_SCAN: usize = 4_096;
+
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -318,7 +321,7 @@ where
         if self.watermark != i64::MIN {
             self.expired = self
                 .store
-                .expired_dedupe(bound, 10_000)
+                .expired_dedupe(bound, EXPIRY_SCAN)
                 .map_err(|e| self.store_err(e))?;
             for (id, _) in &self.expired {
                 ChangelogKey::encode_into(RecordKind::Dedupe, id, &mut self.key);
@@ -342,8 +345,8 @@ where
         for (id, entry) in self.dedupe.drain() {
             batch.put_dedupe(id.as_bytes(), entry);
         }
-        for (id, t) in self.expired.drain(..) {
-            batch.remove_dedupe(&id, t);
+        for (id, _) in self.expired.drain(..) {
+            batch.remove_dedupe(&id);
         }
         self.changelog_from = self
             .changelog_from

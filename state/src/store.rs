@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 
 use crate::changelog::{ChangelogKey, RecordKind};
 use crate::checkpoint::Checkpoint;
-use crate::dedupe::{time_sort_key, DedupeEntry};
+use crate::dedupe::DedupeEntry;
 use crate::error::StateError;
 
-const TIME_INDEX_TAG: u8 = b't';
 const CHECKPOINT_KEY: &[u8] = b"m/checkpoint";
 
 /// Tuning of one store; the defaults keep a dozen stores within a small pod.
@@ -35,6 +34,8 @@ impl Default for StoreOptions {
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
+    /// Where the incremental expiry scan of the dedupe index resumes.
+    expiry_cursor: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -54,6 +55,7 @@ impl Store {
             .path(path)
             .cache_capacity(opts.cache_capacity_bytes)
             .flush_every_ms(opts.flush_every_ms)
+            .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|source| StateError::Open {
                 path: path.to_owned(),
@@ -62,6 +64,7 @@ impl Store {
         let store = Self {
             db,
             path: path.to_owned(),
+            expiry_cursor: Default::default(),
         };
         store.checkpoint()?;
         Ok(store)
@@ -139,20 +142,42 @@ impl Store {
         Ok(self.db.apply_batch(batch.batch)?)
     }
 
-    /// Dedupe entries whose event time is before `before_ms`, oldest first, at most `limit`.
+    /// Dedupe entries whose event time is before `before_ms`, found by scanning the next
+    /// `scan` entries of the index (resuming where the last call stopped, wrapping at the end).
+    /// An incremental scan costs no extra write per event, unlike a time index.
     pub fn expired_dedupe(
         &self,
         before_ms: i64,
-        limit: usize,
+        scan: usize,
     ) -> Result<Vec<(Vec<u8>, i64)>, StateError> {
-        let mut end = vec![TIME_INDEX_TAG];
-        end.extend_from_slice(&time_sort_key(before_ms));
+        let mut cursor = self.expiry_cursor.lock().unwrap_or_else(|p| p.into_inner());
+        let tag = RecordKind::Dedupe.tag();
+        let start = if cursor.is_empty() {
+            vec![tag]
+        } else {
+            cursor.clone()
+        };
         let mut out = Vec::new();
-        for item in self.db.range(vec![TIME_INDEX_TAG]..end).take(limit) {
-            let (k, _) = item?;
-            let (ms, id) = parse_time_index_key(&k)?;
-            out.push((id.to_vec(), ms));
+        let mut seen = 0;
+        let mut last: Option<sled::IVec> = None;
+        for item in self.db.range(start..vec![tag + 1]).take(scan) {
+            let (k, v) = item?;
+            seen += 1;
+            let entry = DedupeEntry::decode(&v)?;
+            if entry.event_time_ms < before_ms {
+                out.push((k[1..].to_vec(), entry.event_time_ms));
+            }
+            last = Some(k);
         }
+        *cursor = match last {
+            // Resume just after the last key scanned.
+            Some(k) if seen == scan => {
+                let mut next = k.to_vec();
+                next.push(0);
+                next
+            }
+            _ => Vec::new(),
+        };
         Ok(out)
     }
 
@@ -166,20 +191,13 @@ impl Store {
                     Some(v) => batch.insert(key.as_slice(), v),
                     None => batch.remove(key.as_slice()),
                 },
-                RecordKind::Dedupe => {
-                    if let Some(old) = self.db.get(&key)? {
-                        let old = DedupeEntry::decode(&old)?;
-                        batch.remove(time_index_key(old.event_time_ms, parsed.id));
+                RecordKind::Dedupe => match value {
+                    Some(v) => {
+                        DedupeEntry::decode(&v)?;
+                        batch.insert(key.as_slice(), v);
                     }
-                    match value {
-                        Some(v) => {
-                            let entry = DedupeEntry::decode(&v)?;
-                            batch.insert(time_index_key(entry.event_time_ms, parsed.id), &[]);
-                            batch.insert(key.as_slice(), v);
-                        }
-                        None => batch.remove(key.as_slice()),
-                    }
-                }
+                    None => batch.remove(key.as_slice()),
+                },
             }
         }
         batch.insert(CHECKPOINT_KEY, &chunk.checkpoint.encode());
@@ -239,15 +257,12 @@ impl CommitBatch {
     pub fn put_dedupe(&mut self, event_id: &[u8], entry: DedupeEntry) {
         ChangelogKey::encode_into(RecordKind::Dedupe, event_id, &mut self.key);
         self.batch.insert(self.key.as_slice(), &entry.encode());
-        self.batch
-            .insert(time_index_key(entry.event_time_ms, event_id), &[]);
     }
 
-    /// Stages the expiry of an event id (its event time locates the index entry).
-    pub fn remove_dedupe(&mut self, event_id: &[u8], event_time_ms: i64) {
+    /// Stages the expiry of an event id.
+    pub fn remove_dedupe(&mut self, event_id: &[u8]) {
         ChangelogKey::encode_into(RecordKind::Dedupe, event_id, &mut self.key);
         self.batch.remove(self.key.as_slice());
-        self.batch.remove(time_index_key(event_time_ms, event_id));
     }
 
     /// Stages the checkpoint that describes the batch.
@@ -279,25 +294,4 @@ impl RestoreBatch {
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
-}
-
-fn time_index_key(ms: i64, id: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9 + id.len());
-    k.push(TIME_INDEX_TAG);
-    k.extend_from_slice(&time_sort_key(ms));
-    k.extend_from_slice(id);
-    k
-}
-
-fn parse_time_index_key(k: &[u8]) -> Result<(i64, &[u8]), StateError> {
-    if k.len() < 9 {
-        return Err(StateError::Corrupt {
-            what: "dedupe time index",
-            detail: format!("key of {} bytes", k.len()),
-        });
-    }
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&k[1..9]);
-    let ms = (u64::from_be_bytes(b) ^ (1u64 << 63)) as i64;
-    Ok((ms, &k[9..]))
 }

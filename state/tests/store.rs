@@ -59,7 +59,7 @@ fn a_committed_batch_is_read_back_after_reopen() {
 }
 
 #[test]
-fn expiry_finds_only_entries_older_than_the_bound_oldest_first() {
+fn expiry_finds_only_entries_older_than_the_bound() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let mut b = CommitBatch::default();
@@ -74,7 +74,7 @@ fn expiry_finds_only_entries_older_than_the_bound_oldest_first() {
     }
     store.commit(b).unwrap();
     let expired = store.expired_dedupe(30, 10).unwrap();
-    assert_eq!(expired, vec![(b"b".to_vec(), -20), (b"a".to_vec(), 10)]);
+    assert_eq!(expired, vec![(b"a".to_vec(), 10), (b"b".to_vec(), -20)]);
 }
 
 #[test]
@@ -91,10 +91,36 @@ fn removing_a_dedupe_entry_removes_it_from_the_expiry_index() {
     );
     store.commit(b).unwrap();
     let mut b = CommitBatch::default();
-    b.remove_dedupe(b"a", 10);
+    b.remove_dedupe(b"a");
     store.commit(b).unwrap();
     assert_eq!(store.dedupe(b"a").unwrap(), None);
     assert!(store.expired_dedupe(i64::MAX, 10).unwrap().is_empty());
+}
+
+#[test]
+fn the_expiry_scan_resumes_where_it_stopped_and_wraps() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let mut b = CommitBatch::default();
+    for id in ["a", "b", "c", "d", "e"] {
+        b.put_dedupe(
+            id.as_bytes(),
+            DedupeEntry {
+                fingerprint: 0,
+                event_time_ms: 1,
+            },
+        );
+    }
+    store.commit(b).unwrap();
+    let ids = |v: Vec<(Vec<u8>, i64)>| {
+        v.into_iter()
+            .map(|(k, _)| String::from_utf8(k).unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(store.expired_dedupe(2, 2).unwrap()), ["a", "b"]);
+    assert_eq!(ids(store.expired_dedupe(2, 2).unwrap()), ["c", "d"]);
+    assert_eq!(ids(store.expired_dedupe(2, 2).unwrap()), ["e"]);
+    assert_eq!(ids(store.expired_dedupe(2, 2).unwrap()), ["a", "b"]);
 }
 
 #[test]
