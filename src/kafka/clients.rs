@@ -50,8 +50,8 @@ pub fn reader(
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest");
     set_default(&mut c, passthrough, "fetch.wait.max.ms", "10");
-    set_default(&mut c, passthrough, "fetch.max.bytes", "104857600");
-    set_default(&mut c, passthrough, "max.partition.fetch.bytes", "16777216");
+    set_default(&mut c, passthrough, "fetch.max.bytes", "16777216");
+    set_default(&mut c, passthrough, "max.partition.fetch.bytes", "4194304");
     c
 }
 
