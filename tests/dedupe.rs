@@ -52,7 +52,8 @@ fn conflicting_duplicates_are_dead_lettered_not_applied() {
 fn dedupe_entries_expire_by_event_time_with_changelog_tombstones() {
     let setup = Setup::new("expiry", Flow::Inventory, 2);
     // The workload's events are one second of event time apart: 3000 events span 50 minutes.
-    let _p = Processor::start(&setup, "a", &[("TALLY_DEDUPE_RETENTION", "10m")]);
+    let p = Processor::start(&setup, "a", &[("TALLY_DEDUPE_RETENTION", "10m")]);
+    p.wait_ready(2, Duration::from_secs(60));
     // Paced, so expiry runs over many commits as the watermark advances.
     let sent = setup.load_at(3_000, 100, 0.0, 0.0, 0.0, 11, 1_500);
     setup.wait_caught_up(Duration::from_secs(120));

@@ -37,6 +37,8 @@ fn two_processors_split_the_partitions_and_one_takes_over_when_the_other_stops()
 fn kill_9_during_a_load_under_exactly_once_loses_nothing_and_applies_nothing_twice() {
     let setup = Setup::new("kill9", Flow::Ledger, 4);
     let p = Processor::start(&setup, "a", &[]);
+    // Processing must be under way when the kill comes.
+    p.wait_ready(4, LIMIT);
     let loader = {
         let setup = setup.clone();
         std::thread::spawn(move || setup.load_at(20_000, 500, 0.05, 0.01, 0.002, 9, 8_000))

@@ -323,6 +323,13 @@ where
                 .store
                 .expired_dedupe(bound, EXPIRY_SCAN)
                 .map_err(|e| self.store_err(e))?;
+            tracing::trace!(
+                partition = p,
+                watermark = self.watermark,
+                bound,
+                expired = self.expired.len(),
+                "dedupe expiry scan"
+            );
             for (id, _) in &self.expired {
                 ChangelogKey::encode_into(RecordKind::Dedupe, id, &mut self.key);
                 sink.send(&flow.changelog, p, &self.key, None, None)?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::kafka::clients::Quiet;
@@ -56,17 +56,11 @@ pub struct OracleReport {
 }
 
 fn reader(spec: &OracleSpec, group: &str) -> anyhow::Result<BaseConsumer<Quiet>> {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &spec.bootstrap);
-    for (k, v) in &spec.kafka {
-        c.set(k, v);
-    }
-    c.set("group.id", group)
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest");
-    Ok(c.create_with_context(Quiet)?)
+    Ok(crate::kafka::clients::quiet_reader(
+        &spec.bootstrap,
+        &spec.kafka,
+        group,
+    )?)
 }
 
 /// Reads every partition of `topic` from the beginning to `ends` (or to the end), in offset order

@@ -143,17 +143,9 @@ pub fn produce(
     topic: &str,
     spec: &LoadSpec,
 ) -> anyhow::Result<LoadReport> {
-    let mut cfg = rdkafka::ClientConfig::new();
-    cfg.set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "500000");
-    for (k, v) in kafka {
-        cfg.set(k, v);
-    }
-    let producer: BaseProducer = cfg.create()?;
+    // Idempotent (so acks=all), lz4, small linger: the processor's own producer settings.
+    let producer: BaseProducer =
+        crate::kafka::clients::producer(bootstrap, kafka, None, 60_000).create()?;
     let mut report = LoadReport {
         topic: topic.to_string(),
         seed: spec.seed,
