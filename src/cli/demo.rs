@@ -175,15 +175,20 @@ listen = "127.0.0.1:0"
 
     say("What the processor counted (committed)");
     let metrics = tally::metrics::install().render();
-    for line in metrics.lines().filter(|l| {
-        [
-            "tally_events_processed_total",
-            "tally_duplicates_skipped_total",
-            "tally_dead_lettered_total",
-        ]
-        .iter()
-        .any(|m| l.starts_with(m))
-    }) {
+    let mut counted: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            [
+                "tally_events_processed_total",
+                "tally_duplicates_skipped_total",
+                "tally_dead_lettered_total",
+            ]
+            .iter()
+            .any(|m| l.starts_with(m))
+        })
+        .collect();
+    counted.sort_unstable();
+    for line in counted {
         eprintln!("    {line}");
     }
 
