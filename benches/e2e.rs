@@ -41,6 +41,18 @@ struct Report {
     peak_rss_mib_exactly_once: f64,
     state_dir_mib: f64,
     keys_materialized: u64,
+    latency_rate_events_per_sec: u64,
+    exactly_once_latency_ms: Percentiles,
+    at_least_once_latency_ms: Percentiles,
+}
+
+/// End-to-end latency percentiles, input record timestamp to output visible (read_committed).
+#[derive(Serialize, Default, Clone, Copy)]
+struct Percentiles {
+    samples: usize,
+    p50: f64,
+    p99: f64,
+    p999: f64,
 }
 
 struct Broker {
@@ -147,7 +159,7 @@ fn main() {
         if guarantee == "exactly_once" {
             report.exactly_once_events_per_sec = eps;
             report.peak_rss_mib_exactly_once = peak_rss_mib(child.id());
-            stop(&mut child);
+            stop_child(&mut child);
             report.state_dir_mib = dir_size(&work.join("state").join(&app)) as f64 / 1048576.0;
             // Full restore: delete the stores, start again, time until no partition restores.
             std::fs::remove_dir_all(work.join("state").join(&app)).unwrap();
@@ -162,19 +174,149 @@ fn main() {
                 "restore: {} records in {:.2} s",
                 report.restore_records, report.restore_seconds
             );
-            stop(&mut child);
+            stop_child(&mut child);
         } else {
             report.at_least_once_events_per_sec = eps;
-            stop(&mut child);
+            stop_child(&mut child);
         }
     }
     report.keys_materialized = keys.min(events);
+    // Latency at a fixed rate: half the measured exactly_once maximum, over a fresh input.
+    let rate = (report.exactly_once_events_per_sec / 2.0).max(1000.0) as u64;
+    report.latency_rate_events_per_sec = rate;
+    let seconds: u64 = env_or("TALLY_BENCH_LATENCY_SECONDS", 20);
+    for guarantee in ["exactly_once", "at_least_once"] {
+        let p = latency(
+            &bootstrap, &work, run, guarantee, partitions, keys, rate, seconds,
+        );
+        eprintln!("latency {guarantee} at {rate} events/s: p50 {:.1} ms, p99 {:.1} ms, p999 {:.1} ms ({} samples)", p.p50, p.p99, p.p999, p.samples);
+        if guarantee == "exactly_once" {
+            report.exactly_once_latency_ms = p;
+        } else {
+            report.at_least_once_latency_ms = p;
+        }
+    }
     report.exactly_once_ratio_to_raw =
         report.exactly_once_events_per_sec / report.raw_passthrough_events_per_sec;
     report.at_least_once_ratio_to_raw =
         report.at_least_once_events_per_sec / report.raw_passthrough_events_per_sec;
     write_reports(&report);
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// Runs one processor on a fresh input fed at `rate`, watches its output with a read_committed
+/// consumer, and matches each output record's source offset to its input record's timestamp.
+#[allow(clippy::too_many_arguments)]
+fn latency(
+    bootstrap: &str,
+    work: &Path,
+    run: u64,
+    guarantee: &str,
+    partitions: i32,
+    keys: u64,
+    rate: u64,
+    seconds: u64,
+) -> Percentiles {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let none = BTreeMap::new();
+    let input = format!("bench-{run}-lat-{guarantee}.in");
+    Topics::connect(bootstrap, &none)
+        .unwrap()
+        .create(&input, partitions, 1, TopicRole::Log)
+        .unwrap();
+    let app = format!("bench-{run}-lat-{guarantee}");
+    let config = write_config(work, &app, bootstrap, &input, guarantee);
+    let mut child = start(&config, &work.join(format!("lat-{guarantee}.log")));
+    wait_ready(http_port(&config), partitions as usize);
+    let output = format!("{app}.out");
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (bootstrap, output, stop) = (bootstrap.to_string(), output.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let consumer: BaseConsumer = tally::kafka::clients::group_consumer(
+                &bootstrap,
+                &BTreeMap::new(),
+                &format!("{output}-watch"),
+            )
+            .create()
+            .unwrap();
+            consumer.subscribe(&[&output]).unwrap();
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Acquire) {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+                    let now = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap()
+                        .as_millis() as i64;
+                    let v: serde_json::Value =
+                        serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
+                    if let (Some(p), Some(o)) = (
+                        v["source"]["partition"].as_i64(),
+                        v["source"]["offset"].as_i64(),
+                    ) {
+                        seen.push((p as i32, o, now));
+                    }
+                }
+            }
+            seen
+        })
+    };
+    let spec = LoadSpec {
+        flow: Flow::Inventory,
+        events: rate * seconds,
+        keys,
+        duplicates: 0.0,
+        invalid: 0.0,
+        conflicts: 0.0,
+        rate,
+        seed: 2,
+    };
+    tally::workload::produce(bootstrap, &none, &input, &spec).unwrap();
+    wait_lag_zero(bootstrap, &app, &input);
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Release);
+    let seen = watcher.join().unwrap();
+    stop_child(&mut child);
+    // Input timestamps by (partition, offset).
+    let reader =
+        tally::kafka::clients::quiet_reader(bootstrap, &none, &format!("{app}-ts")).unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(&input, p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    reader.assign(&tpl).unwrap();
+    let mut ts: HashMap<(i32, i64), i64> = HashMap::new();
+    let mut eof = 0;
+    while eof < partitions {
+        match reader.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                if let Some(t) = m.timestamp().to_millis() {
+                    ts.insert((m.partition(), m.offset()), t);
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => eof += 1,
+            _ => {}
+        }
+    }
+    let mut lat: Vec<i64> = seen
+        .iter()
+        .filter_map(|(p, o, at)| ts.get(&(*p, *o)).map(|t| at - t))
+        .collect();
+    lat.sort_unstable();
+    let pct = |q: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(0) as f64
+    };
+    Percentiles {
+        samples: lat.len(),
+        p50: pct(0.5),
+        p99: pct(0.99),
+        p999: pct(0.999),
+    }
 }
 
 fn raw_passthrough(bootstrap: &str, input: &str, output: &str, events: u64) -> f64 {
@@ -255,7 +397,7 @@ fn start(config: &Path, log: &Path) -> Child {
         .unwrap()
 }
 
-fn stop(child: &mut Child) {
+fn stop_child(child: &mut Child) {
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
@@ -363,13 +505,17 @@ fn write_reports(r: &Report) {
 | tally at_least_once | {:.0} events/s ({:.0}% of raw) |\n\
 | full restore | {} records in {:.2} s = {:.0} records/s |\n\
 | peak RSS (exactly_once) | {:.0} MiB |\n\
-| state dir on disk | {:.0} MiB |\n",
+| state dir on disk | {:.0} MiB |\n\
+| end-to-end latency at {} events/s, exactly_once | p50 {:.0} ms, p99 {:.0} ms, p999 {:.0} ms |\n\
+| end-to-end latency at {} events/s, at_least_once | p50 {:.0} ms, p99 {:.0} ms, p999 {:.0} ms |\n",
         r.commit, r.cores, r.events, r.keys, r.partitions, r.duplicates * 100.0,
         r.load_events_per_sec, r.raw_passthrough_events_per_sec,
         r.exactly_once_events_per_sec, r.exactly_once_ratio_to_raw * 100.0,
         r.at_least_once_events_per_sec, r.at_least_once_ratio_to_raw * 100.0,
         r.restore_records, r.restore_seconds, r.restore_records_per_sec,
         r.peak_rss_mib_exactly_once, r.state_dir_mib,
+        r.latency_rate_events_per_sec, r.exactly_once_latency_ms.p50, r.exactly_once_latency_ms.p99, r.exactly_once_latency_ms.p999,
+        r.latency_rate_events_per_sec, r.at_least_once_latency_ms.p50, r.at_least_once_latency_ms.p99, r.at_least_once_latency_ms.p999,
     );
     std::fs::write(dir.join("e2e.md"), &md).unwrap();
     println!("{json}");

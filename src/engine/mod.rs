@@ -7,6 +7,7 @@ mod rebalance;
 mod restore;
 mod sink;
 mod task;
+mod writer;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +28,7 @@ use restore::{RestoreDone, RestoreJob};
 pub use sink::ChangelogOffsets;
 use sink::Sink;
 use task::{Status, Task, TaskOps};
+use writer::StoreWriter;
 
 use crate::config::{Config, ProcessingGuarantee};
 use crate::health::Health;
@@ -70,6 +72,7 @@ pub struct Engine {
     tasks: HashMap<(usize, i32), Box<dyn TaskOps>>,
     cancels: HashMap<(usize, i32), Arc<AtomicBool>>,
     open_stores: HashMap<(usize, i32), Store>,
+    writer: StoreWriter,
     sink: Sink,
     changelog_offsets: Arc<ChangelogOffsets>,
     restores_tx: Sender<RestoreDone>,
@@ -150,8 +153,18 @@ impl Engine {
         self.stores
             .insert((flow.name.clone(), partition), store.clone());
         let task: Box<dyn TaskOps> = match flow.kind {
-            FlowKind::Inventory => Box::new(Task::<Inventory>::new(flow, partition, store)),
-            FlowKind::Ledger => Box::new(Task::<Ledger>::new(flow, partition, store)),
+            FlowKind::Inventory => Box::new(Task::<Inventory>::new(
+                flow,
+                partition,
+                store,
+                self.writer.clone(),
+            )),
+            FlowKind::Ledger => Box::new(Task::<Ledger>::new(
+                flow,
+                partition,
+                store,
+                self.writer.clone(),
+            )),
         };
         self.tasks.insert((flow_idx, partition), task);
         self.start_restore(flow_idx, partition);
@@ -204,7 +217,10 @@ impl Engine {
         if let Some(c) = self.cancels.remove(&(flow_idx, partition)) {
             c.store(true, Ordering::Release);
         }
-        if let Some(t) = self.tasks.remove(&(flow_idx, partition)) {
+        if let Some(mut t) = self.tasks.remove(&(flow_idx, partition)) {
+            if let Err(e) = t.settle() {
+                tracing::warn!(error = %e, "writing the last batch of a revoked store failed");
+            }
             if let Err(e) = t.store().flush() {
                 tracing::warn!(error = %e, "flushing a revoked store failed");
             }
@@ -305,6 +321,10 @@ pub fn run(
         tasks: HashMap::new(),
         cancels: HashMap::new(),
         open_stores: HashMap::new(),
+        writer: StoreWriter::start().map_err(|source| tally_state::StateError::Fs {
+            path: cfg.state_dir.clone(),
+            source,
+        })?,
         sink,
         changelog_offsets,
         restores_tx,
@@ -366,8 +386,11 @@ pub fn run(
         tracing::error!(error = %err, "processor stopping on error");
     }
     {
-        let e = lock(&engine);
-        for t in e.tasks.values() {
+        let mut e = lock(&engine);
+        for t in e.tasks.values_mut() {
+            if let Err(err) = t.settle() {
+                tracing::warn!(error = %err, "writing the last batch failed; the next start restores it");
+            }
             let _ = t.store().flush();
         }
     }

@@ -11,6 +11,7 @@ use tally_state::{
 use tally_topology::{Invalid, Projection, Reason, SourceRef};
 
 use super::sink::{ChangelogOffsets, Sink};
+use super::writer::{Pending, StoreWriter};
 use super::FlowInfo;
 use crate::metrics;
 
@@ -63,8 +64,10 @@ pub trait TaskOps: Send {
     fn position(&self) -> i64;
     /// Produces changelog, output and dead-letter records of the staged work.
     fn produce(&mut self, sink: &Sink, retention_ms: i64) -> Result<(), ProduceError>;
-    /// Writes the committed work to the store and forgets it.
+    /// Hands the committed work to the store writer (after the previous batch is written).
     fn after_commit(&mut self, offsets: &ChangelogOffsets) -> Result<(), TaskError>;
+    /// Waits until every committed batch is in the store.
+    fn settle(&mut self) -> Result<(), TaskError>;
     /// Drops staged work and starts a new restore generation.
     fn restart(&mut self) -> u64;
     /// Restore finished: process from `committed` on.
@@ -89,11 +92,20 @@ struct DeadLetter {
     stage: &'static str,
 }
 
+/// A committed batch on its way into the store; lookups see it until it is written.
+struct Inflight<P: Projection> {
+    states: HashMap<String, P::State>,
+    dedupe: HashMap<String, DedupeEntry>,
+    pending: Pending,
+}
+
 /// A task running projection `P`.
 pub struct Task<P: Projection> {
     flow: Arc<FlowInfo>,
     partition: i32,
     store: Store,
+    writer: StoreWriter,
+    inflight: Option<Inflight<P>>,
     status: Status,
     epoch: u64,
     committed: i64,
@@ -122,11 +134,13 @@ where
     P::State: Send,
 {
     /// A task in `Restoring` state over an opened store.
-    pub fn new(flow: Arc<FlowInfo>, partition: i32, store: Store) -> Self {
+    pub fn new(flow: Arc<FlowInfo>, partition: i32, store: Store, writer: StoreWriter) -> Self {
         Self {
             flow,
             partition,
             store,
+            writer,
+            inflight: None,
             status: Status::Restoring,
             epoch: 0,
             committed: 0,
@@ -164,6 +178,9 @@ where
     }
 
     fn load_state(&self, key: &str) -> Result<Option<P::State>, TaskError> {
+        if let Some(s) = self.inflight.as_ref().and_then(|i| i.states.get(key)) {
+            return Ok(Some(s.clone()));
+        }
         let Some(bytes) = self
             .store
             .state(key.as_bytes())
@@ -183,6 +200,9 @@ where
 
     fn applied_before(&self, event_id: &str) -> Result<Option<DedupeEntry>, TaskError> {
         if let Some(e) = self.dedupe.get(event_id) {
+            return Ok(Some(*e));
+        }
+        if let Some(e) = self.inflight.as_ref().and_then(|i| i.dedupe.get(event_id)) {
             return Ok(Some(*e));
         }
         self.store
@@ -344,13 +364,14 @@ where
     }
 
     fn after_commit(&mut self, offsets: &ChangelogOffsets) -> Result<(), TaskError> {
+        self.settle()?;
         let mut batch = CommitBatch::default();
-        for (key, state) in self.states.drain() {
-            P::encode_state(&state, &mut self.buf);
+        for (key, state) in &self.states {
+            P::encode_state(state, &mut self.buf);
             batch.put_state(key.as_bytes(), &self.buf);
         }
-        for (id, entry) in self.dedupe.drain() {
-            batch.put_dedupe(id.as_bytes(), entry);
+        for (id, entry) in &self.dedupe {
+            batch.put_dedupe(id.as_bytes(), *entry);
         }
         for (id, _) in self.expired.drain(..) {
             batch.remove_dedupe(&id);
@@ -363,7 +384,12 @@ where
             changelog_offset: self.changelog_from,
             watermark_ms: self.watermark,
         });
-        self.store.commit(batch).map_err(|e| self.store_err(e))?;
+        let pending = self.writer.submit(self.store.clone(), batch);
+        self.inflight = Some(Inflight {
+            states: std::mem::take(&mut self.states),
+            dedupe: std::mem::take(&mut self.dedupe),
+            pending,
+        });
         self.committed = self.next;
         self.dead.clear();
         let c = std::mem::take(&mut self.counts);
@@ -373,7 +399,18 @@ where
         Ok(())
     }
 
+    fn settle(&mut self) -> Result<(), TaskError> {
+        match self.inflight.take() {
+            Some(i) => i.pending.wait().map_err(|e| self.store_err(e)),
+            None => Ok(()),
+        }
+    }
+
     fn restart(&mut self) -> u64 {
+        // Committed batches belong in the store before a restore reads its checkpoint.
+        if let Err(e) = self.settle() {
+            tracing::error!(error = %e, "writing a committed batch failed; the restore rebuilds it");
+        }
         self.states.clear();
         self.dedupe.clear();
         self.expired.clear();
