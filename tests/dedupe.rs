@@ -50,7 +50,9 @@ fn conflicting_duplicates_are_dead_lettered_not_applied() {
 
 #[test]
 fn dedupe_entries_expire_by_event_time_with_changelog_tombstones() {
-    let setup = Setup::new("expiry", Flow::Inventory, 2);
+    let mut setup = Setup::new("expiry", Flow::Inventory, 2);
+    // Expired ids leave the changelog on purpose; the oracle's changelog check assumes none did.
+    setup.check_changelog = false;
     // The workload's events are one second of event time apart: 3000 events span 50 minutes.
     let p = Processor::start(&setup, "a", &[("TALLY_DEDUPE_RETENTION", "10m")]);
     p.wait_ready(2, Duration::from_secs(60));
@@ -58,7 +60,7 @@ fn dedupe_entries_expire_by_event_time_with_changelog_tombstones() {
     let sent = setup.load_at(3_000, 100, 0.0, 0.0, 0.0, 11, 1_500);
     setup.wait_caught_up(Duration::from_secs(120));
     assert_trusted(&setup.oracle());
-    let changelog = read_all(&format!("{}-inventory-changelog", setup.app));
+    let changelog = read_all(&setup.changelog());
     let dedupe = |tombstone: bool| {
         changelog
             .iter()

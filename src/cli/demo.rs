@@ -202,7 +202,7 @@ listen = "127.0.0.1:0"
             "Independent recomputation of every `{}` key from {}",
             f.name, f.input
         ));
-        let report = tally::oracle::check(&oracle_spec(&cfg, f, false)?)?;
+        let report = tally::oracle::check(&oracle_spec(&cfg, f, false, true)?)?;
         eprintln!(
             "    events checked {}, applied {}, duplicates {}, conflicts {}, invalid {}",
             report.events_checked,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use tally::config::Config;
+use tally::config::{Config, ProcessingGuarantee};
 use tally::health::Health;
 use tally::oracle::{self, OracleSpec};
 use tally::workload::{self, Flow, LoadSpec};
@@ -170,6 +170,10 @@ pub struct VerifyArgs {
     /// Read input only up to the group's committed offsets (for a processor still running).
     #[arg(long)]
     pub committed: bool,
+    /// Also check the changelog: its state keys and dedupe entries must equal the recomputation
+    /// (holds while no dedupe entry has expired, i.e. history shorter than dedupe_retention).
+    #[arg(long)]
+    pub changelog: bool,
 }
 
 /// `tally verify`: exits 1 when any key differs from the independent recomputation.
@@ -180,7 +184,7 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         if args.flow.as_ref().is_some_and(|n| *n != f.name) {
             continue;
         }
-        let report = oracle::check(&oracle_spec(&cfg, f, args.committed)?)?;
+        let report = oracle::check(&oracle_spec(&cfg, f, args.committed, args.changelog)?)?;
         pass &= report.pass;
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
@@ -196,6 +200,7 @@ pub fn oracle_spec(
     cfg: &Config,
     f: &tally::config::FlowConfig,
     committed: bool,
+    changelog: bool,
 ) -> anyhow::Result<OracleSpec> {
     let flow: Flow = f
         .kind()
@@ -211,6 +216,8 @@ pub fn oracle_spec(
         output: f.output.clone(),
         dead_letter: f.dead_letter.clone(),
         group: committed.then(|| cfg.application_id.clone()),
+        changelog: changelog.then(|| f.changelog_topic(&cfg.application_id)),
+        repeats_allowed: cfg.processing_guarantee != ProcessingGuarantee::ExactlyOnce,
     })
 }
 

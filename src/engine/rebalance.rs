@@ -34,6 +34,14 @@ impl EngineContext {
 
 impl ClientContext for EngineContext {
     fn stats(&self, stats: Statistics) {
+        // An idle consumer polls no message that would say so: a broker UP again is the sign.
+        if stats
+            .brokers
+            .values()
+            .any(|b| b.nodeid >= 0 && b.state == "UP")
+        {
+            self.health.broker_reachable(true);
+        }
         for (topic, t) in &stats.topics {
             for (p, part) in &t.partitions {
                 if *p >= 0 && part.consumer_lag >= 0 {

@@ -1,24 +1,32 @@
-//! The oracle's own validation and fold, written apart from `tally-topology` on purpose: two
-//! implementations of the contract that must agree, or the oracle reports the difference.
+//! The oracle's own validation and fold of input records, written apart from the projection code on
+//! purpose: two implementations of the event contracts that must agree, or the oracle says where.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 
 use serde_json::{Map, Value};
 
-use crate::workload::Flow;
+use super::Flow;
+
+/// Longest accepted id or key, in bytes (the contract's bound on ids).
+const MAX_ID: usize = 256;
+const BUCKETS: [&str; 3] = ["sellable", "damaged", "return_to_vendor"];
 
 /// What one input record is to the oracle.
-pub(crate) enum Verdict {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
     Applied,
     Duplicate,
     Conflict,
-    Invalid,
+    /// Not applied; the reason is the dead-letter reason the contract gives it.
+    Invalid(&'static str),
 }
 
-/// Expected state of one key.
+/// The expected output of one key: everything the output record must say.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub(crate) struct Expected {
-    /// location or currency -> three (inventory) or two (ledger) amounts.
+pub(super) struct Expected {
+    /// Location -> [sellable, damaged, return_to_vendor], or currency -> [available, reserved, 0].
     pub amounts: BTreeMap<String, [i64; 3]>,
     pub events_applied: u64,
     pub last_event_id: String,
@@ -27,259 +35,263 @@ pub(crate) struct Expected {
     pub offset: i64,
 }
 
-struct Parsed {
+/// A validated event: where it lands and what it does.
+#[derive(Debug)]
+struct Event {
     id: String,
     key: String,
+    /// Location (inventory) or currency (ledger).
     slot: String,
-    /// (index, delta) pairs, or a set of index to value.
     change: Change,
     time_ms: i64,
-    canonical: String,
+    /// Hash of every parsed field: equal for a duplicate, different for a conflict.
+    content: u64,
 }
 
+#[derive(Debug)]
 enum Change {
     Add(Vec<(usize, i64)>),
     Set(usize, i64),
 }
 
-/// Folds records partition by partition in offset order.
-#[derive(Default)]
-pub(crate) struct Fold {
-    seen: HashMap<(i32, String), String>,
+/// Folds records partition by partition in offset order, keeping per-key state and, for dedupe,
+/// one content hash per event id and partition.
+pub(super) struct Fold {
+    flow: Flow,
+    /// Partition -> first-seen event id -> content hash.
+    pub seen: HashMap<i32, HashMap<Box<str>, u64>>,
     pub keys: HashMap<String, Expected>,
 }
 
-fn s<'a>(o: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
-    o.get(k)?
-        .as_str()
-        .filter(|v| !v.is_empty() && v.len() <= 256)
+type Check<T> = Result<T, &'static str>;
+
+fn field<'a>(o: &'a Map<String, Value>, name: &str) -> Check<&'a Value> {
+    o.get(name).ok_or("missing_field")
 }
 
-fn bucket(name: &str) -> Option<usize> {
-    ["sellable", "damaged", "return_to_vendor"]
+fn string<'a>(o: &'a Map<String, Value>, name: &str) -> Check<&'a str> {
+    field(o, name)?.as_str().ok_or("invalid_field")
+}
+
+fn id<'a>(o: &'a Map<String, Value>, name: &str) -> Check<&'a str> {
+    let s = string(o, name)?;
+    if s.is_empty() || s.len() > MAX_ID {
+        return Err("invalid_field");
+    }
+    Ok(s)
+}
+
+/// An optional string field: absent or null is `None`.
+fn optional<'a>(o: &'a Map<String, Value>, name: &str) -> Check<Option<&'a str>> {
+    match o.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err("invalid_field"),
+    }
+}
+
+fn integer(o: &Map<String, Value>, name: &str) -> Check<i64> {
+    field(o, name)?.as_i64().ok_or("invalid_field")
+}
+
+fn bucket(name: &str) -> Check<usize> {
+    BUCKETS
         .iter()
         .position(|b| *b == name)
+        .ok_or("unknown_bucket")
 }
 
-fn parse(flow: Flow, key: Option<&[u8]>, value: &[u8]) -> Option<Parsed> {
-    let v: Value = serde_json::from_slice(value).ok()?;
-    let o = v.as_object()?;
-    if o.get("schema_version")?.as_u64()? != 1 {
-        return None;
+fn time_ms(o: &Map<String, Value>) -> Check<i64> {
+    let t = string(o, "event_time")?;
+    chrono::DateTime::parse_from_rfc3339(t)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| "invalid_field")
+}
+
+fn fingerprint(fields: impl Hash) -> u64 {
+    let mut h = DefaultHasher::new();
+    fields.hash(&mut h);
+    h.finish()
+}
+
+/// Validates one record against its flow's contract; `Err` is the dead-letter reason.
+fn validate(flow: Flow, key: Option<&[u8]>, value: Option<&[u8]>) -> Check<Event> {
+    let v: Value =
+        serde_json::from_slice(value.ok_or("malformed_json")?).map_err(|_| "malformed_json")?;
+    let o = v.as_object().ok_or("malformed_json")?;
+    let event_id = id(o, "event_id")?;
+    let version = field(o, "schema_version")?;
+    if !version.is_u64() {
+        return Err("invalid_field");
     }
-    let id = s(o, "event_id")?.to_string();
-    let time = o.get("event_time")?.as_str()?;
-    let time_ms = chrono::DateTime::parse_from_rfc3339(time)
-        .ok()?
-        .timestamp_millis();
-    let (agg, parsed) = match flow {
-        Flow::Inventory => {
-            let sku = s(o, "sku")?;
-            let seller = s(o, "seller_id")?;
-            let loc = s(o, "location_id")?;
-            let b = bucket(o.get("bucket")?.as_str()?)?;
-            let q = o.get("quantity")?.as_i64()?;
-            let to = match o.get("to_bucket") {
-                None => None,
-                Some(Value::Null) => None,
-                Some(t) => Some(bucket(t.as_str()?)?),
-            };
-            let op = o.get("operation")?.as_str()?;
-            let change = match (op, to) {
-                ("adjust", None) if q != 0 => Change::Add(vec![(b, q)]),
-                ("set", None) if q >= 0 => Change::Set(b, q),
-                ("move", Some(t)) if q > 0 && t != b => {
-                    Change::Add(vec![(b, q.checked_neg()?), (t, q)])
-                }
-                _ => return None,
-            };
-            let canonical = format!("{id}|{sku}|{seller}|{loc}|{b}|{op}|{to:?}|{q}|{time_ms}");
-            (
-                sku,
-                Parsed {
-                    id,
-                    key: sku.to_string(),
-                    slot: loc.to_string(),
-                    change,
-                    time_ms,
-                    canonical,
-                },
-            )
-        }
-        Flow::Ledger => {
-            let acc = s(o, "account_id")?;
-            let a = o.get("amount_minor")?.as_i64().filter(|a| *a > 0)?;
-            let cur = o.get("currency")?.as_str()?;
-            if cur.len() != 3 || !cur.bytes().all(|c| c.is_ascii_uppercase()) {
-                return None;
-            }
-            let opt = |k: &str| match o.get(k) {
-                None | Some(Value::Null) => Some(String::new()),
-                Some(Value::String(x)) => Some(format!("={x}")),
-                Some(_) => None,
-            };
-            let (corr, caus) = (opt("correlation_id")?, opt("causation_id")?);
-            let ty = o.get("type")?.as_str()?;
-            let change = match ty {
-                "deposited" => vec![(0, a)],
-                "withdrawn" => vec![(0, -a)],
-                "reserved" => vec![(0, -a), (1, a)],
-                "released" => vec![(0, a), (1, -a)],
-                "captured" => vec![(1, -a)],
-                _ => return None,
-            };
-            let canonical = format!("{id}|{acc}|{ty}|{a}|{cur}|{time_ms}|{corr}|{caus}");
-            (
-                acc,
-                Parsed {
-                    id,
-                    key: acc.to_string(),
-                    slot: cur.to_string(),
-                    change: Change::Add(change),
-                    time_ms,
-                    canonical,
-                },
-            )
-        }
+    if version.as_u64() != Some(1) {
+        return Err("unknown_schema_version");
+    }
+    let event = match flow {
+        Flow::Inventory => inventory(o, event_id)?,
+        Flow::Ledger => ledger(o, event_id)?,
     };
-    (key == Some(agg.as_bytes())).then_some(parsed)
+    if key != Some(event.key.as_bytes()) {
+        return Err("key_mismatch");
+    }
+    Ok(event)
+}
+
+fn inventory(o: &Map<String, Value>, event_id: &str) -> Check<Event> {
+    let sku = id(o, "sku")?;
+    let seller = id(o, "seller_id")?;
+    let location = id(o, "location_id")?;
+    let from = bucket(string(o, "bucket")?)?;
+    let op = string(o, "operation")?;
+    if !matches!(op, "adjust" | "set" | "move") {
+        return Err("unknown_operation");
+    }
+    let to = optional(o, "to_bucket")?.map(bucket).transpose()?;
+    let q = integer(o, "quantity")?;
+    let time_ms = time_ms(o)?;
+    let change = match (op, to) {
+        ("adjust", _) if q == 0 => return Err("out_of_range"),
+        ("set", _) if q < 0 => return Err("out_of_range"),
+        ("move", _) if q <= 0 => return Err("out_of_range"),
+        ("move", None) => return Err("missing_field"),
+        ("move", Some(t)) if t == from => return Err("invalid_field"),
+        ("move", Some(t)) => Change::Add(vec![(from, -q), (t, q)]),
+        (_, Some(_)) => return Err("invalid_field"),
+        ("set", None) => Change::Set(from, q),
+        _ => Change::Add(vec![(from, q)]),
+    };
+    let content = fingerprint((event_id, sku, seller, location, from, op, to, q, time_ms));
+    Ok(Event {
+        id: event_id.to_string(),
+        key: sku.to_string(),
+        slot: location.to_string(),
+        change,
+        time_ms,
+        content,
+    })
+}
+
+fn ledger(o: &Map<String, Value>, event_id: &str) -> Check<Event> {
+    let account = id(o, "account_id")?;
+    let kind = string(o, "type")?;
+    // Signs of the change to [available, reserved].
+    let signs: [i64; 2] = match kind {
+        "deposited" => [1, 0],
+        "withdrawn" => [-1, 0],
+        "reserved" => [-1, 1],
+        "released" => [1, -1],
+        "captured" => [0, -1],
+        _ => return Err("unknown_type"),
+    };
+    let a = integer(o, "amount_minor")?;
+    if a <= 0 {
+        return Err("out_of_range");
+    }
+    let change = (0..2)
+        .filter(|i| signs[*i] != 0)
+        .map(|i| (i, signs[i] * a))
+        .collect();
+    let currency = string(o, "currency")?;
+    if currency.len() != 3 || !currency.bytes().all(|c| c.is_ascii_uppercase()) {
+        return Err("invalid_field");
+    }
+    let time_ms = time_ms(o)?;
+    let correlation = optional(o, "correlation_id")?;
+    let causation = optional(o, "causation_id")?;
+    let content = fingerprint((
+        event_id,
+        account,
+        kind,
+        a,
+        currency,
+        time_ms,
+        correlation,
+        causation,
+    ));
+    Ok(Event {
+        id: event_id.to_string(),
+        key: account.to_string(),
+        slot: currency.to_string(),
+        change: Change::Add(change),
+        time_ms,
+        content,
+    })
+}
+
+/// Totals of an inventory key (per bucket, then stock on hand), `None` when they overflow i64.
+pub(super) fn inventory_totals(e: &Expected) -> Option<([i64; 3], i64)> {
+    let mut t = [0i64; 3];
+    for b in e.amounts.values() {
+        for i in 0..3 {
+            t[i] = t[i].checked_add(b[i])?;
+        }
+    }
+    Some((t, t[0].checked_add(t[1])?.checked_add(t[2])?))
 }
 
 impl Fold {
-    /// Applies one input record and says what it was.
-    pub(crate) fn record(
+    /// An empty fold of one flow.
+    pub(super) fn new(flow: Flow) -> Self {
+        Fold {
+            flow,
+            seen: HashMap::new(),
+            keys: HashMap::new(),
+        }
+    }
+
+    /// Applies one input record (records of a partition must come in offset order).
+    pub(super) fn record(
         &mut self,
-        flow: Flow,
         partition: i32,
         offset: i64,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
     ) -> Verdict {
-        let Some(p) = value.and_then(|v| parse(flow, key, v)) else {
-            return Verdict::Invalid;
+        let ev = match validate(self.flow, key, value) {
+            Ok(ev) => ev,
+            Err(reason) => return Verdict::Invalid(reason),
         };
-        if let Some(prev) = self.seen.get(&(partition, p.id.clone())) {
-            return if *prev == p.canonical {
+        let seen = self.seen.entry(partition).or_default();
+        if let Some(first) = seen.get(ev.id.as_str()) {
+            return if *first == ev.content {
                 Verdict::Duplicate
             } else {
                 Verdict::Conflict
             };
         }
-        let mut e = self.keys.get(&p.key).cloned().unwrap_or_default();
-        let slot = e.amounts.entry(p.slot.clone()).or_default();
-        let ok = match &p.change {
-            Change::Set(i, v) => {
-                slot[*i] = *v;
-                true
-            }
-            Change::Add(deltas) => deltas.iter().all(|(i, d)| match slot[*i].checked_add(*d) {
-                Some(v) => {
-                    slot[*i] = v;
-                    true
+        // Compute the new amounts apart, so an overflowing event changes nothing.
+        let prev = self.keys.get(&ev.key);
+        let mut slot = prev
+            .and_then(|e| e.amounts.get(&ev.slot))
+            .copied()
+            .unwrap_or_default();
+        match &ev.change {
+            Change::Set(i, v) => slot[*i] = *v,
+            Change::Add(deltas) => {
+                for (i, d) in deltas {
+                    match slot[*i].checked_add(*d) {
+                        Some(v) => slot[*i] = v,
+                        None => return Verdict::Invalid("overflow"),
+                    }
                 }
-                None => false,
-            }),
-        };
-        if !ok {
-            return Verdict::Invalid;
+            }
         }
-        e.events_applied += 1;
-        e.last_event_id = p.id.clone();
-        e.last_event_time_ms = p.time_ms;
-        e.partition = partition;
-        e.offset = offset;
-        self.keys.insert(p.key, e);
-        self.seen.insert((partition, p.id), p.canonical);
+        let mut next = prev.cloned().unwrap_or_default();
+        next.amounts.insert(ev.slot, slot);
+        let fits = match self.flow {
+            Flow::Inventory => inventory_totals(&next).is_some(),
+            Flow::Ledger => slot[0].checked_add(slot[1]).is_some(),
+        };
+        let Some(applied) = next.events_applied.checked_add(1).filter(|_| fits) else {
+            return Verdict::Invalid("overflow");
+        };
+        next.events_applied = applied;
+        next.last_event_id.clone_from(&ev.id);
+        next.last_event_time_ms = ev.time_ms;
+        next.partition = partition;
+        next.offset = offset;
+        self.keys.insert(ev.key, next);
+        seen.insert(ev.id.into_boxed_str(), ev.content);
         Verdict::Applied
     }
-}
-
-/// Compares one output record with the expectation; `Err` names the first differing field.
-pub(crate) fn compare(flow: Flow, e: &Expected, out: &Value) -> Result<(), String> {
-    let field = |name: &str, want: Value, got: Option<&Value>| -> Result<(), String> {
-        if got == Some(&want) {
-            Ok(())
-        } else {
-            Err(format!(
-                "{name}: expected {want}, found {}",
-                got.map_or("nothing".into(), Value::to_string)
-            ))
-        }
-    };
-    match flow {
-        Flow::Inventory => {
-            let mut totals = [0i64; 3];
-            for (loc, b) in &e.amounts {
-                for i in 0..3 {
-                    totals[i] += b[i];
-                }
-                let got = out.get("locations").and_then(|l| l.get(loc));
-                field(
-                    &format!("locations.{loc}"),
-                    serde_json::json!({"sellable": b[0], "damaged": b[1], "return_to_vendor": b[2]}),
-                    got,
-                )?;
-            }
-            let n_locs = out
-                .get("locations")
-                .and_then(Value::as_object)
-                .map_or(0, |m| m.len());
-            if n_locs != e.amounts.len() {
-                return Err(format!(
-                    "locations: expected {}, found {n_locs}",
-                    e.amounts.len()
-                ));
-            }
-            field(
-                "stock_on_hand",
-                totals.iter().sum::<i64>().into(),
-                out.get("stock_on_hand"),
-            )?;
-            field("sellable", totals[0].into(), out.get("sellable"))?;
-            field("damaged", totals[1].into(), out.get("damaged"))?;
-            field(
-                "return_to_vendor",
-                totals[2].into(),
-                out.get("return_to_vendor"),
-            )?;
-        }
-        Flow::Ledger => {
-            for (cur, a) in &e.amounts {
-                let got = out.get("balances").and_then(|b| b.get(cur));
-                field(
-                    &format!("balances.{cur}"),
-                    serde_json::json!({"available": a[0], "reserved": a[1], "total": a[0] + a[1]}),
-                    got,
-                )?;
-            }
-            let n = out
-                .get("balances")
-                .and_then(Value::as_object)
-                .map_or(0, |m| m.len());
-            if n != e.amounts.len() {
-                return Err(format!("balances: expected {}, found {n}", e.amounts.len()));
-            }
-        }
-    }
-    field(
-        "last_event_id",
-        e.last_event_id.clone().into(),
-        out.get("last_event_id"),
-    )?;
-    let t = out
-        .get("last_event_time")
-        .and_then(Value::as_str)
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.timestamp_millis());
-    if t != Some(e.last_event_time_ms) {
-        return Err(format!(
-            "last_event_time: expected {} ms, found {t:?}",
-            e.last_event_time_ms
-        ));
-    }
-    field(
-        "source",
-        serde_json::json!({"partition": e.partition, "offset": e.offset}),
-        out.get("source"),
-    )
 }

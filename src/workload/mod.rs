@@ -2,26 +2,25 @@
 //! byte-identical records, with duplicates, conflicting ids and poison mixed in at set rates.
 
 mod events;
+mod produce;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde::Serialize;
 
 use events::Event;
 pub use events::Flow;
+pub use produce::produce;
 
-/// What to generate.
+/// What to generate, so a load (and the counts a check expects) can be reproduced from its spec.
 #[derive(Debug, Clone)]
 pub struct LoadSpec {
     pub flow: Flow,
     /// Records in total, duplicates, conflicts and poison included.
     pub events: u64,
-    /// Distinct aggregate keys.
+    /// Distinct aggregate keys (`sku-NNNNNN` / `acc-NNNNNN`).
     pub keys: u64,
     /// Fraction of records that are exact copies of an earlier valid event of the same key.
     pub duplicates: f64,
@@ -31,10 +30,11 @@ pub struct LoadSpec {
     pub conflicts: f64,
     /// Records per second; 0 for as fast as possible.
     pub rate: u64,
+    /// Seeds the ChaCha8 generator and names the event ids (`inv-{seed}-{i}`).
     pub seed: u64,
 }
 
-/// What one generated record is, so callers can count what they expect.
+/// What one generated record is, so callers can count what a correct processor must do with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Valid,
@@ -44,7 +44,7 @@ pub enum Kind {
     Invalid(&'static str),
 }
 
-/// One record to send.
+/// One record to send: the Kafka key and value, and what it is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generated {
     pub key: Option<Vec<u8>>,
@@ -52,7 +52,7 @@ pub struct Generated {
     pub kind: Kind,
 }
 
-/// What `produce` sent.
+/// What `produce` sent, so a check can compare its own counts with the injected ones.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct LoadReport {
     pub topic: String,
@@ -83,114 +83,105 @@ impl LoadReport {
     }
 }
 
+/// How many recent valid events duplicates and conflicts are drawn from.
 const RECENT: usize = 1024;
 
-/// The records of a spec, in order; pure and deterministic.
-pub fn generate(spec: &LoadSpec) -> impl Iterator<Item = Generated> + '_ {
-    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
-    let mut recent: Vec<Event> = Vec::with_capacity(RECENT);
-    let mut poison = 0usize;
-    (0..spec.events).map(move |i| {
-        let r: f64 = rng.random();
-        let pick = |rng: &mut ChaCha8Rng, recent: &Vec<Event>| {
-            recent[rng.random_range(0..recent.len())].clone()
+/// The records of a spec, in order; pure and deterministic (no clock, no global state).
+pub fn generate(spec: &LoadSpec) -> impl Iterator<Item = Generated> {
+    Generator {
+        spec: spec.clone(),
+        rng: ChaCha8Rng::seed_from_u64(spec.seed),
+        recent: Vec::with_capacity(RECENT.min(spec.events as usize)),
+        next_slot: 0,
+        poison: 0,
+        i: 0,
+    }
+}
+
+struct Generator {
+    spec: LoadSpec,
+    rng: ChaCha8Rng,
+    /// A ring of recent valid events; a copy or twin keeps its original's key (so partition).
+    recent: Vec<Event>,
+    next_slot: usize,
+    poison: u64,
+    i: u64,
+}
+
+impl Generator {
+    fn remember(&mut self, ev: Event) {
+        if self.recent.len() < RECENT {
+            self.recent.push(ev);
+        } else {
+            self.recent[self.next_slot] = ev;
+            self.next_slot = (self.next_slot + 1) % RECENT;
+        }
+    }
+
+    fn earlier(&mut self) -> Event {
+        let at = self.rng.random_range(0..self.recent.len());
+        self.recent[at].clone()
+    }
+}
+
+impl Iterator for Generator {
+    type Item = Generated;
+
+    fn next(&mut self) -> Option<Generated> {
+        if self.i >= self.spec.events {
+            return None;
+        }
+        let i = self.i;
+        self.i += 1;
+        let s = &self.spec;
+        let (flow, seed, keys) = (s.flow, s.seed, s.keys);
+        let (dup, conf, inv) = (s.duplicates, s.duplicates + s.conflicts, s.invalid);
+        let r: f64 = self.rng.random();
+        let copyable = !self.recent.is_empty();
+        let keyed = |ev: &Event, value: Vec<u8>, kind| Generated {
+            key: Some(ev.key().into_bytes()),
+            value,
+            kind,
         };
-        if r < spec.duplicates && !recent.is_empty() {
-            let ev = pick(&mut rng, &recent);
-            return Generated {
-                key: Some(ev.key().into_bytes()),
-                value: ev.to_json(),
-                kind: Kind::Duplicate,
-            };
+        if r < dup && copyable {
+            let ev = self.earlier();
+            return Some(keyed(&ev, ev.to_json(), Kind::Duplicate));
         }
-        if r < spec.duplicates + spec.conflicts && !recent.is_empty() {
-            let ev = pick(&mut rng, &recent).conflicting();
-            return Generated {
-                key: Some(ev.key().into_bytes()),
-                value: ev.to_json(),
-                kind: Kind::Conflict,
-            };
+        if r >= dup && r < conf && copyable {
+            let bump = self.rng.random_range(1..=9) * 100;
+            let ev = self.earlier().conflicting(bump);
+            return Some(keyed(&ev, ev.to_json(), Kind::Conflict));
         }
-        let ev = Event::random(spec.flow, &mut rng, spec.seed, i, spec.keys);
-        if r < spec.duplicates + spec.conflicts + spec.invalid {
-            poison += 1;
-            let (key, value, reason) = ev.poison(poison);
-            return Generated {
+        let ev = Event::random(flow, &mut self.rng, seed, i, keys);
+        if r >= conf && r < conf + inv {
+            let (key, value, reason) = ev.poison(self.poison);
+            self.poison += 1;
+            return Some(Generated {
                 key,
                 value,
                 kind: Kind::Invalid(reason),
-            };
+            });
         }
-        let g = Generated {
-            key: Some(ev.key().into_bytes()),
-            value: ev.to_json(),
-            kind: Kind::Valid,
-        };
-        if recent.len() < RECENT {
-            recent.push(ev);
-        } else {
-            let slot = (i as usize) % RECENT;
-            recent[slot] = ev;
-        }
-        g
-    })
-}
-
-/// Sends the spec's records to `topic` (keyed, so a key stays on one partition) and reports.
-pub fn produce(
-    bootstrap: &str,
-    kafka: &BTreeMap<String, String>,
-    topic: &str,
-    spec: &LoadSpec,
-) -> anyhow::Result<LoadReport> {
-    // Idempotent (so acks=all), lz4, small linger: the processor's own producer settings.
-    let producer: BaseProducer =
-        crate::kafka::clients::producer(bootstrap, kafka, None, 60_000).create()?;
-    let mut report = LoadReport {
-        topic: topic.to_string(),
-        seed: spec.seed,
-        keys: spec.keys,
-        ..LoadReport::default()
-    };
-    let started = Instant::now();
-    for (n, g) in generate(spec).enumerate() {
-        if spec.rate > 0 && n % 100 == 0 {
-            let due = Duration::from_secs_f64(n as f64 / spec.rate as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(&g.value);
-        if let Some(k) = &g.key {
-            record = record.key(k);
-        }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(5));
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
-        producer.poll(Duration::ZERO);
-        report.count(g.kind);
+        let g = keyed(&ev, ev.to_json(), Kind::Valid);
+        self.remember(ev);
+        Some(g)
     }
-    producer.flush(Duration::from_secs(120))?;
-    let elapsed = started.elapsed();
-    report.elapsed_ms = elapsed.as_millis() as u64;
-    report.records_per_sec = report.records_sent as f64 / elapsed.as_secs_f64().max(1e-9);
-    Ok(report)
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = (self.spec.events - self.i) as usize;
+        (left, Some(left))
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{HashMap, HashSet};
+
     use super::*;
 
-    fn spec(seed: u64) -> LoadSpec {
+    fn spec(flow: Flow, seed: u64) -> LoadSpec {
         LoadSpec {
-            flow: Flow::Inventory,
+            flow,
             events: 20_000,
             keys: 100,
             duplicates: 0.05,
@@ -203,31 +194,112 @@ mod tests {
 
     #[test]
     fn the_same_seed_gives_byte_identical_records() {
-        let a: Vec<_> = generate(&spec(1)).collect();
-        let b: Vec<_> = generate(&spec(1)).collect();
-        assert_eq!(a, b);
-        let c: Vec<_> = generate(&spec(2)).collect();
-        assert_ne!(a, c);
+        for flow in [Flow::Inventory, Flow::Ledger] {
+            let a: Vec<_> = generate(&spec(flow, 1)).collect();
+            let b: Vec<_> = generate(&spec(flow, 1)).collect();
+            assert_eq!(a.len(), 20_000);
+            assert_eq!(a, b);
+            let c: Vec<_> = generate(&spec(flow, 2)).collect();
+            assert_ne!(a, c);
+        }
     }
 
     #[test]
-    fn kinds_come_at_the_asked_rates() {
-        for flow in [Flow::Inventory, Flow::Ledger] {
+    fn kinds_come_at_the_asked_rates_and_poison_covers_every_reason() {
+        for (flow, reasons) in [(Flow::Inventory, 8), (Flow::Ledger, 7)] {
             let mut r = LoadReport::default();
-            for g in generate(&LoadSpec { flow, ..spec(3) }) {
+            for g in generate(&spec(flow, 3)) {
                 r.count(g.kind);
             }
-            let near =
-                |n: u64, f: f64| ((n as f64) - 20_000.0 * f).abs() < 20_000.0 * f * 0.2 + 10.0;
+            let near = |n: u64, f: f64| ((n as f64) - 20_000.0 * f).abs() < 20_000.0 * f * 0.15;
             assert!(
                 near(r.duplicates, 0.05) && near(r.invalid, 0.02) && near(r.conflicts, 0.01),
                 "{r:?}"
             );
+            assert_eq!(r.records_sent, 20_000);
+            assert_eq!(r.invalid_by_reason.len(), reasons, "{r:?}");
+            let (lo, hi) = (
+                r.invalid_by_reason.values().min(),
+                r.invalid_by_reason.values().max(),
+            );
             assert!(
-                r.invalid_by_reason.len() >= 7,
-                "every poison kind appears: {r:?}"
+                hi.unwrap() - lo.unwrap() <= 1,
+                "poison cycles evenly: {r:?}"
             );
         }
+    }
+
+    fn field(v: &[u8], name: &str) -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_slice(v).unwrap();
+        v[name].clone()
+    }
+
+    #[test]
+    fn copies_and_twins_reuse_an_earlier_valid_id_of_the_same_key() {
+        for flow in [Flow::Inventory, Flow::Ledger] {
+            let amount = if flow == Flow::Inventory {
+                "quantity"
+            } else {
+                "amount_minor"
+            };
+            let mut valid: HashMap<String, (Option<Vec<u8>>, Vec<u8>)> = HashMap::new();
+            let mut poison_ids = HashSet::new();
+            for g in generate(&spec(flow, 4)) {
+                match g.kind {
+                    Kind::Valid => {
+                        let id = field(&g.value, "event_id").as_str().unwrap().to_string();
+                        assert!(valid.insert(id, (g.key, g.value)).is_none(), "fresh ids");
+                    }
+                    Kind::Duplicate | Kind::Conflict => {
+                        let id = field(&g.value, "event_id");
+                        let (key, value) = &valid[id.as_str().unwrap()];
+                        assert_eq!(key, &g.key);
+                        if g.kind == Kind::Duplicate {
+                            assert_eq!(value, &g.value);
+                        } else {
+                            assert_ne!(field(value, amount), field(&g.value, amount));
+                        }
+                    }
+                    Kind::Invalid(reason) => {
+                        let text = String::from_utf8_lossy(&g.value).into_owned();
+                        let id = text.split('"').nth(3).unwrap_or_default().to_string();
+                        assert!(id.contains("-x"), "{reason}: {text}");
+                        assert!(poison_ids.insert(id), "unique poison ids");
+                    }
+                }
+            }
+            assert!(poison_ids.iter().all(|id| !valid.contains_key(id)));
+            let keys: HashSet<_> = valid.values().map(|(k, _)| k.clone()).collect();
+            assert_eq!(keys.len(), 100, "every key is used");
+        }
+    }
+
+    #[test]
+    fn event_times_advance_one_second_per_record_from_the_origin() {
+        let s = LoadSpec {
+            events: 3_000,
+            invalid: 0.0,
+            ..spec(Flow::Ledger, 5)
+        };
+        let origin = chrono::DateTime::parse_from_rfc3339("2026-06-19T00:00:00Z").unwrap();
+        for (i, g) in generate(&s).enumerate() {
+            if g.kind != Kind::Valid {
+                continue;
+            }
+            let t = field(&g.value, "event_time");
+            let t = chrono::DateTime::parse_from_rfc3339(t.as_str().unwrap()).unwrap();
+            let offset = (t - origin).num_seconds() - i as i64;
+            assert!((0..3).contains(&offset), "record {i}: {t}");
+        }
+    }
+
+    #[test]
+    fn an_empty_spec_generates_nothing() {
+        let s = LoadSpec {
+            events: 0,
+            ..spec(Flow::Inventory, 1)
+        };
+        assert_eq!(generate(&s).count(), 0);
     }
 }
 

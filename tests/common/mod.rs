@@ -2,6 +2,8 @@
 //! test, the `tally` binary as a child process, and the independent oracle to judge results.
 #![allow(dead_code)]
 
+pub mod proof;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -57,6 +59,7 @@ pub fn free_port() -> u16 {
 /// One flow's topics and the processor configuration around them.
 #[derive(Clone)]
 pub struct Setup {
+    pub bootstrap: String,
     pub app: String,
     pub flow: Flow,
     pub input: String,
@@ -65,15 +68,25 @@ pub struct Setup {
     pub partitions: i32,
     pub dir: PathBuf,
     pub guarantee: &'static str,
+    /// Extra top-level config lines (e.g. `dedupe_retention = "3650d"`).
+    pub extra: String,
+    /// Whether the oracle also checks the changelog (off when dedupe entries expire on purpose).
+    pub check_changelog: bool,
 }
 
 impl Setup {
     /// Fresh topics (input created here) and a fresh state dir for one test.
     pub fn new(name: &str, flow: Flow, partitions: i32) -> Self {
+        Self::on(bootstrap(), name, flow, partitions, 1)
+    }
+
+    /// Like [`Setup::new`], on another cluster and with the input's replication factor.
+    pub fn on(bootstrap: &str, name: &str, flow: Flow, partitions: i32, replication: i32) -> Self {
         let app = unique(name);
         let dir = std::env::temp_dir().join(&app);
         std::fs::create_dir_all(&dir).unwrap();
         let s = Self {
+            bootstrap: bootstrap.to_string(),
             input: format!("{app}.in"),
             output: format!("{app}.out"),
             dlq: format!("{app}.dlq"),
@@ -82,17 +95,28 @@ impl Setup {
             partitions,
             dir,
             guarantee: "exactly_once",
+            extra: String::new(),
+            check_changelog: true,
         };
-        let topics = tally::kafka::topics::Topics::connect(bootstrap(), &BTreeMap::new()).unwrap();
+        let topics = tally::kafka::topics::Topics::connect(bootstrap, &BTreeMap::new()).unwrap();
         topics
             .create(
                 &s.input,
                 partitions,
-                1,
+                replication,
                 tally::kafka::topics::TopicRole::Log,
             )
             .unwrap();
         s
+    }
+
+    /// The flow's changelog topic.
+    pub fn changelog(&self) -> String {
+        let flow = match self.flow {
+            Flow::Inventory => "inventory",
+            Flow::Ledger => "ledger",
+        };
+        format!("{}-{flow}-changelog", self.app)
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -113,6 +137,7 @@ processing_guarantee = "{guarantee}"
 commit_interval_ms = 100
 instance_id = "{instance}"
 transaction_timeout_ms = 10000
+{extra}
 [[flows]]
 name = "{flow}"
 input = "{input}"
@@ -124,7 +149,8 @@ listen = "127.0.0.1:{http_port}"
 "session.timeout.ms" = "6000"
 "#,
             app = self.app,
-            bootstrap = bootstrap(),
+            bootstrap = self.bootstrap,
+            extra = self.extra,
             state = self.state_dir().join(instance).display(),
             guarantee = self.guarantee,
             input = self.input,
@@ -170,7 +196,8 @@ listen = "127.0.0.1:{http_port}"
             rate,
             seed,
         };
-        tally::workload::produce(bootstrap(), &BTreeMap::new(), &self.input, &spec).expect("load")
+        tally::workload::produce(&self.bootstrap, &BTreeMap::new(), &self.input, &spec)
+            .expect("load")
     }
 
     /// Waits until the group committed every input record (panics after `limit`).
@@ -179,7 +206,7 @@ listen = "127.0.0.1:{http_port}"
         loop {
             // Errors right after start-up (coordinator loading) count as "not yet".
             let lag = tally::kafka::progress::group_lag(
-                bootstrap(),
+                &self.bootstrap,
                 &BTreeMap::new(),
                 &self.app,
                 &[&self.input],
@@ -200,13 +227,15 @@ listen = "127.0.0.1:{http_port}"
     /// The independent recomputation of every key, compared with the output topic.
     pub fn oracle(&self) -> OracleReport {
         tally::oracle::check(&OracleSpec {
-            bootstrap: bootstrap().to_string(),
+            bootstrap: self.bootstrap.clone(),
             kafka: BTreeMap::new(),
             flow: self.flow,
             input: self.input.clone(),
             output: self.output.clone(),
             dead_letter: self.dlq.clone(),
             group: Some(self.app.clone()),
+            changelog: self.check_changelog.then(|| self.changelog()),
+            repeats_allowed: self.guarantee == "at_least_once",
         })
         .expect("oracle")
     }
@@ -279,6 +308,20 @@ impl Processor {
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGSTOP: the process freezes (a zombie in the making) until [`Processor::resume`].
+    pub fn freeze(&self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGSTOP);
+        }
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGCONT);
         }
     }
 
@@ -366,8 +409,13 @@ pub struct Record {
 
 /// Every committed record of a topic, partition by partition.
 pub fn read_all(topic: &str) -> Vec<Record> {
+    read_all_on(bootstrap(), topic)
+}
+
+/// [`read_all`] on another cluster.
+pub fn read_all_on(bootstrap: &str, topic: &str) -> Vec<Record> {
     let consumer =
-        tally::kafka::clients::quiet_reader(bootstrap(), &BTreeMap::new(), &unique("reader"))
+        tally::kafka::clients::quiet_reader(bootstrap, &BTreeMap::new(), &unique("reader"))
             .unwrap();
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))

@@ -1,0 +1,96 @@
+//! The oracle's look at a flow's changelog: the live state keys and dedupe entries of each
+//! partition must be exactly the keys and first-seen event ids its own fold found.
+
+use std::collections::{BTreeSet, HashMap};
+
+use tally_state::changelog::{ChangelogKey, RecordKind};
+
+use super::fold::Fold;
+use super::{scan, OracleReport};
+
+/// Compares the changelog with the fold; returns how many changelog partitions an open
+/// transaction holds.
+pub(super) fn check(
+    consumer: &scan::Reader,
+    topic: &str,
+    fold: &Fold,
+    report: &mut OracleReport,
+) -> anyhow::Result<u64> {
+    let ends = scan::high_watermarks(consumer, topic)?;
+    // Partition -> live ids, per kind; the last record of an id wins, a tombstone removes it.
+    let mut states: HashMap<i32, BTreeSet<Vec<u8>>> = HashMap::new();
+    let mut dedupe: HashMap<i32, BTreeSet<Vec<u8>>> = HashMap::new();
+    let mut unreadable = 0u64;
+    let held = scan::scan(consumer, topic, &ends, |r| {
+        let Some(Ok(key)) = r.key.map(ChangelogKey::parse) else {
+            unreadable += 1;
+            return;
+        };
+        let set = match key.kind {
+            RecordKind::State => states.entry(r.partition).or_default(),
+            RecordKind::Dedupe => dedupe.entry(r.partition).or_default(),
+        };
+        if r.value.is_some() {
+            set.insert(key.id.to_vec());
+        } else {
+            set.remove(key.id);
+        }
+    })?;
+    if unreadable > 0 {
+        report.wrong += unreadable;
+        report.note(format!(
+            "{unreadable} changelog records have no readable key"
+        ));
+    }
+
+    let mut want_states: HashMap<i32, BTreeSet<Vec<u8>>> = HashMap::new();
+    for (key, e) in &fold.keys {
+        want_states
+            .entry(e.partition)
+            .or_default()
+            .insert(key.as_bytes().to_vec());
+    }
+    let want_dedupe: HashMap<i32, BTreeSet<Vec<u8>>> = fold
+        .seen
+        .iter()
+        .map(|(p, ids)| (*p, ids.keys().map(|id| id.as_bytes().to_vec()).collect()))
+        .collect();
+    let (missing, extra) = diff("state key", &want_states, &states, report);
+    report.changelog_keys_missing = missing;
+    report.changelog_keys_extra = extra;
+    let (missing, extra) = diff("dedupe entry", &want_dedupe, &dedupe, report);
+    report.dedupe_entries_missing = missing;
+    report.dedupe_entries_extra = extra;
+    Ok(held.len() as u64)
+}
+
+/// (missing, extra) counts between the wanted and the found ids of every partition.
+fn diff(
+    what: &str,
+    want: &HashMap<i32, BTreeSet<Vec<u8>>>,
+    found: &HashMap<i32, BTreeSet<Vec<u8>>>,
+    report: &mut OracleReport,
+) -> (u64, u64) {
+    let empty = BTreeSet::new();
+    let partitions: BTreeSet<i32> = want.keys().chain(found.keys()).copied().collect();
+    let (mut missing, mut extra) = (0, 0);
+    for p in partitions {
+        let w = want.get(&p).unwrap_or(&empty);
+        let f = found.get(&p).unwrap_or(&empty);
+        for id in w.difference(f) {
+            missing += 1;
+            report.note(format!(
+                "changelog partition {p}: {what} `{}` missing",
+                String::from_utf8_lossy(id)
+            ));
+        }
+        for id in f.difference(w) {
+            extra += 1;
+            report.note(format!(
+                "changelog partition {p}: {what} `{}` not expected",
+                String::from_utf8_lossy(id)
+            ));
+        }
+    }
+    (missing, extra)
+}

@@ -1,0 +1,293 @@
+//! The proof suite's harness: scenario sizes (CI or full), the one-line verdict per scenario,
+//! private Kafka clusters for broker faults, and the local-store check against the changelog.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tally::oracle::OracleReport;
+use tally::workload::{Flow, LoadReport};
+use tally_state::{ChangelogKey, RecordKind, Store, StoreOptions};
+use tally_topology::{Inventory, Ledger, Projection};
+
+use super::{read_all_on, Setup};
+
+/// Whether the suite runs its full sizes (`TALLY_PROOF_SCALE=full`) or the reduced CI sizes.
+pub fn full() -> bool {
+    std::env::var("TALLY_PROOF_SCALE").is_ok_and(|s| s == "full")
+}
+
+/// `ci` in the reduced suite, `full` in the full one.
+pub fn size<T>(ci: T, full_size: T) -> T {
+    if full() {
+        full_size
+    } else {
+        ci
+    }
+}
+
+/// Where every scenario appends its line; the suite's scripts print the file at the end.
+pub fn report_path() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("proof-report.txt")
+}
+
+/// Prints the scenario's one line (and appends it to the report file), then asserts the verdict
+/// with the whole oracle report in the failure message.
+pub fn verdict(scenario: &str, faults: impl std::fmt::Display, report: &OracleReport) {
+    verdict_with(scenario, faults, report, &[]);
+}
+
+/// [`verdict`] with extra scenario checks that must hold too: (what, held).
+pub fn verdict_with(
+    scenario: &str,
+    faults: impl std::fmt::Display,
+    report: &OracleReport,
+    checks: &[(&str, bool)],
+) {
+    let faults = faults.to_string();
+    let failed: Vec<&str> = checks.iter().filter(|c| !c.1).map(|c| c.0).collect();
+    let pass = report.pass && failed.is_empty();
+    let line = format!(
+        "{scenario:<22} events={:<8} faults={faults:<14} lost={} double_applied={} wrong={} \
+         sequence={} open_txn={} changelog_diff={} dead_letters={}/{} verdict={}{}",
+        report.events_checked,
+        report.lost,
+        report.double_applied,
+        report.wrong + report.extra_keys,
+        report.sequence_violations,
+        report.open_transactions,
+        report.changelog_keys_missing
+            + report.changelog_keys_extra
+            + report.dedupe_entries_missing
+            + report.dedupe_entries_extra,
+        report.dead_letters_expected,
+        report.dead_letters_found,
+        if pass { "PASS" } else { "FAIL" },
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", failed.join("; "))
+        }
+    );
+    eprintln!("{line}");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(report_path())
+    {
+        let _ = writeln!(f, "{line}");
+    }
+    assert!(
+        pass,
+        "{line}\noracle: {}",
+        serde_json::to_string_pretty(report).unwrap()
+    );
+}
+
+/// The dead letters the generator injected, by reason (conflicts included): the oracle must find
+/// the same, so generator, oracle and processor agree three ways.
+pub fn injected_by_reason(loads: &[LoadReport]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for l in loads {
+        for (r, n) in &l.invalid_by_reason {
+            *out.entry(r.clone()).or_default() += n;
+        }
+        if l.conflicts > 0 {
+            *out.entry("duplicate_conflict".to_string()).or_default() += l.conflicts;
+        }
+    }
+    out
+}
+
+/// A private Kafka cluster (1 or 3 nodes) for scenarios that fault brokers; stopped on drop.
+pub struct Cluster {
+    port: u16,
+    nodes: u8,
+    dir: PathBuf,
+}
+
+impl Cluster {
+    fn script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/kafka")
+    }
+
+    fn run(&self, args: &[&str]) -> bool {
+        Command::new(Self::script())
+            .args(args)
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_DIR", &self.dir)
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Starts `nodes` brokers from `port` on a fresh data dir.
+    pub fn up(port: u16, nodes: u8) -> Self {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("kafka-{port}"));
+        let c = Self { port, nodes, dir };
+        c.run(&["down"]);
+        assert!(
+            c.run(&["up", "--nodes", &nodes.to_string()]),
+            "cluster on {port} did not start"
+        );
+        c
+    }
+
+    /// Its bootstrap servers.
+    pub fn bootstrap(&self) -> String {
+        (0..self.nodes)
+            .map(|i| format!("127.0.0.1:{}", self.port + u16::from(i)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// kill -9 of node `n` (1-based), keeping its data.
+    pub fn kill_node(&self, n: u8) {
+        assert!(self.run(&["stop-node", &n.to_string()]), "stop node {n}");
+    }
+
+    /// Restarts node `n` on its data and waits until it serves.
+    pub fn start_node(&self, n: u8) {
+        assert!(self.run(&["start-node", &n.to_string()]), "start node {n}");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.run(&["down"]);
+    }
+}
+
+/// Every live record of a changelog: (partition, raw key) -> value; tombstones remove.
+fn changelog_contents(setup: &Setup) -> HashMap<(i32, Vec<u8>), Vec<u8>> {
+    let mut out = HashMap::new();
+    for r in read_all_on(&setup.bootstrap, &setup.changelog()) {
+        let Some(k) = r.key else { continue };
+        match r.value {
+            Some(v) => out.insert((r.partition, k), v),
+            None => out.remove(&(r.partition, k)),
+        };
+    }
+    out
+}
+
+/// What a local store holds that differs from the changelog (which the oracle checked against
+/// its own fold): every state value byte for byte, every dedupe id. Empty when they agree.
+/// The processors of `instances` must be stopped (sled holds a lock).
+pub fn stores_differ_from_changelog(setup: &Setup, instances: &[&str]) -> Vec<String> {
+    let mut want = changelog_contents(setup);
+    let flow = match setup.flow {
+        Flow::Inventory => "inventory",
+        Flow::Ledger => "ledger",
+    };
+    let mut diffs = Vec::new();
+    let mut seen_partitions = BTreeSet::new();
+    for instance in instances {
+        let root = setup.state_dir().join(instance).join(&setup.app).join(flow);
+        let Ok(dirs) = std::fs::read_dir(&root) else {
+            continue;
+        };
+        for d in dirs.flatten() {
+            let Ok(p) = d.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            // A partition's newest owner holds its store; an older copy elsewhere is stale.
+            if !owns_last(setup, instances, instance, p) || !seen_partitions.insert(p) {
+                continue;
+            }
+            let store = Store::open(&d.path(), StoreOptions::default()).expect("open store");
+            for item in store.states() {
+                let (k, v) = item.expect("read state");
+                let ck = ChangelogKey::encode(RecordKind::State, &k);
+                match want.remove(&(p, ck)) {
+                    Some(w) if w == v.as_ref() => {}
+                    Some(_) => diffs.push(format!("p{p} state {}: differs", show(&k))),
+                    None => diffs.push(format!("p{p} state {}: not in changelog", show(&k))),
+                }
+            }
+            for item in store.dedupe_entries() {
+                let (id, _) = item.expect("read dedupe entry");
+                if want
+                    .remove(&(p, ChangelogKey::encode(RecordKind::Dedupe, &id)))
+                    .is_none()
+                {
+                    diffs.push(format!("p{p} dedupe {}: not in changelog", show(&id)));
+                }
+            }
+        }
+    }
+    for ((p, k), _) in want {
+        if seen_partitions.contains(&p) {
+            diffs.push(format!("p{p} {}: in changelog, not in store", show(&k)));
+        }
+    }
+    diffs
+}
+
+/// The instance whose state dir for partition `p` was written last.
+fn owns_last(setup: &Setup, instances: &[&str], me: &str, p: i32) -> bool {
+    let flow = match setup.flow {
+        Flow::Inventory => "inventory",
+        Flow::Ledger => "ledger",
+    };
+    let modified = |i: &str| {
+        let dir = setup
+            .state_dir()
+            .join(i)
+            .join(&setup.app)
+            .join(flow)
+            .join(p.to_string());
+        newest_mtime(&dir)
+    };
+    let mine = modified(me);
+    instances.iter().all(|i| *i == me || modified(i) <= mine)
+}
+
+fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .max()
+}
+
+fn show(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Every changelog state, rendered by the projection, equals the last output record of its key:
+/// the oracle judged the outputs, so this ties the changelog's values to its verdict.
+pub fn changelog_renders_outputs(setup: &Setup) -> Vec<String> {
+    let mut outputs: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    for r in read_all_on(&setup.bootstrap, &setup.output) {
+        if let (Some(k), Some(v)) = (r.key, r.value) {
+            outputs.insert(k, v);
+        }
+    }
+    let mut diffs = Vec::new();
+    let mut rendered = Vec::new();
+    for ((_, k), v) in changelog_contents(setup) {
+        let Ok(key) = ChangelogKey::parse(&k) else {
+            diffs.push(format!("unreadable changelog key {}", show(&k)));
+            continue;
+        };
+        if key.kind != RecordKind::State {
+            continue;
+        }
+        let ok = match setup.flow {
+            Flow::Inventory => Inventory::decode_state(&v)
+                .ok()
+                .and_then(|s| Inventory::render(&s, &mut rendered).ok()),
+            Flow::Ledger => Ledger::decode_state(&v)
+                .ok()
+                .and_then(|s| Ledger::render(&s, &mut rendered).ok()),
+        };
+        if ok.is_none() || outputs.get(key.id) != Some(&rendered) {
+            diffs.push(format!(
+                "{}: changelog state does not render its output",
+                show(key.id)
+            ));
+        }
+    }
+    diffs
+}
