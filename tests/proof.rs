@@ -50,14 +50,28 @@ impl<'a> Fleet<'a> {
         *hooked = !env.is_empty();
     }
 
-    /// Ends every fault: processors that died by their hook restart plainly, and hooked ones
-    /// still alive are killed and restarted without the hook. Returns how many hooks fired.
-    fn heal(&mut self) -> u64 {
-        let mut fired = 0;
+    /// Waits until hooked processor `i` died by its hook (1) or `limit` passed (0), then restarts
+    /// it without the hook.
+    fn wait_for_hook(&mut self, i: usize, limit: Duration) -> u64 {
+        let started = Instant::now();
+        let fired = loop {
+            if self.procs[i].1.as_mut().is_some_and(Processor::exited) {
+                break 1;
+            }
+            if started.elapsed() > limit {
+                break 0;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        self.kill_and_restart(i, &[]);
+        fired
+    }
+
+    /// Ends every fault: a processor that exited or still runs a hook restarts plainly.
+    fn heal(&mut self) {
         for (name, p, hooked) in &mut self.procs {
             let exited = p.as_mut().is_some_and(Processor::exited);
             if exited || *hooked {
-                fired += u64::from(exited);
                 if let Some(p) = p.take() {
                     p.kill9();
                 }
@@ -65,7 +79,6 @@ impl<'a> Fleet<'a> {
                 *hooked = false;
             }
         }
-        fired
     }
 
     fn terminate(self) {
@@ -77,8 +90,9 @@ impl<'a> Fleet<'a> {
     }
 }
 
-/// Kills processors round-robin every `every` while the load runs; every third kill is a fault
-/// hook between sending offsets and committing instead of a plain kill -9.
+/// Kills processors round-robin every `every` while the load runs; every third fault is instead
+/// a fault hook that kills the processor inside its first commit (e.g. between sending the
+/// offsets and committing), waited for until it fired. Returns the faults as reported.
 fn kill_loop(
     setup: &Setup,
     names: &[&str],
@@ -86,26 +100,27 @@ fn kill_loop(
     every: Duration,
     hook: &str,
     load: std::thread::JoinHandle<LoadReport>,
-) -> (String, LoadReport) {
+) -> (String, u64, LoadReport) {
     let mut fleet = Fleet::start(setup, names);
-    let mut faults = 0;
+    let (mut plain, mut hooks, mut fired) = (0, 0, 0);
     for k in 0..kills {
         std::thread::sleep(every);
         let i = (k as usize) % names.len();
         if k % 3 == 2 {
-            // Dies inside its next commit, between the offsets and the commit.
             fleet.kill_and_restart(i, &[("TALLY_FAULT", hook)]);
+            hooks += 1;
+            fired += fleet.wait_for_hook(i, Duration::from_secs(60));
         } else {
             fleet.kill_and_restart(i, &[]);
         }
-        faults += 1;
+        plain += 1;
     }
     let sent = load.join().unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    let fired = fleet.heal();
+    fleet.heal();
     setup.wait_caught_up(LIMIT);
     fleet.terminate();
-    (format!("{faults}({fired} in-commit)"), sent)
+    let faults = format!("{}({fired} in-commit)", plain + fired);
+    (faults, hooks - fired, sent)
 }
 
 #[test]
@@ -131,15 +146,20 @@ fn s2_kill_9_across_three_processors_under_exactly_once() {
         102,
         size(3_000, 20_000),
     );
-    let (faults, _) = kill_loop(
+    let (faults, missed, _) = kill_loop(
         &setup,
         &["a", "b", "c"],
         size(5, 20),
         Duration::from_millis(size(1_800, 2_400)),
-        "before_commit_transaction@2",
+        "before_commit_transaction@1",
         load,
     );
-    verdict("2 kill-9 x3 procs", faults, &setup.oracle());
+    verdict_with(
+        "2 kill-9 x3 procs",
+        faults,
+        &setup.oracle(),
+        &[("every in-commit hook fired", missed == 0)],
+    );
 }
 
 #[test]
@@ -348,12 +368,12 @@ fn s7_poison_duplicates_and_conflicts_across_kills_are_counted_exactly() {
         107,
         size(4_000, 20_000),
     );
-    let (faults, sent) = kill_loop(
+    let (faults, missed, sent) = kill_loop(
         &setup,
         &["a", "b"],
         size(3, 10),
         Duration::from_millis(1_200),
-        "before_send_offsets@2",
+        "after_commit_transaction@1",
         load,
     );
     let report = setup.oracle();
@@ -362,10 +382,13 @@ fn s7_poison_duplicates_and_conflicts_across_kills_are_counted_exactly() {
         "7 poison across kills",
         faults,
         &report,
-        &[(
-            "dead letters by reason equal what was injected",
-            report.dead_letters_by_reason == injected,
-        )],
+        &[
+            (
+                "dead letters by reason equal what was injected",
+                report.dead_letters_by_reason == injected,
+            ),
+            ("every in-commit hook fired", missed == 0),
+        ],
     );
 }
 
@@ -424,13 +447,18 @@ fn s9_kill_9_under_at_least_once_never_applies_twice() {
         109,
         size(3_000, 20_000),
     );
-    let (faults, _) = kill_loop(
+    let (faults, missed, _) = kill_loop(
         &setup,
         &["a", "b", "c"],
         size(5, 20),
         Duration::from_millis(size(1_800, 2_400)),
-        "before_commit_offsets@2",
+        "before_commit_offsets@1",
         load,
     );
-    verdict("9 at_least_once kills", faults, &setup.oracle());
+    verdict_with(
+        "9 at_least_once kills",
+        faults,
+        &setup.oracle(),
+        &[("every in-commit hook fired", missed == 0)],
+    );
 }

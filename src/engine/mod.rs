@@ -46,6 +46,8 @@ pub struct FlowInfo {
     pub dead_letter: String,
     pub changelog: String,
     pub partitions: i32,
+    /// An applied id older than this behind the partition's watermark is forgotten.
+    pub dedupe_retention_ms: i64,
 }
 
 /// Why the processor stopped.
@@ -428,6 +430,8 @@ fn prepare_topics(cfg: &Config) -> Result<Vec<Arc<FlowInfo>>, EngineError> {
             dead_letter: f.dead_letter.clone(),
             changelog,
             partitions,
+            dedupe_retention_ms: i64::try_from(cfg.dedupe_retention.as_millis())
+                .unwrap_or(i64::MAX),
         }));
     }
     Ok(out)

@@ -198,16 +198,22 @@ where
             })
     }
 
+    /// The id's dedupe entry, unless it is outside the retention window: expiry depends on the
+    /// log alone (the watermark), never on when the background expiry scan got to the entry.
     fn applied_before(&self, event_id: &str) -> Result<Option<DedupeEntry>, TaskError> {
+        let bound = self.watermark.saturating_sub(self.flow.dedupe_retention_ms);
+        let live = |e: DedupeEntry| (e.event_time_ms >= bound).then_some(e);
         if let Some(e) = self.dedupe.get(event_id) {
-            return Ok(Some(*e));
+            return Ok(live(*e));
         }
         if let Some(e) = self.inflight.as_ref().and_then(|i| i.dedupe.get(event_id)) {
-            return Ok(Some(*e));
+            return Ok(live(*e));
         }
-        self.store
+        Ok(self
+            .store
             .dedupe(event_id.as_bytes())
-            .map_err(|e| self.store_err(e))
+            .map_err(|e| self.store_err(e))?
+            .and_then(live))
     }
 }
 
