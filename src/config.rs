@@ -333,6 +333,11 @@ impl FlowConfig {
     pub fn changelog_topic(&self, application_id: &str) -> String {
         format!("{application_id}-{}-changelog", self.name)
     }
+
+    /// `{application_id}-{flow}-control`: replays' repairs for the owning tasks.
+    pub fn control_topic(&self, application_id: &str) -> String {
+        format!("{application_id}-{}-control", self.name)
+    }
 }
 
 /// An env override is a TOML literal when it parses as one (numbers, booleans), else a string.

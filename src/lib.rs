@@ -11,4 +11,5 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod oracle;
+pub mod recovery;
 pub mod workload;

@@ -40,6 +40,13 @@ impl Engine {
                     t.partition(),
                     Offset::Offset(t.position()),
                 )?;
+                if let Some(at) = t.control_position() {
+                    offsets.add_partition_offset(
+                        &t.flow().control,
+                        t.partition(),
+                        Offset::Offset(at),
+                    )?;
+                }
             }
         }
         if offsets.count() == 0 {

@@ -2,6 +2,7 @@
 //! `run` owns the poll loop; rebalance callbacks commit or drop work through the same engine.
 
 mod commit;
+mod control;
 mod faults;
 mod rebalance;
 mod restore;
@@ -48,6 +49,8 @@ pub struct FlowInfo {
     pub partitions: i32,
     /// An applied id older than this behind the partition's watermark is forgotten.
     pub dedupe_retention_ms: i64,
+    /// Where replays send repairs; co-partitioned with the input.
+    pub control: String,
 }
 
 /// Why the processor stopped.
@@ -83,6 +86,7 @@ pub struct Engine {
     next_commit: Instant,
     health: Arc<Health>,
     stores: Arc<StoreRegistry>,
+    control: control::Control,
 }
 
 impl Engine {
@@ -187,6 +191,8 @@ impl Engine {
         }
         self.pending_seeks
             .retain(|(f, p, _)| (*f, *p) != (flow_idx, partition));
+        let control = &self.flows[flow_idx].control;
+        self.control.release(control, partition);
         RestoreJob {
             flow: Arc::clone(task.flow()),
             partition,
@@ -216,6 +222,8 @@ impl Engine {
 
     /// Forgets a partition this instance no longer owns.
     fn remove_task(&mut self, flow_idx: usize, partition: i32) {
+        self.control
+            .release(&self.flows[flow_idx].control, partition);
         if let Some(c) = self.cancels.remove(&(flow_idx, partition)) {
             c.store(true, Ordering::Release);
         }
@@ -286,6 +294,11 @@ impl Engine {
                     tpl.add_partition(&topic, p);
                     if let Some(t) = self.tasks.get_mut(&(f, p)) {
                         t.activate(offset);
+                        match self.control.take(&self.flows[f].control, p) {
+                            Ok(at) => t.activate_control(at),
+                            Err(e) => tracing::error!(error = %e, partition = p,
+                                "cannot read the control partition; repairs wait for a restart"),
+                        }
                     }
                     if let Err(e) = consumer.resume(&tpl) {
                         tracing::warn!(error = %e, "resume failed");
@@ -335,6 +348,7 @@ pub fn run(
         next_commit: Instant::now() + cfg.commit_interval(),
         health: Arc::clone(&health),
         stores,
+        control: control::Control::new(&cfg)?,
     }));
     let context = EngineContext::new(Arc::clone(&engine), Arc::clone(&health));
     let consumer: BaseConsumer<EngineContext> =
@@ -371,6 +385,7 @@ pub fn run(
                 next = consumer.poll(Duration::ZERO);
             }
             let mut e = lock(&engine);
+            e.poll_control();
             e.sink.poll();
             e.finish_restores(&consumer);
             if polled > 0 {
@@ -421,6 +436,8 @@ fn prepare_topics(cfg: &Config) -> Result<Vec<Arc<FlowInfo>>, EngineError> {
         topics.ensure_copartitioned(&f.input, &changelog, partitions, rf, TopicRole::Compacted)?;
         topics.ensure_copartitioned(&f.input, &f.output, partitions, rf, TopicRole::Compacted)?;
         topics.ensure_copartitioned(&f.input, &f.dead_letter, partitions, rf, TopicRole::Log)?;
+        let control = f.control_topic(&cfg.application_id);
+        topics.ensure_copartitioned(&f.input, &control, partitions, rf, TopicRole::Log)?;
         out.push(Arc::new(FlowInfo {
             idx,
             name: f.name.clone(),
@@ -432,6 +449,7 @@ fn prepare_topics(cfg: &Config) -> Result<Vec<Arc<FlowInfo>>, EngineError> {
             partitions,
             dedupe_retention_ms: i64::try_from(cfg.dedupe_retention.as_millis())
                 .unwrap_or(i64::MAX),
+            control,
         }));
     }
     Ok(out)

@@ -72,6 +72,13 @@ pub trait TaskOps: Send {
     fn restart(&mut self) -> u64;
     /// Restore finished: process from `committed` on.
     fn activate(&mut self, committed: i64);
+    /// Stages a corrected row from the control topic (a replay's repair) at control `offset`;
+    /// `bound` is the input offset the replay rebuilt up to.
+    fn repair(&mut self, key: &[u8], value: Option<&[u8]>, offset: i64, bound: i64);
+    /// The control offset to commit, when repairs were staged since the last commit.
+    fn control_position(&self) -> Option<i64>;
+    /// The control partition was assigned from its committed offset `committed`.
+    fn activate_control(&mut self, committed: i64);
 }
 
 /// A produce failed: either Kafka refused or a staged state cannot be rendered.
@@ -112,6 +119,8 @@ pub struct Task<P: Projection> {
     next: i64,
     watermark: i64,
     changelog_from: i64,
+    control_committed: i64,
+    control_next: i64,
     states: HashMap<String, P::State>,
     dedupe: HashMap<String, DedupeEntry>,
     expired: Vec<(Vec<u8>, i64)>,
@@ -147,6 +156,8 @@ where
             next: 0,
             watermark: i64::MIN,
             changelog_from: 0,
+            control_committed: 0,
+            control_next: 0,
             states: HashMap::new(),
             dedupe: HashMap::new(),
             expired: Vec::new(),
@@ -314,7 +325,8 @@ where
     }
 
     fn has_progress(&self) -> bool {
-        self.status == Status::Active && self.next > self.committed
+        self.status == Status::Active
+            && (self.next > self.committed || self.control_next > self.control_committed)
     }
 
     fn position(&self) -> i64 {
@@ -397,6 +409,7 @@ where
             pending,
         });
         self.committed = self.next;
+        self.control_committed = self.control_next;
         self.dead.clear();
         let c = std::mem::take(&mut self.counts);
         metrics::record_commit(&self.flow, c.applied, c.duplicates, &c.dead, &c.timestamps);
@@ -435,6 +448,60 @@ where
         self.committed = committed;
         self.next = committed;
         self.status = Status::Active;
+    }
+
+    fn repair(&mut self, key: &[u8], value: Option<&[u8]>, offset: i64, bound: i64) {
+        if self.status != Status::Active || offset < self.control_next {
+            return;
+        }
+        self.control_next = offset + 1;
+        let key = String::from_utf8_lossy(key);
+        // A key that applied an event past the replay's bound has moved on: the rebuilt row is
+        // stale, and writing it would undo that event.
+        let current = match self.states.get(key.as_ref()) {
+            Some(s) => Some(P::source(s).offset),
+            None => self
+                .load_state(&key)
+                .ok()
+                .flatten()
+                .map(|s| P::source(&s).offset),
+        };
+        let state = value.map(P::decode_state);
+        match state {
+            _ if current.is_some_and(|o| o >= bound) => {
+                tracing::warn!(flow = %self.flow.name, partition = self.partition, %key, bound,
+                    "repair refused: the key applied events past the replay's bound; replay again");
+                ::metrics::counter!("tally_repairs_refused_total", "flow" => self.flow.name.clone())
+                    .increment(1);
+            }
+            Some(Ok(s)) if P::state_key(&s) == key => {
+                tracing::info!(flow = %self.flow.name, partition = self.partition, %key, "repair staged");
+                ::metrics::counter!("tally_repairs_applied_total", "flow" => self.flow.name.clone())
+                    .increment(1);
+                self.states.insert(key.into_owned(), s);
+            }
+            other => {
+                let why = match other {
+                    None => "a deletion (not supported)".to_string(),
+                    Some(Err(e)) => format!("unreadable state: {e}"),
+                    Some(Ok(s)) => format!("state of key `{}`", P::state_key(&s)),
+                };
+                tracing::error!(flow = %self.flow.name, partition = self.partition, %key, offset,
+                    why, "repair refused");
+                ::metrics::counter!("tally_repairs_refused_total", "flow" => self.flow.name.clone())
+                    .increment(1);
+            }
+        }
+    }
+
+    fn control_position(&self) -> Option<i64> {
+        (self.status == Status::Active && self.control_next > self.control_committed)
+            .then_some(self.control_next)
+    }
+
+    fn activate_control(&mut self, committed: i64) {
+        self.control_committed = committed;
+        self.control_next = committed;
     }
 }
 

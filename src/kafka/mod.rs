@@ -3,4 +3,5 @@
 
 pub mod clients;
 pub mod progress;
+pub mod scan;
 pub mod topics;

@@ -59,6 +59,17 @@ pub(crate) fn optional_str<'a>(
     }
 }
 
+/// A field the event's schema version does not have must be absent, so no record is ambiguous.
+pub(crate) fn absent(name: &str, raw: Option<&RawValue>, version: u32) -> Result<(), Invalid> {
+    match raw {
+        None => Ok(()),
+        Some(_) => Err(Invalid::new(
+            Reason::InvalidField,
+            format!("field `{name}` is not part of schema_version {version}"),
+        )),
+    }
+}
+
 /// The schema version; only versions this build knows are accepted.
 pub(crate) fn schema_version(raw: Option<&RawValue>, known: &[u32]) -> Result<u32, Invalid> {
     let v: u32 = required("schema_version", raw)?;

@@ -4,16 +4,21 @@
 //! No IO, no clocks, no randomness: the same events in give byte-identical state out. Money and
 //! quantities are i64 and overflow is an error, never a wrap.
 
+pub mod contract;
 pub mod error;
 pub mod inventory;
 pub mod ledger;
+pub mod partitioner;
 pub mod projection;
 pub mod time;
+pub mod upcast;
 
 mod codec;
 mod fields;
 
+pub use contract::{Contract, ContractError};
 pub use error::{Invalid, Reason};
 pub use inventory::{Availability, Bucket, Buckets, Inventory, InventoryEvent, Operation};
 pub use ledger::{Amounts, Balance, EntryType, Ledger, LedgerEvent};
+pub use partitioner::Partitioner;
 pub use projection::{FlowKind, Projection, SourceRef, StateDecodeError};

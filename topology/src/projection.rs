@@ -74,4 +74,16 @@ pub trait Projection {
     fn decode_state(bytes: &[u8]) -> Result<Self::State, StateDecodeError>;
     /// The key a state belongs to.
     fn state_key(state: &Self::State) -> &str;
+    /// Where the state's last applied event came from.
+    fn source(state: &Self::State) -> SourceRef;
+    /// Event time of the state's last applied event, for late-event and freshness checks.
+    fn last_event_time_ms(state: &Self::State) -> i64;
+    /// The schema version the event arrived in (before upcasting), for replay evidence.
+    fn schema_version(ev: &Self::Event) -> u32;
+    /// The event schema versions this build decodes (and upcasts).
+    const SCHEMA_VERSIONS: &'static [u32];
+    /// The reconciliation checks on a single state this projection can evaluate.
+    const INVARIANTS: &'static [&'static str];
+    /// Evaluates one of [`Projection::INVARIANTS`]; `Err` says why the state breaks it.
+    fn invariant(name: &str, state: &Self::State, allow_overdraft: bool) -> Result<(), String>;
 }

@@ -1,4 +1,4 @@
-//! The inventory input contract (schema_version 1) and its validation.
+//! The inventory input contract (schema_version 1, and 2 upcast to it) and its validation.
 //! A record that breaks it is refused with a reason; nothing partial is ever applied.
 
 use serde::Deserialize;
@@ -93,6 +93,10 @@ struct Raw<'a> {
     #[serde(borrow)]
     quantity: Option<&'a RawValue>,
     #[serde(borrow)]
+    delta: Option<&'a RawValue>,
+    #[serde(borrow)]
+    unit_of_measure: Option<&'a RawValue>,
+    #[serde(borrow)]
     event_time: Option<&'a RawValue>,
 }
 
@@ -100,7 +104,7 @@ struct Raw<'a> {
 pub(crate) fn decode(key: Option<&[u8]>, value: &[u8]) -> Result<InventoryEvent, Invalid> {
     let raw: Raw<'_> = fields::object(value)?;
     let event_id = fields::id("event_id", raw.event_id)?;
-    let schema_version = fields::schema_version(raw.schema_version, &[1])?;
+    let schema_version = fields::schema_version(raw.schema_version, &[1, 2])?;
     let sku = fields::id("sku", raw.sku)?;
     let seller_id = fields::id("seller_id", raw.seller_id)?;
     let location_id = fields::id("location_id", raw.location_id)?;
@@ -124,7 +128,17 @@ pub(crate) fn decode(key: Option<&[u8]>, value: &[u8]) -> Result<InventoryEvent,
         Some(b) => Some(Bucket::parse("to_bucket", &b)?),
         None => None,
     };
-    let quantity: i64 = fields::required("quantity", raw.quantity)?;
+    let quantity: i64 = if schema_version == 1 {
+        fields::absent("delta", raw.delta, 1)?;
+        fields::absent("unit_of_measure", raw.unit_of_measure, 1)?;
+        fields::required("quantity", raw.quantity)?
+    } else {
+        fields::absent("quantity", raw.quantity, 2)?;
+        let delta: i64 = fields::required("delta", raw.delta)?;
+        let uom: std::borrow::Cow<'_, str> =
+            fields::required("unit_of_measure", raw.unit_of_measure)?;
+        crate::upcast::units(delta, &uom)?
+    };
     let event_time: std::borrow::Cow<'_, str> = fields::required("event_time", raw.event_time)?;
     let event_time_ms = crate::time::parse_event_time(&event_time)?;
     let range = |msg: &str| Err(Invalid::new(Reason::OutOfRange, msg.to_string()));

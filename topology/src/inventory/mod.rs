@@ -92,7 +92,8 @@ impl Projection for Inventory {
     fn fingerprint(ev: &InventoryEvent) -> u64 {
         Fingerprint::new("inventory")
             .str(&ev.event_id)
-            .int(i64::from(ev.schema_version))
+            // Versions upcast to one content: a v1 and a v2 record of the same event agree.
+            .int(1)
             .str(&ev.sku)
             .str(&ev.seller_id)
             .str(&ev.location_id)
@@ -169,5 +170,38 @@ impl Projection for Inventory {
 
     fn state_key(state: &Availability) -> &str {
         &state.sku
+    }
+
+    fn source(state: &Availability) -> SourceRef {
+        state.source
+    }
+
+    fn last_event_time_ms(state: &Availability) -> i64 {
+        state.last_event_time_ms
+    }
+
+    fn schema_version(ev: &InventoryEvent) -> u32 {
+        ev.schema_version
+    }
+
+    const SCHEMA_VERSIONS: &'static [u32] = &[1, 2];
+
+    const INVARIANTS: &'static [&'static str] = &[
+        "stock_on_hand_equals_sum_of_buckets",
+        "sellable_non_negative",
+    ];
+
+    fn invariant(name: &str, state: &Availability, _allow_overdraft: bool) -> Result<(), String> {
+        match name {
+            "stock_on_hand_equals_sum_of_buckets" => state
+                .totals()
+                .map(|_| ())
+                .ok_or_else(|| "stock on hand overflows i64".to_string()),
+            "sellable_non_negative" => match state.locations.iter().find(|(_, b)| b.sellable < 0) {
+                Some((loc, b)) => Err(format!("sellable is {} at {loc}", b.sellable)),
+                None => Ok(()),
+            },
+            other => Err(format!("`{other}` is not an inventory check")),
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! The ledger input contract (schema_version 1) and its validation.
+//! The ledger input contract (schema_version 1, and 2 upcast to it) and its validation.
 //! Amounts are positive i64 minor units; the type says which balance moves which way.
 
 use std::borrow::Cow;
@@ -59,6 +59,8 @@ struct Raw<'a> {
     #[serde(borrow)]
     amount_minor: Option<&'a RawValue>,
     #[serde(borrow)]
+    amount: Option<&'a RawValue>,
+    #[serde(borrow)]
     currency: Option<&'a RawValue>,
     #[serde(borrow)]
     event_time: Option<&'a RawValue>,
@@ -72,7 +74,7 @@ struct Raw<'a> {
 pub(crate) fn decode(key: Option<&[u8]>, value: &[u8]) -> Result<LedgerEvent, Invalid> {
     let raw: Raw<'_> = fields::object(value)?;
     let event_id = fields::id("event_id", raw.event_id)?;
-    let schema_version = fields::schema_version(raw.schema_version, &[1])?;
+    let schema_version = fields::schema_version(raw.schema_version, &[1, 2])?;
     let account_id = fields::id("account_id", raw.account_id)?;
     let kind_name: Cow<'_, str> = fields::required("type", raw.kind)?;
     let kind = match kind_name.as_ref() {
@@ -90,18 +92,25 @@ pub(crate) fn decode(key: Option<&[u8]>, value: &[u8]) -> Result<LedgerEvent, In
             ))
         }
     };
-    let amount_minor: i64 = fields::required("amount_minor", raw.amount_minor)?;
-    if amount_minor <= 0 {
-        return Err(Invalid::new(
-            Reason::OutOfRange,
-            format!("amount_minor {amount_minor} must be > 0"),
-        ));
-    }
     let currency: Cow<'_, str> = fields::required("currency", raw.currency)?;
     if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(Invalid::new(
             Reason::InvalidField,
             format!("currency `{currency}` is not a 3-letter upper-case code"),
+        ));
+    }
+    let amount_minor: i64 = if schema_version == 1 {
+        fields::absent("amount", raw.amount, 1)?;
+        fields::required("amount_minor", raw.amount_minor)?
+    } else {
+        fields::absent("amount_minor", raw.amount_minor, 2)?;
+        let amount: Cow<'_, str> = fields::required("amount", raw.amount)?;
+        crate::upcast::minor_units(&amount, &currency)?
+    };
+    if amount_minor <= 0 {
+        return Err(Invalid::new(
+            Reason::OutOfRange,
+            format!("amount {amount_minor} (minor units) must be > 0"),
         ));
     }
     let event_time: Cow<'_, str> = fields::required("event_time", raw.event_time)?;

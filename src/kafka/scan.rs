@@ -1,0 +1,124 @@
+//! Bounded reads of committed records for the recovery tools: offset ranges of chosen partitions,
+//! read in offset order under read_committed, and a group's committed offsets as the bound.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::clients::Quiet;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// A read that gets neither records nor end-of-partition for this long has stalled.
+const STALL: Duration = Duration::from_secs(60);
+
+/// Why a bounded read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("reading `{topic}` stalled; partitions {partitions:?} not at their end")]
+    Stalled { topic: String, partitions: Vec<i32> },
+}
+
+/// The high watermark of each listed partition.
+pub fn high_watermarks(
+    consumer: &BaseConsumer<Quiet>,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<BTreeMap<i32, i64>, ScanError> {
+    let mut out = BTreeMap::new();
+    for &p in partitions {
+        out.insert(p, consumer.fetch_watermarks(topic, p, TIMEOUT)?.1);
+    }
+    Ok(out)
+}
+
+/// The consumer group's committed offsets (0 where none), read stably: pending transactional
+/// offset commits are waited for, so the bound matches what the live state has applied.
+pub fn committed(
+    consumer: &BaseConsumer<Quiet>,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<BTreeMap<i32, i64>, ScanError> {
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = consumer.committed_offsets(tpl, TIMEOUT)?;
+    Ok(got
+        .elements()
+        .iter()
+        .map(|e| {
+            (
+                e.partition(),
+                e.offset().to_raw().filter(|o| *o >= 0).unwrap_or(0),
+            )
+        })
+        .collect())
+}
+
+/// Reads `[from, to)` of every partition in `ranges`, in offset order per partition; a partition
+/// also ends at its end of partition (the last stable offset under read_committed).
+pub fn read(
+    consumer: &BaseConsumer<Quiet>,
+    topic: &str,
+    ranges: &BTreeMap<i32, (i64, i64)>,
+    mut f: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<(), ScanError> {
+    let mut tpl = TopicPartitionList::new();
+    let mut open = BTreeSet::new();
+    for (&p, &(from, to)) in ranges {
+        if to > from {
+            tpl.add_partition_offset(topic, p, Offset::Offset(from))?;
+            open.insert(p);
+        }
+    }
+    if open.is_empty() {
+        return Ok(());
+    }
+    consumer.assign(&tpl)?;
+    let mut progress = Instant::now();
+    let done = |p: i32, open: &mut BTreeSet<i32>| -> Result<(), KafkaError> {
+        if open.remove(&p) {
+            let mut one = TopicPartitionList::new();
+            one.add_partition(topic, p);
+            consumer.pause(&one)?;
+        }
+        Ok(())
+    };
+    while !open.is_empty() {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                progress = Instant::now();
+                let p = m.partition();
+                let Some(&(_, to)) = ranges.get(&p) else {
+                    continue;
+                };
+                if open.contains(&p) && m.offset() < to {
+                    f(&m);
+                }
+                if m.offset() + 1 >= to {
+                    done(p, &mut open)?;
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                progress = Instant::now();
+                done(p, &mut open)?;
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None if progress.elapsed() > STALL => {
+                return Err(ScanError::Stalled {
+                    topic: topic.to_string(),
+                    partitions: open.into_iter().collect(),
+                })
+            }
+            None => {}
+        }
+    }
+    consumer.unassign()?;
+    Ok(())
+}

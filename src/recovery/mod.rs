@@ -1,0 +1,26 @@
+//! Recovery tools built on each flow's recovery contract: scoped replay into a shadow store with
+//! evidence, reconciliation checks, repairs through the owning task, and time travel per key.
+
+pub mod evidence;
+pub mod progress;
+pub mod repair;
+pub mod replay;
+pub mod scope;
+pub mod shadow;
+
+use rdkafka::error::KafkaError;
+
+/// Why a recovery tool could not produce its evidence.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Scan(#[from] crate::kafka::scan::ScanError),
+    #[error(transparent)]
+    Topics(#[from] crate::kafka::topics::TopicError),
+    #[error("scope: {0}")]
+    Scope(String),
+    #[error("cannot reach the owner: {0}")]
+    NoOwner(String),
+}
