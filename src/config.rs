@@ -107,6 +107,9 @@ pub struct FlowConfig {
     pub input: String,
     pub output: String,
     pub dead_letter: String,
+    /// Recovery contract file; the flow's built-in contract when absent.
+    #[serde(default)]
+    pub contract: Option<PathBuf>,
 }
 
 /// The HTTP endpoint for metrics, health and queries.
@@ -278,6 +281,7 @@ impl Config {
                 return Err(invalid(at("name"), format!("duplicate flow `{}`", f.name)));
             }
             f.kind().map_err(|m| invalid(at("projection"), m))?;
+            f.contract().map_err(|m| invalid(at("contract"), m))?;
             for (k, t) in [
                 ("input", &f.input),
                 ("output", &f.output),
@@ -332,6 +336,22 @@ impl FlowConfig {
     /// `{application_id}-{flow}-changelog`.
     pub fn changelog_topic(&self, application_id: &str) -> String {
         format!("{application_id}-{}-changelog", self.name)
+    }
+
+    /// The flow's recovery contract, loaded and validated: a flow without one does not start.
+    pub fn contract(&self) -> Result<tally_topology::Contract, String> {
+        use tally_topology::{Contract, FlowKind, Inventory, Ledger, Projection};
+        let kind = self.kind()?;
+        let text = match &self.contract {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?,
+            None => Contract::builtin(kind).to_string(),
+        };
+        let (invariants, versions) = match kind {
+            FlowKind::Inventory => (Inventory::INVARIANTS, Inventory::SCHEMA_VERSIONS),
+            FlowKind::Ledger => (Ledger::INVARIANTS, Ledger::SCHEMA_VERSIONS),
+        };
+        Contract::parse(&text, kind, invariants, versions).map_err(|e| e.to_string())
     }
 
     /// `{application_id}-{flow}-control`: replays' repairs for the owning tasks.

@@ -33,6 +33,19 @@ enum Command {
     Verify(cli::VerifyArgs),
     /// Start a local broker, run the processor on a mixed workload, and check the results.
     Demo(cli::DemoArgs),
+    /// Show a flow's recovery contract.
+    #[command(subcommand)]
+    Contract(cli::recovery::ContractCommand),
+    /// Rebuild scoped state from history into a shadow, compare, and (--apply) repair; evidence.
+    Replay(cli::recovery::ReplayArgs),
+    /// Recompute from history, compare with live state, run the contract's checks; evidence.
+    Reconcile(cli::recovery::ReplayArgs),
+    /// Dead-letter tools.
+    #[command(subcommand)]
+    Dlq(cli::recovery::DlqCommand),
+    /// Point-in-time state of a key.
+    #[command(subcommand)]
+    State(cli::recovery::StateCommand),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +63,11 @@ fn main() -> ExitCode {
         Command::Load(args) => cli::load(args),
         Command::Verify(args) => cli::verify(args),
         Command::Demo(args) => tally_demo(args),
+        Command::Contract(cmd) => cli::recovery::contract(cmd),
+        Command::Replay(args) => cli::recovery::replay(args, "replay"),
+        Command::Reconcile(args) => cli::recovery::replay(args, "reconcile"),
+        Command::Dlq(cmd) => cli::recovery::dlq(cmd),
+        Command::State(cmd) => cli::recovery::state(cmd),
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,7 @@
 //! Each command prints a human summary on stderr and a JSON report on stdout.
 
 pub mod demo;
+pub mod recovery;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -114,3 +114,30 @@ pub fn now_ms() -> i64 {
 pub fn now_rfc3339() -> String {
     tally_topology::time::render_event_time(now_ms())
 }
+
+/// Publishes the record to the contract's evidence topic (created on first use, one partition,
+/// keyed by flow) and waits for the broker to have it.
+pub fn publish(
+    bootstrap: &str,
+    kafka: &BTreeMap<String, String>,
+    topic: &str,
+    replication: i32,
+    ev: &Evidence,
+) -> Result<(), super::RecoveryError> {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let topics = crate::kafka::topics::Topics::connect(bootstrap, kafka)?;
+    if topics.partitions(topic)?.is_none() {
+        topics.create(topic, 1, replication, crate::kafka::topics::TopicRole::Log)?;
+    }
+    let producer: BaseProducer = crate::kafka::clients::producer(bootstrap, kafka, None, 60_000)
+        .create()
+        .map_err(super::RecoveryError::Kafka)?;
+    let body = serde_json::to_vec(ev).unwrap_or_default();
+    producer
+        .send(BaseRecord::to(topic).key(ev.flow.as_bytes()).payload(&body))
+        .map_err(|(e, _)| super::RecoveryError::Kafka(e))?;
+    producer
+        .flush(std::time::Duration::from_secs(30))
+        .map_err(super::RecoveryError::Kafka)?;
+    Ok(())
+}

@@ -1,12 +1,14 @@
 //! Recovery tools built on each flow's recovery contract: scoped replay into a shadow store with
 //! evidence, reconciliation checks, repairs through the owning task, and time travel per key.
 
+pub mod dlq;
 pub mod evidence;
 pub mod progress;
 pub mod repair;
 pub mod replay;
 pub mod scope;
 pub mod shadow;
+pub mod travel;
 
 use rdkafka::error::KafkaError;
 

@@ -65,7 +65,8 @@ pub fn send(
     Ok(())
 }
 
-/// Waits until the changelog holds every repaired row; returns how many it holds.
+/// Waits until the changelog holds every repaired row and the output topic its rendering;
+/// returns how many rows are confirmed.
 pub fn confirm<P: Projection>(
     plan: &Plan,
     repairs: &[Repair],
@@ -75,32 +76,51 @@ pub fn confirm<P: Projection>(
     let mut parts: Vec<i32> = repairs.iter().map(|r| r.partition).collect();
     parts.sort_unstable();
     parts.dedup();
-    let want: BTreeMap<&str, Option<&[u8]>> = repairs
-        .iter()
-        .map(|r| (r.key.as_str(), r.state.as_deref()))
-        .collect();
-    let mut confirmed = 0u64;
-    until(plan.confirm_timeout, || {
-        let ends = scan::high_watermarks(&consumer, &plan.changelog, &parts)?;
+    // key -> (changelog bytes, output bytes) the owner must have written.
+    let mut want: BTreeMap<&str, (&[u8], Vec<u8>)> = BTreeMap::new();
+    for r in repairs {
+        let Some(state) = r.state.as_deref() else {
+            continue;
+        };
+        let mut out = Vec::new();
+        if let Ok(s) = P::decode_state(state) {
+            // A rebuilt state always renders; a failure leaves the output unconfirmable.
+            let _ = P::render(&s, &mut out);
+        }
+        want.insert(r.key.as_str(), (state, out));
+    }
+    let last = |topic: &str, changelog: bool| -> Result<BTreeMap<String, Vec<u8>>, RecoveryError> {
+        let ends = scan::high_watermarks(&consumer, topic, &parts)?;
         let ranges = ends.iter().map(|(p, e)| (*p, (0, *e))).collect();
-        let mut found: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
-        scan::read(&consumer, &plan.changelog, &ranges, |m| {
-            let Some(Ok(k)) = m.key().map(ChangelogKey::parse) else {
-                return;
+        let mut found = BTreeMap::new();
+        scan::read(&consumer, topic, &ranges, |m| {
+            let Some(raw) = m.key() else { return };
+            let id = if changelog {
+                match ChangelogKey::parse(raw) {
+                    Ok(k) if k.kind == RecordKind::State => k.id,
+                    _ => return,
+                }
+            } else {
+                raw
             };
-            if k.kind != RecordKind::State {
-                return;
-            }
-            let key = String::from_utf8_lossy(k.id);
+            let key = String::from_utf8_lossy(id);
             if want.contains_key(key.as_ref()) {
-                found.insert(key.into_owned(), m.payload().map(<[u8]>::to_vec));
+                match m.payload() {
+                    Some(v) => found.insert(key.into_owned(), v.to_vec()),
+                    None => found.remove(key.as_ref()),
+                };
             }
         })?;
+        Ok(found)
+    };
+    let mut confirmed = 0u64;
+    until(plan.confirm_timeout, || {
+        let states = last(&plan.changelog, true)?;
+        let outputs = last(&plan.output, false)?;
         confirmed = want
             .iter()
-            .filter(|(k, v)| {
-                found.get(**k).map(|f| f.as_deref()) == Some(**v)
-                    || (v.is_none() && !found.contains_key(**k))
+            .filter(|(k, (state, out))| {
+                states.get(**k).map(Vec::as_slice) == Some(*state) && outputs.get(**k) == Some(out)
             })
             .count() as u64;
         Ok(confirmed == want.len() as u64)

@@ -397,6 +397,16 @@ fn compare<P: Projection>(
                         "{key}: output {} does not render the live state",
                         if out.is_some() { "record" } else { "missing" }
                     ));
+                    // A right state with a wrong output: the owner re-emits it.
+                    if live_bytes == rebuilt_bytes.as_deref() {
+                        if let Some(b) = &rebuilt_bytes {
+                            repairs.push(Repair {
+                                key: key.clone(),
+                                partition: P::source(s).partition,
+                                state: Some(b.clone()),
+                            });
+                        }
+                    }
                 }
                 if let Some(r) = rebuilt {
                     if P::last_event_time_ms(s) > r.max_event_time_ms {

@@ -38,6 +38,18 @@ struct PartitionFold {
     watermark: Option<i64>,
 }
 
+/// One applied event, for `--explain`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Applied {
+    pub partition: i32,
+    pub offset: i64,
+    pub event_id: String,
+    pub event_time: String,
+    pub schema_version: u32,
+    /// The record as it was sent.
+    pub record: serde_json::Value,
+}
+
 /// A key's rebuilt state with what it took.
 pub struct Rebuilt<S> {
     pub state: S,
@@ -57,6 +69,10 @@ pub struct Shadow<P: Projection> {
     selected: BTreeSet<String>,
     pub schema_versions: BTreeSet<u32>,
     pub event_time_range: Option<(i64, i64)>,
+    /// Time travel: events with a later event time have not happened yet.
+    pub as_of_ms: Option<i64>,
+    /// Every applied event of the scoped keys, when asked for.
+    pub trail: Option<Vec<Applied>>,
 }
 
 impl<P: Projection> Shadow<P> {
@@ -72,6 +88,8 @@ impl<P: Projection> Shadow<P> {
             selected: BTreeSet::new(),
             schema_versions: BTreeSet::new(),
             event_time_range: None,
+            as_of_ms: None,
+            trail: None,
         }
     }
 
@@ -109,6 +127,9 @@ impl<P: Projection> Shadow<P> {
                 return;
             }
         };
+        if self.as_of_ms.is_some_and(|t| P::event_time_ms(&ev) > t) {
+            return;
+        }
         let pf = self.partitions.entry(partition).or_default();
         let id = P::event_id(&ev);
         let fingerprint = P::fingerprint(&ev);
@@ -184,6 +205,16 @@ impl<P: Projection> Shadow<P> {
                 });
                 if self.scope.selects(partition, offset, time) {
                     self.selected.insert(agg.clone());
+                }
+                if let Some(trail) = &mut self.trail {
+                    trail.push(Applied {
+                        partition,
+                        offset,
+                        event_id: P::event_id(&ev).to_string(),
+                        event_time: tally_topology::time::render_event_time(time),
+                        schema_version: version,
+                        record: serde_json::from_slice(value).unwrap_or_default(),
+                    });
                 }
                 let c = self.count(agg.as_bytes());
                 c.events_processed += 1;

@@ -1,0 +1,287 @@
+//! The recovery commands: `contract show`, `replay`, `reconcile`, `dlq replay` and `state get`,
+//! from a processor config and the flow's recovery contract to an evidence record.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use tally::config::{Config, FlowConfig};
+use tally::recovery::dlq;
+use tally::recovery::evidence::{self, Evidence};
+use tally::recovery::replay::{self, Plan};
+use tally::recovery::scope::Scope;
+use tally::recovery::travel::{self, Point};
+use tally_topology::{Contract, FlowKind, Inventory, Ledger};
+
+/// Which config and flow a recovery command works on.
+#[derive(Args, Debug, Clone)]
+pub struct FlowArgs {
+    /// The processor's config (bootstrap, topics, application_id).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The flow's name in the config.
+    #[arg(long)]
+    pub flow: String,
+}
+
+/// `tally contract ...`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum ContractCommand {
+    /// Print a flow's recovery contract (the built-in one, or the file the config names).
+    Show {
+        /// A config whose flow may name its own contract file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Flow name (or built-in projection name without --config).
+        #[arg(long)]
+        flow: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Arguments of `tally replay` and `tally reconcile`.
+#[derive(Args, Debug, Clone)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub target: FlowArgs,
+    /// key=K, time=FROM..TO (RFC 3339), partition=P[:FROM..TO]; repeat to combine.
+    #[arg(long)]
+    pub scope: Vec<String>,
+    /// Only report (the default).
+    #[arg(long, conflicts_with = "apply")]
+    pub dry_run: bool,
+    /// Repair: send the rebuilt rows to their owners and confirm them in the changelog.
+    #[arg(long)]
+    pub apply: bool,
+    /// Also write the evidence record to this file.
+    #[arg(long)]
+    pub evidence_file: Option<PathBuf>,
+    /// Seconds an apply waits for the owners to write the repairs.
+    #[arg(long, default_value_t = 60)]
+    pub confirm_timeout: u64,
+}
+
+/// `tally dlq ...`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum DlqCommand {
+    /// Re-submit dead-lettered records to their input partition, event ids unchanged.
+    Replay {
+        #[command(flatten)]
+        target: FlowArgs,
+        /// Only records dead-lettered for this reason (e.g. unknown_schema_version).
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        evidence_file: Option<PathBuf>,
+    },
+}
+
+/// `tally state ...`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum StateCommand {
+    /// The state of one key now, as of an event time, or at an input offset.
+    Get {
+        #[command(flatten)]
+        target: FlowArgs,
+        #[arg(long)]
+        key: String,
+        /// An RFC 3339 instant: events with a later event time are left out.
+        #[arg(long, conflicts_with = "at_offset")]
+        as_of: Option<String>,
+        /// PARTITION:OFFSET: the key's records up to and including this offset.
+        #[arg(long)]
+        at_offset: Option<String>,
+        /// List the events that produced the state.
+        #[arg(long)]
+        explain: bool,
+    },
+}
+
+fn flow_of<'a>(cfg: &'a Config, name: &str) -> anyhow::Result<&'a FlowConfig> {
+    cfg.flows.iter().find(|f| f.name == name).ok_or_else(|| {
+        let names: Vec<&str> = cfg.flows.iter().map(|f| f.name.as_str()).collect();
+        anyhow::anyhow!("no flow `{name}` in the config (flows: {names:?})")
+    })
+}
+
+/// The plan of a recovery command over one configured flow.
+fn plan(cfg: &Config, f: &FlowConfig, kind: &'static str) -> anyhow::Result<(Plan, Contract)> {
+    let contract = f
+        .contract()
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("flow `{}`", f.name))?;
+    let plan = Plan {
+        kind,
+        flow: f.name.clone(),
+        bootstrap: cfg.bootstrap_servers.clone(),
+        kafka: cfg.kafka.clone(),
+        application_id: cfg.application_id.clone(),
+        input: f.input.clone(),
+        output: f.output.clone(),
+        changelog: f.changelog_topic(&cfg.application_id),
+        control: f.control_topic(&cfg.application_id),
+        contract_version: contract.contract_version,
+        contract_digest: contract.digest(),
+        projection_version: contract.projection.version,
+        checks: contract.reconciliation.checks.clone(),
+        allow_overdraft: contract.reconciliation.allow_overdraft,
+        retention_ms: i64::try_from(cfg.dedupe_retention.as_millis()).unwrap_or(i64::MAX),
+        late_tolerance_ms: contract.late_tolerance_ms(),
+        partitioner: contract.ordering.partitioner,
+        scope: Scope::default(),
+        apply: false,
+        confirm_timeout: Duration::from_secs(60),
+    };
+    Ok((plan, contract))
+}
+
+/// `tally contract show`.
+pub fn contract(cmd: ContractCommand) -> anyhow::Result<ExitCode> {
+    let ContractCommand::Show { config, flow, json } = cmd;
+    let contract = match config {
+        Some(path) => {
+            let cfg = Config::load(&path)?;
+            flow_of(&cfg, &flow)?
+                .contract()
+                .map_err(anyhow::Error::msg)?
+        }
+        None => {
+            let kind: FlowKind = flow.parse().map_err(anyhow::Error::msg)?;
+            FlowConfig {
+                name: flow.clone(),
+                projection: None,
+                input: String::new(),
+                output: String::new(),
+                dead_letter: String::new(),
+                contract: None,
+            }
+            .contract()
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("built-in contract of {}", kind.as_str()))?
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&contract)?);
+    } else {
+        print!("{}", contract.render_text());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn emit(
+    cfg: &Config,
+    contract: &Contract,
+    ev: &Evidence,
+    file: Option<&PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let json = serde_json::to_string_pretty(ev)?;
+    println!("{json}");
+    if let Some(path) = file {
+        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let topic = contract.evidence_topic(&cfg.application_id);
+    evidence::publish(
+        &cfg.bootstrap_servers,
+        &cfg.kafka,
+        &topic,
+        cfg.replication_factor,
+        ev,
+    )
+    .with_context(|| format!("publishing evidence to `{topic}`"))?;
+    eprintln!(
+        "{} {}: {} ({} events, {} rows changed, {} repaired); evidence {} on `{topic}`",
+        ev.kind,
+        ev.scope,
+        ev.confidence_status.to_uppercase(),
+        ev.events_processed,
+        ev.projection_rows_changed,
+        ev.rows_repaired,
+        ev.recovery_id
+    );
+    for r in &ev.reasons {
+        eprintln!("  - {r}");
+    }
+    Ok(if ev.trusted() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `tally replay` (`reconcile` is a replay that never repairs).
+pub fn replay(args: ReplayArgs, kind: &'static str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(&args.target.config)?;
+    let f = flow_of(&cfg, &args.target.flow)?;
+    let (mut plan, contract) = plan(&cfg, f, kind)?;
+    plan.scope = Scope::parse(&args.scope)?;
+    for (name, used) in [
+        ("key", plan.scope.key.is_some()),
+        ("time", plan.scope.time.is_some()),
+        ("partition", plan.scope.partition.is_some()),
+    ] {
+        anyhow::ensure!(
+            !used || contract.supports_scope(name),
+            "the contract of flow `{}` does not allow {name} scopes",
+            f.name
+        );
+    }
+    plan.apply = args.apply && kind == "replay";
+    plan.confirm_timeout = Duration::from_secs(args.confirm_timeout);
+    let ev = match f.kind().map_err(anyhow::Error::msg)? {
+        FlowKind::Inventory => replay::run::<Inventory>(&plan)?,
+        FlowKind::Ledger => replay::run::<Ledger>(&plan)?,
+    };
+    emit(&cfg, &contract, &ev, args.evidence_file.as_ref())
+}
+
+/// `tally dlq replay`.
+pub fn dlq(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
+    let DlqCommand::Replay {
+        target,
+        reason,
+        evidence_file,
+    } = cmd;
+    let cfg = Config::load(&target.config)?;
+    let f = flow_of(&cfg, &target.flow)?;
+    let (plan, contract) = plan(&cfg, f, "dlq_replay")?;
+    let ev = dlq::replay(&plan, &f.dead_letter, reason.as_deref())?;
+    emit(&cfg, &contract, &ev, evidence_file.as_ref())
+}
+
+/// `tally state get`.
+pub fn state(cmd: StateCommand) -> anyhow::Result<ExitCode> {
+    let StateCommand::Get {
+        target,
+        key,
+        as_of,
+        at_offset,
+        explain,
+    } = cmd;
+    let cfg = Config::load(&target.config)?;
+    let f = flow_of(&cfg, &target.flow)?;
+    let (plan, _) = plan(&cfg, f, "state")?;
+    let point = match (as_of, at_offset) {
+        (Some(t), _) => Point::AsOf(
+            tally_topology::time::parse_event_time(&t)
+                .map_err(|e| anyhow::anyhow!("--as-of: {}", e.message))?,
+        ),
+        (None, Some(at)) => {
+            let (p, o) = at
+                .split_once(':')
+                .and_then(|(p, o)| Some((p.parse().ok()?, o.parse().ok()?)))
+                .ok_or_else(|| anyhow::anyhow!("--at-offset `{at}` is not PARTITION:OFFSET"))?;
+            Point::AtOffset(p, o)
+        }
+        (None, None) => Point::Now,
+    };
+    let answer = match f.kind().map_err(anyhow::Error::msg)? {
+        FlowKind::Inventory => travel::state_at::<Inventory>(&plan, &key, point, explain)?,
+        FlowKind::Ledger => travel::state_at::<Ledger>(&plan, &key, point, explain)?,
+    };
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(ExitCode::SUCCESS)
+}
