@@ -3,8 +3,7 @@
 //! Run: `cargo bench --bench e2e` (env TALLY_BENCH_EVENTS, _KEYS, _PARTITIONS, _KAFKA_PORT).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -13,6 +12,13 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde::Serialize;
 use tally::kafka::topics::{TopicRole, Topics};
 use tally::workload::{Flow, LoadSpec};
+
+#[path = "e2e/recovery.rs"]
+mod recovery;
+#[path = "e2e/support.rs"]
+mod support;
+
+use support::*;
 
 fn env_or<T: std::str::FromStr>(k: &str, d: T) -> T {
     std::env::var(k)
@@ -44,6 +50,13 @@ struct Report {
     latency_rate_events_per_sec: u64,
     exactly_once_latency_ms: Percentiles,
     at_least_once_latency_ms: Percentiles,
+    key_replay_seconds: f64,
+    key_replay_events: u64,
+    key_replay_trusted: bool,
+    full_replay_seconds: f64,
+    full_replay_events: u64,
+    full_replay_trusted: bool,
+    failover_seconds: f64,
 }
 
 /// End-to-end latency percentiles, input record timestamp to output visible (read_committed).
@@ -53,39 +66,6 @@ struct Percentiles {
     p50: f64,
     p99: f64,
     p999: f64,
-}
-
-struct Broker {
-    bootstrap: String,
-    script: PathBuf,
-    port: String,
-}
-
-impl Broker {
-    fn up() -> Self {
-        let port = env_or("TALLY_BENCH_KAFKA_PORT", 29092u16).to_string();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/kafka");
-        let ok = Command::new(&script)
-            .arg("up")
-            .env("KAFKA_PORT", &port)
-            .status()
-            .expect("kafka up");
-        assert!(ok.success(), "broker did not start");
-        Self {
-            bootstrap: format!("127.0.0.1:{port}"),
-            script,
-            port,
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = Command::new(&self.script)
-            .arg("down")
-            .env("KAFKA_PORT", &self.port)
-            .status();
-    }
 }
 
 fn main() {
@@ -175,6 +155,24 @@ fn main() {
                 report.restore_records, report.restore_seconds
             );
             stop_child(&mut child);
+            let (s, n, t) = recovery::replay_time(&config, &["key=sku-000042"]);
+            eprintln!("key replay: {n} events of sku-000042 in {s:.2} s (trusted: {t})");
+            (report.key_replay_seconds, report.key_replay_events) = (s, n);
+            report.key_replay_trusted = t;
+            let (s, n, t) = recovery::replay_time(&config, &[]);
+            eprintln!("whole-flow replay: {n} events in {s:.2} s (trusted: {t})");
+            (report.full_replay_seconds, report.full_replay_events) = (s, n);
+            report.full_replay_trusted = t;
+            let configs = ["a", "b"]
+                .map(|i| write_instance_config(&work, &app, &bootstrap, &input, guarantee, i));
+            let ports = [http_port(&configs[0]), http_port(&configs[1])];
+            report.failover_seconds = recovery::failover_seconds(
+                [&configs[0], &configs[1]],
+                ports,
+                partitions as usize,
+                &work,
+            );
+            eprintln!("failover after kill -9: {:.2} s", report.failover_seconds);
         } else {
             report.at_least_once_events_per_sec = eps;
             stop_child(&mut child);
@@ -357,167 +355,4 @@ fn raw_passthrough(bootstrap: &str, input: &str, output: &str, events: u64) -> f
     }
     producer.flush(Duration::from_secs(60)).unwrap();
     events as f64 / started.elapsed().as_secs_f64()
-}
-
-fn write_config(work: &Path, app: &str, bootstrap: &str, input: &str, guarantee: &str) -> PathBuf {
-    std::fs::create_dir_all(work).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let text = format!(
-        "application_id = \"{app}\"\nbootstrap_servers = \"{bootstrap}\"\nstate_dir = \"{state}\"\nprocessing_guarantee = \"{guarantee}\"\ninstance_id = \"bench\"\n[[flows]]\nname = \"inventory\"\ninput = \"{input}\"\noutput = \"{app}.out\"\ndead_letter = \"{app}.dlq\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n",
-        state = work.join("state").display()
-    );
-    let path = work.join(format!("{app}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn http_port(config: &Path) -> u16 {
-    let text = std::fs::read_to_string(config).unwrap();
-    let line = text.lines().find(|l| l.starts_with("listen")).unwrap();
-    line.rsplit(':')
-        .next()
-        .unwrap()
-        .trim_end_matches('"')
-        .parse()
-        .unwrap()
-}
-
-fn start(config: &Path, log: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
-}
-
-fn stop_child(child: &mut Child) {
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let _ = child.wait();
-}
-
-fn wait_lag_zero(bootstrap: &str, group: &str, input: &str) {
-    let started = Instant::now();
-    loop {
-        let lag = tally::kafka::progress::group_lag(bootstrap, &BTreeMap::new(), group, &[input])
-            .unwrap_or(i64::MAX);
-        if lag == 0 {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(1800),
-            "no catch-up within 30 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn http(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    Some(raw)
-}
-
-fn wait_ready(port: u16, partitions: usize) {
-    let want = format!("\"partitions_assigned\":{partitions},\"partitions_restoring\":0");
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(600) {
-        if http(port, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200") && r.contains(&want))
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("restore did not finish within 10 minutes");
-}
-
-fn metric(port: u16, name: &str) -> f64 {
-    http(port, "/metrics")
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(str::to_string)
-        })
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn dir_size(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
-fn git_commit() -> String {
-    Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
-fn write_reports(r: &Report) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/report");
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = serde_json::to_string_pretty(r).unwrap();
-    std::fs::write(dir.join("e2e.json"), &json).unwrap();
-    let md = format!(
-        "# tally end-to-end benchmark\n\ncommit `{}` on {} cores; {} inventory events, {} SKUs, {} partitions, {:.0}% duplicates.\n\n\
-| measure | value |\n|---|---|\n\
-| load (producer) | {:.0} events/s |\n\
-| raw rdkafka passthrough | {:.0} events/s |\n\
-| tally exactly_once | {:.0} events/s ({:.0}% of raw) |\n\
-| tally at_least_once | {:.0} events/s ({:.0}% of raw) |\n\
-| full restore | {} records in {:.2} s = {:.0} records/s |\n\
-| peak RSS (exactly_once) | {:.0} MiB |\n\
-| state dir on disk | {:.0} MiB |\n\
-| end-to-end latency at {} events/s, exactly_once | p50 {:.0} ms, p99 {:.0} ms, p999 {:.0} ms |\n\
-| end-to-end latency at {} events/s, at_least_once | p50 {:.0} ms, p99 {:.0} ms, p999 {:.0} ms |\n",
-        r.commit, r.cores, r.events, r.keys, r.partitions, r.duplicates * 100.0,
-        r.load_events_per_sec, r.raw_passthrough_events_per_sec,
-        r.exactly_once_events_per_sec, r.exactly_once_ratio_to_raw * 100.0,
-        r.at_least_once_events_per_sec, r.at_least_once_ratio_to_raw * 100.0,
-        r.restore_records, r.restore_seconds, r.restore_records_per_sec,
-        r.peak_rss_mib_exactly_once, r.state_dir_mib,
-        r.latency_rate_events_per_sec, r.exactly_once_latency_ms.p50, r.exactly_once_latency_ms.p99, r.exactly_once_latency_ms.p999,
-        r.latency_rate_events_per_sec, r.at_least_once_latency_ms.p50, r.at_least_once_latency_ms.p99, r.at_least_once_latency_ms.p999,
-    );
-    std::fs::write(dir.join("e2e.md"), &md).unwrap();
-    println!("{json}");
-    eprintln!("{md}");
 }

@@ -110,33 +110,9 @@ fn flow_of<'a>(cfg: &'a Config, name: &str) -> anyhow::Result<&'a FlowConfig> {
 
 /// The plan of a recovery command over one configured flow.
 fn plan(cfg: &Config, f: &FlowConfig, kind: &'static str) -> anyhow::Result<(Plan, Contract)> {
-    let contract = f
-        .contract()
+    Plan::for_flow(cfg, f, kind)
         .map_err(anyhow::Error::msg)
-        .with_context(|| format!("flow `{}`", f.name))?;
-    let plan = Plan {
-        kind,
-        flow: f.name.clone(),
-        bootstrap: cfg.bootstrap_servers.clone(),
-        kafka: cfg.kafka.clone(),
-        application_id: cfg.application_id.clone(),
-        input: f.input.clone(),
-        output: f.output.clone(),
-        changelog: f.changelog_topic(&cfg.application_id),
-        control: f.control_topic(&cfg.application_id),
-        contract_version: contract.contract_version,
-        contract_digest: contract.digest(),
-        projection_version: contract.projection.version,
-        checks: contract.reconciliation.checks.clone(),
-        allow_overdraft: contract.reconciliation.allow_overdraft,
-        retention_ms: i64::try_from(cfg.dedupe_retention.as_millis()).unwrap_or(i64::MAX),
-        late_tolerance_ms: contract.late_tolerance_ms(),
-        partitioner: contract.ordering.partitioner,
-        scope: Scope::default(),
-        apply: false,
-        confirm_timeout: Duration::from_secs(60),
-    };
-    Ok((plan, contract))
+        .with_context(|| format!("flow `{}`", f.name))
 }
 
 /// `tally contract show`.

@@ -45,6 +45,40 @@ pub struct Plan {
     pub confirm_timeout: Duration,
 }
 
+impl Plan {
+    /// A whole-flow dry run of `kind` over a configured flow, under its recovery contract.
+    pub fn for_flow(
+        cfg: &crate::config::Config,
+        f: &crate::config::FlowConfig,
+        kind: &'static str,
+    ) -> Result<(Plan, tally_topology::Contract), String> {
+        let contract = f.contract()?;
+        let plan = Plan {
+            kind,
+            flow: f.name.clone(),
+            bootstrap: cfg.bootstrap_servers.clone(),
+            kafka: cfg.kafka.clone(),
+            application_id: cfg.application_id.clone(),
+            input: f.input.clone(),
+            output: f.output.clone(),
+            changelog: f.changelog_topic(&cfg.application_id),
+            control: f.control_topic(&cfg.application_id),
+            contract_version: contract.contract_version,
+            contract_digest: contract.digest(),
+            projection_version: contract.projection.version,
+            checks: contract.reconciliation.checks.clone(),
+            allow_overdraft: contract.reconciliation.allow_overdraft,
+            retention_ms: i64::try_from(cfg.dedupe_retention.as_millis()).unwrap_or(i64::MAX),
+            late_tolerance_ms: contract.late_tolerance_ms(),
+            partitioner: contract.ordering.partitioner,
+            scope: Scope::default(),
+            apply: false,
+            confirm_timeout: Duration::from_secs(60),
+        };
+        Ok((plan, contract))
+    }
+}
+
 const MAX_EXAMPLES: usize = 20;
 const MAX_CHANGED: usize = 100;
 

@@ -308,7 +308,7 @@ impl Event {
             "invalid_field" if !odd => f.set(amount, quoted("seven")),
             "invalid_field" => f.set(amount, "7.5".to_string()),
             "unknown_schema_version" => {
-                let v = if odd { "99" } else { "2" };
+                let v = if odd { "99" } else { "3" };
                 f.set("schema_version", v.to_string());
             }
             "unknown_bucket" if !odd || f.get("to_bucket").is_none() => {

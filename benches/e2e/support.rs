@@ -1,0 +1,237 @@
+//! Helpers of the end-to-end benchmark: the private broker, processor child processes, their
+//! HTTP endpoint, resource readings and the report files.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{env_or, Report};
+pub struct Broker {
+    pub bootstrap: String,
+    script: PathBuf,
+    port: String,
+}
+
+impl Broker {
+    pub fn up() -> Self {
+        let port = env_or("TALLY_BENCH_KAFKA_PORT", 29092u16).to_string();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/kafka");
+        let ok = Command::new(&script)
+            .arg("up")
+            .env("KAFKA_PORT", &port)
+            .status()
+            .expect("kafka up");
+        assert!(ok.success(), "broker did not start");
+        Self {
+            bootstrap: format!("127.0.0.1:{port}"),
+            script,
+            port,
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.script)
+            .arg("down")
+            .env("KAFKA_PORT", &self.port)
+            .status();
+    }
+}
+
+pub fn write_config(
+    work: &Path,
+    app: &str,
+    bootstrap: &str,
+    input: &str,
+    guarantee: &str,
+) -> PathBuf {
+    write_instance_config(work, app, bootstrap, input, guarantee, "bench")
+}
+
+/// A config of one instance of `app`, with its own state dir and HTTP port.
+pub fn write_instance_config(
+    work: &Path,
+    app: &str,
+    bootstrap: &str,
+    input: &str,
+    guarantee: &str,
+    instance: &str,
+) -> PathBuf {
+    std::fs::create_dir_all(work).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = format!(
+        "application_id = \"{app}\"\nbootstrap_servers = \"{bootstrap}\"\nstate_dir = \"{state}\"\nprocessing_guarantee = \"{guarantee}\"\ninstance_id = \"{instance}\"\n[[flows]]\nname = \"inventory\"\ninput = \"{input}\"\noutput = \"{app}.out\"\ndead_letter = \"{app}.dlq\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n",
+        state = if instance == "bench" {
+            work.join("state")
+        } else {
+            work.join(format!("state-{instance}"))
+        }
+        .display()
+    );
+    let path = if instance == "bench" {
+        work.join(format!("{app}.toml"))
+    } else {
+        work.join(format!("{app}-{instance}.toml"))
+    };
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn http_port(config: &Path) -> u16 {
+    let text = std::fs::read_to_string(config).unwrap();
+    let line = text.lines().find(|l| l.starts_with("listen")).unwrap();
+    line.rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('"')
+        .parse()
+        .unwrap()
+}
+
+pub fn start(config: &Path, log: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+pub fn stop_child(child: &mut Child) {
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let _ = child.wait();
+}
+
+pub fn wait_lag_zero(bootstrap: &str, group: &str, input: &str) {
+    let started = Instant::now();
+    loop {
+        let lag = tally::kafka::progress::group_lag(bootstrap, &BTreeMap::new(), group, &[input])
+            .unwrap_or(i64::MAX);
+        if lag == 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "no catch-up within 30 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn http(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    Some(raw)
+}
+
+pub fn wait_ready(port: u16, partitions: usize) {
+    let want = format!("\"partitions_assigned\":{partitions},\"partitions_restoring\":0");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(600) {
+        if http(port, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200") && r.contains(&want))
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("restore did not finish within 10 minutes");
+}
+
+pub fn metric(port: u16, name: &str) -> f64 {
+    http(port, "/metrics")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_string)
+        })
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+pub fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+pub fn git_commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+pub fn write_reports(r: &Report) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/report");
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = serde_json::to_string_pretty(r).unwrap();
+    std::fs::write(dir.join("e2e.json"), &json).unwrap();
+    let md = format!(
+        "# tally end-to-end benchmark\n\ncommit `{}` on {} cores; {} inventory events, {} SKUs, {} partitions, {:.0}% duplicates.\n\n\
+| measure | value |\n|---|---|\n\
+| load (producer) | {:.0} events/s |\n\
+| raw rdkafka passthrough | {:.0} events/s |\n\
+| tally exactly_once | {:.0} events/s ({:.0}% of raw) |\n\
+| tally at_least_once | {:.0} events/s ({:.0}% of raw) |\n\
+| full restore | {} records in {:.2} s = {:.0} records/s |\n\
+| peak RSS (exactly_once) | {:.0} MiB |\n\
+| state dir on disk | {:.0} MiB |\n\
+| end-to-end latency at {} events/s, exactly_once | p50 {:.0} ms, p99 {:.0} ms, p999 {:.0} ms |\n\
+| end-to-end latency at {} events/s, at_least_once | p50 {:.0} ms, p99 {:.0} ms, p999 {:.0} ms |\n\
+| replay of one key (dry run, evidence) | {} events in {:.2} s (trusted: {}) |\n\
+| replay of the whole flow (dry run, evidence) | {} events in {:.2} s (trusted: {}) |\n\
+| failover: kill -9 of one of two processors until every partition is served | {:.2} s |\n",
+        r.commit, r.cores, r.events, r.keys, r.partitions, r.duplicates * 100.0,
+        r.load_events_per_sec, r.raw_passthrough_events_per_sec,
+        r.exactly_once_events_per_sec, r.exactly_once_ratio_to_raw * 100.0,
+        r.at_least_once_events_per_sec, r.at_least_once_ratio_to_raw * 100.0,
+        r.restore_records, r.restore_seconds, r.restore_records_per_sec,
+        r.peak_rss_mib_exactly_once, r.state_dir_mib,
+        r.latency_rate_events_per_sec, r.exactly_once_latency_ms.p50, r.exactly_once_latency_ms.p99, r.exactly_once_latency_ms.p999,
+        r.latency_rate_events_per_sec, r.at_least_once_latency_ms.p50, r.at_least_once_latency_ms.p99, r.at_least_once_latency_ms.p999,
+        r.key_replay_events, r.key_replay_seconds, r.key_replay_trusted,
+        r.full_replay_events, r.full_replay_seconds, r.full_replay_trusted,
+        r.failover_seconds,
+    );
+    std::fs::write(dir.join("e2e.md"), &md).unwrap();
+    println!("{json}");
+    eprintln!("{md}");
+}
