@@ -94,3 +94,60 @@ fn kafka_passthrough_keeps_settings_as_is() {
 fn durations_parse(#[case] text: &str, #[case] ms: u64) {
     assert_eq!(parse_duration(text).unwrap(), Duration::from_millis(ms));
 }
+
+/// A flow pointing at a contract file in a scratch directory.
+fn with_contract(body: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inventory.toml");
+    std::fs::write(&path, body).unwrap();
+    let text = MINIMAL.replace(
+        "dead_letter = \"inventory.events.dlq\"",
+        &format!(
+            "dead_letter = \"inventory.events.dlq\"\ncontract = \"{}\"",
+            path.display()
+        ),
+    );
+    (dir, text)
+}
+
+#[test]
+fn the_builtin_contract_is_used_when_none_is_named() {
+    let cfg = Config::from_toml(MINIMAL, no_env).unwrap();
+    let contract = cfg.flows[0].contract().unwrap();
+    assert_eq!(contract.projection.name, "inventory");
+}
+
+#[test]
+fn a_valid_contract_file_is_accepted() {
+    let builtin = tally_topology::Contract::builtin(tally_topology::FlowKind::Inventory);
+    let (_dir, text) = with_contract(builtin);
+    assert!(Config::from_toml(&text, no_env).is_ok());
+}
+
+#[rstest]
+#[case::wrong_projection("name = \"inventory\"\nversion", "name = \"ledger\"\nversion", "projection")]
+#[case::unreplayable_version("schema_versions = [1, 2]", "schema_versions = [1, 7]", "7")]
+#[case::unknown_check("\"sellable_non_negative\",", "\"sellable_is_pink\",", "sellable_is_pink")]
+#[case::unknown_field("[replay]", "[replay]\nscopes_typo = 1", "scopes_typo")]
+fn a_bad_contract_stops_the_start_naming_the_flow_and_field(
+    #[case] from: &str,
+    #[case] to: &str,
+    #[case] named: &str,
+) {
+    let builtin = tally_topology::Contract::builtin(tally_topology::FlowKind::Inventory);
+    assert!(builtin.contains(from), "the case edits `{from}`");
+    let (_dir, text) = with_contract(&builtin.replacen(from, to, 1));
+    let err = Config::from_toml(&text, no_env).unwrap_err().to_string();
+    assert!(err.contains("flows[0].contract"), "{err}");
+    assert!(err.contains(named), "`{err}` should name `{named}`");
+}
+
+#[test]
+fn a_missing_contract_file_stops_the_start() {
+    let text = MINIMAL.replace(
+        "dead_letter = \"inventory.events.dlq\"",
+        "dead_letter = \"inventory.events.dlq\"\ncontract = \"/nonexistent/inventory.toml\"",
+    );
+    let err = Config::from_toml(&text, no_env).unwrap_err().to_string();
+    assert!(err.contains("flows[0].contract") && err.contains("cannot read"), "{err}");
+}
