@@ -330,3 +330,32 @@ fn the_oracle_counts_what_the_generator_injected() {
         assert_eq!(fold.keys.len(), 50);
     }
 }
+
+#[test]
+fn generated_histories_never_take_stock_or_balances_below_zero() {
+    for flow in [Flow::Inventory, Flow::Ledger] {
+        let spec = LoadSpec {
+            flow,
+            events: 20_000,
+            keys: 50,
+            duplicates: 0.05,
+            invalid: 0.03,
+            conflicts: 0.02,
+            rate: 0,
+            seed: 7,
+        };
+        let mut fold = Fold::new(flow);
+        for (o, g) in generate(&spec).enumerate() {
+            fold.record(0, o as i64, g.key.as_deref(), Some(&g.value));
+            // Checked after every record: a count that dips below zero and recovers is caught too.
+            for (key, e) in &fold.keys {
+                for (slot, amounts) in &e.amounts {
+                    assert!(
+                        amounts.iter().all(|a| *a >= 0),
+                        "{flow} {key} {slot} went negative at record {o}: {amounts:?}"
+                    );
+                }
+            }
+        }
+    }
+}

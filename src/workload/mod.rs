@@ -1,6 +1,7 @@
 //! Deterministic workload generator behind `tally load`: the same spec and seed give
 //! byte-identical records, with duplicates, conflicting ids and poison mixed in at set rates.
 
+mod book;
 mod events;
 mod produce;
 
@@ -94,6 +95,7 @@ pub fn generate(spec: &LoadSpec) -> impl Iterator<Item = Generated> {
         recent: Vec::with_capacity(RECENT.min(spec.events as usize)),
         next_slot: 0,
         poison: 0,
+        book: book::Book::default(),
         i: 0,
     }
 }
@@ -105,6 +107,8 @@ struct Generator {
     recent: Vec<Event>,
     next_slot: usize,
     poison: u64,
+    /// What the valid events so far did, so new ones keep every count non-negative.
+    book: book::Book,
     i: u64,
 }
 
@@ -162,6 +166,8 @@ impl Iterator for Generator {
                 kind: Kind::Invalid(reason),
             });
         }
+        let mut ev = ev;
+        self.book.settle(&mut ev);
         let g = keyed(&ev, ev.to_json(), Kind::Valid);
         self.remember(ev);
         Some(g)

@@ -50,7 +50,7 @@ pub fn verdict_with(
     let pass = report.pass && failed.is_empty();
     let line = format!(
         "{scenario:<22} events={:<8} faults={faults:<14} lost={} double_applied={} wrong={} \
-         sequence={} open_txn={} changelog_diff={} dead_letters={}/{} verdict={}{}",
+         sequence={} open_txn={} changelog_diff={} dead_letters={}/{}{} verdict={}{}",
         report.events_checked,
         report.lost,
         report.double_applied,
@@ -63,6 +63,12 @@ pub fn verdict_with(
             + report.dedupe_entries_extra,
         report.dead_letters_expected,
         report.dead_letters_found,
+        // Under at_least_once a dead letter may repeat; the distinct count is what must match.
+        if report.dead_letters_distinct == report.dead_letters_found {
+            String::new()
+        } else {
+            format!(" ({} distinct)", report.dead_letters_distinct)
+        },
         if pass { "PASS" } else { "FAIL" },
         if failed.is_empty() {
             String::new()
