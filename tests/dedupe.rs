@@ -51,10 +51,9 @@ fn conflicting_duplicates_are_dead_lettered_not_applied() {
 #[test]
 fn dedupe_entries_expire_by_event_time_with_changelog_tombstones() {
     let mut setup = Setup::new("expiry", Flow::Inventory, 2);
-    // Expired ids leave the changelog on purpose; the oracle's changelog check assumes none did.
-    setup.check_changelog = false;
     // The workload's events are one second of event time apart: 3000 events span 50 minutes.
-    let p = Processor::start(&setup, "a", &[("TALLY_DEDUPE_RETENTION", "10m")]);
+    setup.dedupe_retention = Duration::from_secs(600);
+    let p = Processor::start(&setup, "a", &[]);
     p.wait_ready(2, Duration::from_secs(60));
     // Paced, so expiry runs over many commits as the watermark advances.
     let sent = setup.load_at(3_000, 100, 0.0, 0.0, 0.0, 11, 1_500);

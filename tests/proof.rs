@@ -134,32 +134,38 @@ fn s1_baseline_two_processors_no_faults() {
     verdict("1 baseline", 0, &setup.oracle());
 }
 
-#[test]
-fn s2_kill_9_across_three_processors_under_exactly_once() {
-    let events = size(30_000, 1_000_000);
-    let setup = Setup::new("p-kill9", Flow::Ledger, 12);
+/// Kills processors under a paced ledger load of `keys` accounts, every third kill at `hook`,
+/// and judges the result.
+fn kill_scenario(scenario: &str, setup: &Setup, keys: u64, seed: u64, hook: &str) {
     let load = paced(
-        &setup,
-        events,
-        size(3_000, 100_000),
+        setup,
+        size(30_000, 1_000_000),
+        keys,
         (0.05, 0.01, 0.001),
-        102,
+        seed,
         size(3_000, 20_000),
     );
     let (faults, missed, _) = kill_loop(
-        &setup,
+        setup,
         &["a", "b", "c"],
         size(5, 20),
         Duration::from_millis(size(1_800, 2_400)),
-        "before_commit_transaction@1",
+        hook,
         load,
     );
     verdict_with(
-        "2 kill-9 x3 procs",
+        scenario,
         faults,
         &setup.oracle(),
         &[("every in-commit hook fired", missed == 0)],
     );
+}
+
+#[test]
+fn s2_kill_9_across_three_processors_under_exactly_once() {
+    let setup = Setup::new("p-kill9", Flow::Ledger, 12);
+    let keys = size(3_000, 100_000);
+    kill_scenario("2 kill-9 x3 procs", &setup, keys, 102, "before_commit_transaction@1");
 }
 
 #[test]
@@ -286,7 +292,7 @@ fn s6_lost_or_corrupt_local_state_is_rebuilt_from_the_changelog(
     #[case] corrupt: bool,
 ) {
     let mut setup = Setup::new("p-state", Flow::Inventory, 4);
-    setup.extra = "dedupe_retention = \"3650d\"".into();
+    setup.dedupe_retention = Duration::from_secs(3650 * 86_400);
     let p = Processor::start(&setup, "a", &[]);
     let first = setup.load(size(8_000, 200_000), 1_000, 0.05, 0.01, 0.001, 106);
     setup.wait_caught_up(LIMIT);
@@ -439,26 +445,5 @@ fn s8_broker_down_processors_wait_and_resume_without_restart() {
 fn s9_kill_9_under_at_least_once_never_applies_twice() {
     let mut setup = Setup::new("p-alo", Flow::Ledger, 12);
     setup.guarantee = "at_least_once";
-    let load = paced(
-        &setup,
-        size(30_000, 1_000_000),
-        3_000,
-        (0.05, 0.01, 0.001),
-        109,
-        size(3_000, 20_000),
-    );
-    let (faults, missed, _) = kill_loop(
-        &setup,
-        &["a", "b", "c"],
-        size(5, 20),
-        Duration::from_millis(size(1_800, 2_400)),
-        "before_commit_offsets@1",
-        load,
-    );
-    verdict_with(
-        "9 at_least_once kills",
-        faults,
-        &setup.oracle(),
-        &[("every in-commit hook fired", missed == 0)],
-    );
+    kill_scenario("9 at_least_once kills", &setup, 3_000, 109, "before_commit_offsets@1");
 }

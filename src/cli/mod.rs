@@ -218,6 +218,7 @@ pub fn oracle_spec(
         dead_letter: f.dead_letter.clone(),
         group: committed.then(|| cfg.application_id.clone()),
         changelog: changelog.then(|| f.changelog_topic(&cfg.application_id)),
+        dedupe_retention_ms: i64::try_from(cfg.dedupe_retention.as_millis()).unwrap_or(i64::MAX),
         repeats_allowed: cfg.processing_guarantee != ProcessingGuarantee::ExactlyOnce,
     })
 }

@@ -62,13 +62,15 @@ pub fn committed(
 }
 
 /// Reads `[from, to)` of every partition in `ranges`, in offset order per partition; a partition
-/// also ends at its end of partition (the last stable offset under read_committed).
+/// also ends at its end of partition (the last stable offset under read_committed). Returns the
+/// partitions that ended there below `to`: an open transaction holds them.
 pub fn read(
     consumer: &BaseConsumer<Quiet>,
     topic: &str,
     ranges: &BTreeMap<i32, (i64, i64)>,
     mut f: impl FnMut(&BorrowedMessage<'_>),
-) -> Result<(), ScanError> {
+) -> Result<Vec<i32>, ScanError> {
+    let mut held = Vec::new();
     let mut tpl = TopicPartitionList::new();
     let mut open = BTreeSet::new();
     for (&p, &(from, to)) in ranges {
@@ -78,7 +80,7 @@ pub fn read(
         }
     }
     if open.is_empty() {
-        return Ok(());
+        return Ok(held);
     }
     consumer.assign(&tpl)?;
     let mut progress = Instant::now();
@@ -107,6 +109,10 @@ pub fn read(
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 progress = Instant::now();
+                let to = ranges.get(&p).map_or(0, |r| r.1);
+                if open.contains(&p) && position(consumer, topic, p)? < to {
+                    held.push(p);
+                }
                 done(p, &mut open)?;
             }
             Some(Err(e)) => return Err(e.into()),
@@ -120,5 +126,14 @@ pub fn read(
         }
     }
     consumer.unassign()?;
-    Ok(())
+    Ok(held)
+}
+
+/// The consumer's next offset in one assigned partition.
+fn position(consumer: &BaseConsumer<Quiet>, topic: &str, p: i32) -> Result<i64, KafkaError> {
+    let at = consumer.position()?;
+    Ok(at
+        .find_partition(topic, p)
+        .and_then(|e| e.offset().to_raw())
+        .unwrap_or(-1))
 }

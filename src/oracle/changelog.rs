@@ -1,5 +1,6 @@
 //! The oracle's look at a flow's changelog: the live state keys and dedupe entries of each
-//! partition must be exactly the keys and first-seen event ids its own fold found.
+//! partition must be exactly the keys and first-seen event ids its own fold found, except ids
+//! past the dedupe retention, which the processor deletes lazily and may or may not still hold.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -14,6 +15,7 @@ pub(super) fn check(
     consumer: &scan::Reader,
     topic: &str,
     fold: &Fold,
+    retention_ms: i64,
     report: &mut OracleReport,
 ) -> anyhow::Result<u64> {
     let ends = scan::high_watermarks(consumer, topic)?;
@@ -50,11 +52,24 @@ pub(super) fn check(
             .or_default()
             .insert(key.as_bytes().to_vec());
     }
-    let want_dedupe: HashMap<i32, BTreeSet<Vec<u8>>> = fold
-        .seen
-        .iter()
-        .map(|(p, ids)| (*p, ids.keys().map(|id| id.as_bytes().to_vec()).collect()))
-        .collect();
+    // An id older than its partition's watermark minus the retention is expired: its entry
+    // may still be in the changelog until the expiry scan reaches it, or already gone.
+    let mut want_dedupe: HashMap<i32, BTreeSet<Vec<u8>>> = HashMap::new();
+    for (p, ids) in &fold.seen {
+        let bound = fold
+            .watermarks
+            .get(p)
+            .map_or(i64::MIN, |w| w.saturating_sub(retention_ms));
+        let want = want_dedupe.entry(*p).or_default();
+        for (id, &(_, time_ms)) in ids {
+            let id = id.as_bytes();
+            if time_ms >= bound {
+                want.insert(id.to_vec());
+            } else if let Some(found) = dedupe.get_mut(p) {
+                found.remove(id);
+            }
+        }
+    }
     let (missing, extra) = diff("state key", &want_states, &states, report);
     report.changelog_keys_missing = missing;
     report.changelog_keys_extra = extra;

@@ -58,8 +58,10 @@ enum Change {
 /// one content hash per event id and partition.
 pub(super) struct Fold {
     flow: Flow,
-    /// Partition -> first-seen event id -> content hash.
-    pub seen: HashMap<i32, HashMap<Box<str>, u64>>,
+    /// Partition -> first-seen event id -> (content hash, event time).
+    pub seen: HashMap<i32, HashMap<Box<str>, (u64, i64)>>,
+    /// Partition -> latest event time of an applied event: what dedupe expiry counts from.
+    pub watermarks: HashMap<i32, i64>,
     pub keys: HashMap<String, Expected>,
 }
 
@@ -235,6 +237,7 @@ impl Fold {
         Fold {
             flow,
             seen: HashMap::new(),
+            watermarks: HashMap::new(),
             keys: HashMap::new(),
         }
     }
@@ -253,7 +256,7 @@ impl Fold {
         };
         let seen = self.seen.entry(partition).or_default();
         if let Some(first) = seen.get(ev.id.as_str()) {
-            return if *first == ev.content {
+            return if first.0 == ev.content {
                 Verdict::Duplicate
             } else {
                 Verdict::Conflict
@@ -291,7 +294,9 @@ impl Fold {
         next.partition = partition;
         next.offset = offset;
         self.keys.insert(ev.key, next);
-        seen.insert(ev.id.into_boxed_str(), ev.content);
+        seen.insert(ev.id.into_boxed_str(), (ev.content, ev.time_ms));
+        let wm = self.watermarks.entry(partition).or_insert(ev.time_ms);
+        *wm = (*wm).max(ev.time_ms);
         Verdict::Applied
     }
 }

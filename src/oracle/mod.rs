@@ -30,8 +30,10 @@ pub struct OracleSpec {
     /// start); use it when the processor may still be behind.
     pub group: Option<String>,
     /// The flow's changelog topic: when given, its live state keys and dedupe entries must equal
-    /// the oracle's keys and first-seen event ids (assumes no dedupe entry expired yet).
+    /// the oracle's keys and first-seen event ids still inside the dedupe retention.
     pub changelog: Option<String>,
+    /// The processor's `dedupe_retention` in milliseconds of event time.
+    pub dedupe_retention_ms: i64,
     /// at_least_once: an output or dead letter may be written again (an identical record);
     /// under exactly_once every repeat is a violation.
     pub repeats_allowed: bool,
@@ -126,7 +128,7 @@ pub fn check(spec: &OracleSpec) -> anyhow::Result<OracleReport> {
     let outputs = read_outputs(spec, &reader()?, &mut report)?;
     read_dead_letters(spec, &reader()?, &mut report)?;
     if let Some(topic) = &spec.changelog {
-        let held = changelog::check(&reader()?, topic, &fold, &mut report)?;
+        let held = changelog::check(&reader()?, topic, &fold, spec.dedupe_retention_ms, &mut report)?;
         report.open_transactions += held;
     }
     judge_keys(spec, &fold, outputs, &mut report);

@@ -1,36 +1,17 @@
 //! How the oracle reads Kafka: assigned partitions (never a group member), read_committed, from the
 //! beginning up to a bound fixed before reading, one record at a time so memory stays per key.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{BorrowedHeaders, Headers, Message};
-use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-/// How long reading may go without a record or an end of partition before it is called stalled.
-const STALL: Duration = Duration::from_secs(60);
 
-/// Client context of the oracle's readers: end of partition is expected, not worth a warning.
-pub(super) struct Quiet;
-
-impl ClientContext for Quiet {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(
-            error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-        ) {
-            tracing::trace!(reason, "end of partition");
-        } else {
-            tracing::warn!(%error, reason, "kafka client error");
-        }
-    }
-}
-
-impl ConsumerContext for Quiet {}
+pub(super) use crate::kafka::clients::Quiet;
 
 /// A group id nobody else uses: the oracle never joins or commits, but librdkafka wants one.
 pub(super) fn throwaway_group() -> String {
@@ -51,25 +32,10 @@ pub(super) fn reader(
     kafka: &BTreeMap<String, String>,
     group: &str,
 ) -> anyhow::Result<BaseConsumer<Quiet>> {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap);
-    for (k, v) in kafka {
-        c.set(k, v);
-    }
-    c.set("group.id", group)
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest");
-    for (k, v) in [
-        ("fetch.wait.max.ms", "10"),
-        // Larger partition fetches buy little speed and cost a lot of memory (measured).
-        ("max.partition.fetch.bytes", "1048576"),
-    ] {
-        if !kafka.contains_key(k) {
-            c.set(k, v);
-        }
+    let mut c = crate::kafka::clients::reader(bootstrap, kafka, group);
+    // Larger partition fetches buy the oracle little speed and cost a lot of memory (measured).
+    if !kafka.contains_key("max.partition.fetch.bytes") {
+        c.set("max.partition.fetch.bytes", "1048576");
     }
     Ok(c.create_with_context(Quiet)?)
 }
@@ -115,21 +81,8 @@ pub(super) fn committed(
     group: &str,
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
     let consumer = reader(bootstrap, kafka, group)?;
-    let mut tpl = TopicPartitionList::new();
-    for p in partitions(&consumer, topic)? {
-        tpl.add_partition(topic, p);
-    }
-    let got = consumer.committed_offsets(tpl, TIMEOUT)?;
-    Ok(got
-        .elements()
-        .iter()
-        .map(|e| {
-            (
-                e.partition(),
-                e.offset().to_raw().filter(|o| *o >= 0).unwrap_or(0),
-            )
-        })
-        .collect())
+    let parts = partitions(&consumer, topic)?;
+    Ok(crate::kafka::scan::committed(&consumer, topic, &parts)?)
 }
 
 /// One record as the scan hands it over.
@@ -163,70 +116,16 @@ pub(super) fn scan(
     ends: &BTreeMap<i32, i64>,
     mut f: impl FnMut(Rec<'_>),
 ) -> anyhow::Result<Vec<i32>> {
-    let mut held = Vec::new();
-    let mut tpl = TopicPartitionList::new();
-    let mut open = BTreeSet::new();
-    for (p, end) in ends {
-        if *end > 0 {
-            tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
-            open.insert(*p);
-        }
-    }
-    if open.is_empty() {
-        return Ok(held);
-    }
-    consumer.assign(&tpl)?;
-    let mut progress = Instant::now();
-    let finish = |p: i32, open: &mut BTreeSet<i32>| -> anyhow::Result<()> {
-        if open.remove(&p) {
-            let mut one = TopicPartitionList::new();
-            one.add_partition(topic, p);
-            consumer.pause(&one)?;
-        }
-        Ok(())
-    };
-    while !open.is_empty() {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                progress = Instant::now();
-                let (p, o) = (m.partition(), m.offset());
-                let end = ends.get(&p).copied().unwrap_or(0);
-                if open.contains(&p) && o < end {
-                    f(Rec {
-                        partition: p,
-                        offset: o,
-                        key: m.key(),
-                        value: m.payload(),
-                        headers: m.headers(),
-                    });
-                }
-                if o + 1 >= end {
-                    finish(p, &mut open)?;
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                progress = Instant::now();
-                if open.contains(&p) && position(consumer, topic, p)? < ends[&p] {
-                    held.push(p);
-                }
-                finish(p, &mut open)?;
-            }
-            Some(Err(e)) => return Err(anyhow::anyhow!("reading `{topic}`: {e}")),
-            None => anyhow::ensure!(
-                progress.elapsed() < STALL,
-                "reading `{topic}` stalled; partitions {open:?} not at their end"
-            ),
-        }
-    }
-    consumer.unassign()?;
+    let ranges = ends.iter().map(|(&p, &end)| (p, (0, end))).collect();
+    let held = crate::kafka::scan::read(consumer, topic, &ranges, |m| {
+        f(Rec {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key(),
+            value: m.payload(),
+            headers: m.headers(),
+        })
+    })
+    .map_err(|e| anyhow::anyhow!("reading `{topic}`: {e}"))?;
     Ok(held)
-}
-
-/// The consumer's next offset in one assigned partition.
-fn position(consumer: &BaseConsumer<Quiet>, topic: &str, p: i32) -> anyhow::Result<i64> {
-    let at = consumer.position()?;
-    Ok(at
-        .find_partition(topic, p)
-        .and_then(|e| e.offset().to_raw())
-        .unwrap_or(-1))
 }

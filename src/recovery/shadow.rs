@@ -38,6 +38,20 @@ struct PartitionFold {
     watermark: Option<i64>,
 }
 
+impl PartitionFold {
+    /// Remembers an applied id and moves the partition's event-time watermark.
+    fn mark(&mut self, id: &str, fingerprint: u64, event_time_ms: i64) {
+        self.seen.insert(
+            id.to_owned(),
+            Seen {
+                fingerprint,
+                event_time_ms,
+            },
+        );
+        self.watermark = Some(self.watermark.map_or(event_time_ms, |w| w.max(event_time_ms)));
+    }
+}
+
 /// One applied event, for `--explain`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Applied {
@@ -165,14 +179,7 @@ impl<P: Projection> Shadow<P> {
         // Keys outside the scope still mark their ids (a later conflict may name them), but keep
         // no state; their events are applied to nothing.
         if !wanted {
-            pf.seen.insert(
-                id.to_owned(),
-                Seen {
-                    fingerprint,
-                    event_time_ms: time,
-                },
-            );
-            pf.watermark = Some(pf.watermark.map_or(time, |w| w.max(time)));
+            pf.mark(id, fingerprint, time);
             return;
         }
         let prev = self.states.get(&agg);
@@ -183,14 +190,7 @@ impl<P: Projection> Shadow<P> {
             Ok(state) => {
                 let max = prev.map_or(time, |r| r.max_event_time_ms.max(time));
                 let version = P::schema_version(&ev);
-                pf.seen.insert(
-                    id.to_owned(),
-                    Seen {
-                        fingerprint,
-                        event_time_ms: time,
-                    },
-                );
-                pf.watermark = Some(pf.watermark.map_or(time, |w| w.max(time)));
+                pf.mark(id, fingerprint, time);
                 self.states.insert(
                     agg.clone(),
                     Rebuilt {

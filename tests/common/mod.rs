@@ -68,10 +68,8 @@ pub struct Setup {
     pub partitions: i32,
     pub dir: PathBuf,
     pub guarantee: &'static str,
-    /// Extra top-level config lines (e.g. `dedupe_retention = "3650d"`).
-    pub extra: String,
-    /// Whether the oracle also checks the changelog (off when dedupe entries expire on purpose).
-    pub check_changelog: bool,
+    /// The processors' `dedupe_retention`; the oracle expects expired ids to leave the changelog.
+    pub dedupe_retention: Duration,
 }
 
 impl Setup {
@@ -95,8 +93,7 @@ impl Setup {
             partitions,
             dir,
             guarantee: "exactly_once",
-            extra: String::new(),
-            check_changelog: true,
+            dedupe_retention: Duration::from_secs(7 * 86_400),
         };
         let topics = tally::kafka::topics::Topics::connect(bootstrap, &BTreeMap::new()).unwrap();
         topics
@@ -137,7 +134,7 @@ processing_guarantee = "{guarantee}"
 commit_interval_ms = 100
 instance_id = "{instance}"
 transaction_timeout_ms = 10000
-{extra}
+dedupe_retention = "{retention}ms"
 [[flows]]
 name = "{flow}"
 input = "{input}"
@@ -150,7 +147,7 @@ listen = "127.0.0.1:{http_port}"
 "#,
             app = self.app,
             bootstrap = self.bootstrap,
-            extra = self.extra,
+            retention = self.dedupe_retention.as_millis(),
             state = self.state_dir().join(instance).display(),
             guarantee = self.guarantee,
             input = self.input,
@@ -234,7 +231,8 @@ listen = "127.0.0.1:{http_port}"
             output: self.output.clone(),
             dead_letter: self.dlq.clone(),
             group: Some(self.app.clone()),
-            changelog: self.check_changelog.then(|| self.changelog()),
+            changelog: Some(self.changelog()),
+            dedupe_retention_ms: self.dedupe_retention.as_millis() as i64,
             repeats_allowed: self.guarantee == "at_least_once",
         })
         .expect("oracle")
