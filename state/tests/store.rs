@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 use tally_state::{
     ChangelogKey, Checkpoint, CommitBatch, DedupeEntry, RecordKind, RestoreBatch, Store,
-    StoreOptions,
+    StoreOptions, SLED_BATCH,
 };
 
 fn open(dir: &tempfile::TempDir) -> Store {
@@ -121,6 +121,28 @@ fn the_expiry_scan_resumes_where_it_stopped_and_wraps() {
     assert_eq!(ids(store.expired_dedupe(2, 2).unwrap()), ["c", "d"]);
     assert_eq!(ids(store.expired_dedupe(2, 2).unwrap()), ["e"]);
     assert_eq!(ids(store.expired_dedupe(2, 2).unwrap()), ["a", "b"]);
+}
+
+#[rstest::rstest]
+#[case::one_short_of_a_sled_batch(SLED_BATCH - 1)]
+#[case::exactly_one_sled_batch(SLED_BATCH)]
+#[case::several_sled_batches(3 * SLED_BATCH + 7)]
+fn a_commit_of_any_size_writes_every_row_and_then_its_checkpoint(#[case] rows: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let mut b = CommitBatch::default();
+    for i in 0..rows {
+        b.put_state(format!("sku-{i}").as_bytes(), &i.to_be_bytes());
+    }
+    b.set_checkpoint(cp(3));
+    store.commit(b).unwrap();
+    assert_eq!(store.states().count(), rows);
+    let last = format!("sku-{}", rows - 1);
+    assert_eq!(
+        store.state(last.as_bytes()).unwrap().as_deref(),
+        Some(&(rows - 1).to_be_bytes()[..])
+    );
+    assert_eq!(store.checkpoint().unwrap(), Some(cp(3)));
 }
 
 #[test]
