@@ -9,6 +9,11 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
+/// mimalloc for Rust's allocations (sled's above all): +30% events/s under exactly_once on the
+/// end-to-end benchmark, at the price of ~170 MiB more peak RSS (benches/report/e2e.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tally",

@@ -89,6 +89,7 @@ impl Engine {
         match self.cfg.processing_guarantee {
             ProcessingGuarantee::ExactlyOnce => {
                 let producer = self.sink.producer();
+                let t0 = Instant::now();
                 producer.begin_transaction()?;
                 for t in self.tasks.values_mut() {
                     if t.has_progress() {
@@ -98,12 +99,22 @@ impl Engine {
                 let group = consumer.group_metadata().ok_or_else(|| {
                     KafkaError::Subscription("no consumer group metadata yet".into())
                 })?;
+                let t1 = Instant::now();
                 self.sink.flush()?;
+                let t2 = Instant::now();
                 super::faults::hit("before_send_offsets");
                 producer.send_offsets_to_transaction(offsets, &group, timeout)?;
+                let t3 = Instant::now();
                 super::faults::hit("before_commit_transaction");
                 producer.commit_transaction(timeout)?;
                 super::faults::hit("after_commit_transaction");
+                tracing::debug!(
+                    produce_us = (t1 - t0).as_micros() as u64,
+                    flush_us = (t2 - t1).as_micros() as u64,
+                    send_offsets_us = (t3 - t2).as_micros() as u64,
+                    commit_us = t3.elapsed().as_micros() as u64,
+                    "transaction"
+                );
             }
             ProcessingGuarantee::AtLeastOnce => {
                 let failures = self.sink.failures();

@@ -11,12 +11,16 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use tally_state::{ChangelogKey, Checkpoint, DedupeEntry, RecordKind, RestoreBatch, Store};
+use tally_state::{Checkpoint, RestoreBatch, Store};
 
 use super::FlowInfo;
 use crate::kafka::clients;
 
-const CHUNK: usize = 20_000;
+/// Records per restored chunk, one sled batch each.
+const CHUNK: usize = tally_state::SLED_BATCH;
+/// Restores that read their changelog at once: restoring is CPU-bound (sled inserts), so more
+/// threads than cores only add memory (a fetch queue and a chunk each) and contention.
+const CONCURRENT_RESTORES: usize = 2;
 /// How long end-of-partition below the high watermark may stay unexplained before restore
 /// accepts it (the tail is then transaction markers or aborted records).
 const SETTLE: Duration = Duration::from_millis(1500);
@@ -97,6 +101,9 @@ impl RestoreJob {
         let mut watermark = cp.filter(|_| !full).map_or(i64::MIN, |c| c.watermark_ms);
         let mut next = from;
         let mut records = 0u64;
+        let _permit = (from < high)
+            .then(|| permits::acquire(&self.cancel))
+            .transpose()?;
         if from < high {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&self.flow.changelog, self.partition, Offset::Offset(from))?;
@@ -121,14 +128,10 @@ impl RestoreJob {
                         eof_at = None;
                         records += 1;
                         next = m.offset() + 1;
-                        let key = m.key().unwrap_or_default();
-                        if let (Ok(k), Some(v)) = (ChangelogKey::parse(key), m.payload()) {
-                            if k.kind == RecordKind::Dedupe {
-                                watermark = watermark.max(DedupeEntry::decode(v)?.event_time_ms);
-                            }
-                        }
-                        chunk.push(key, m.payload());
+                        chunk.push(m.key().unwrap_or_default(), m.payload());
                         if chunk.len() >= CHUNK {
+                            watermark =
+                                watermark.max(chunk.max_event_time_ms().unwrap_or(i64::MIN));
                             chunk.checkpoint = Checkpoint {
                                 input_offset: 0,
                                 changelog_offset: next,
@@ -139,6 +142,7 @@ impl RestoreJob {
                     }
                 }
             }
+            watermark = watermark.max(chunk.max_event_time_ms().unwrap_or(i64::MIN));
             chunk.checkpoint = Checkpoint {
                 input_offset: committed,
                 changelog_offset: next.max(from),
@@ -220,4 +224,61 @@ pub enum RestoreError {
     State(#[from] tally_state::StateError),
     #[error("cancelled")]
     Cancelled,
+}
+
+/// A counting semaphore bounding [`CONCURRENT_RESTORES`] across every task of the process.
+mod permits {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Condvar, Mutex};
+    use std::time::Duration;
+
+    static IN_USE: Mutex<usize> = Mutex::new(0);
+    static FREED: Condvar = Condvar::new();
+
+    /// Held while a restore reads its changelog; dropping it lets the next restore start.
+    pub struct Permit;
+
+    /// Waits for a free permit, or fails when the restore is cancelled meanwhile.
+    pub fn acquire(cancel: &AtomicBool) -> Result<Permit, super::RestoreError> {
+        let mut n = IN_USE.lock().unwrap_or_else(|p| p.into_inner());
+        while *n >= super::CONCURRENT_RESTORES {
+            if cancel.load(Ordering::Acquire) {
+                return Err(super::RestoreError::Cancelled);
+            }
+            n = FREED
+                .wait_timeout(n, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *n += 1;
+        Ok(Permit)
+    }
+
+    impl Drop for Permit {
+        fn drop(&mut self) {
+            let mut n = IN_USE.lock().unwrap_or_else(|p| p.into_inner());
+            *n -= 1;
+            FREED.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restores_beyond_the_limit_wait_and_a_cancelled_one_gives_up() {
+        let go = AtomicBool::new(false);
+        let held: Vec<_> = (0..CONCURRENT_RESTORES)
+            .map(|_| permits::acquire(&go).expect("a free permit"))
+            .collect();
+        let cancelled = AtomicBool::new(true);
+        assert!(matches!(
+            permits::acquire(&cancelled),
+            Err(RestoreError::Cancelled)
+        ));
+        drop(held);
+        assert!(permits::acquire(&cancelled).is_ok());
+    }
 }

@@ -140,7 +140,7 @@ impl Sink {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    self.producer.poll(Duration::from_millis(5));
+                    self.producer.poll(Duration::from_millis(1));
                 }
                 Err((e, _)) => return Err(e),
             }
@@ -149,15 +149,6 @@ impl Sink {
 
     /// Waits until every produced record is acknowledged (and its delivery report served).
     pub fn flush(&self) -> KafkaResult<()> {
-        // rdkafka's own flush sleeps in 100 ms steps; serving reports in 1 ms steps keeps a
-        // commit's latency near the broker's acknowledgement time.
-        let deadline = std::time::Instant::now() + self.timeout;
-        while self.producer.in_flight_count() > 0 {
-            if std::time::Instant::now() >= deadline {
-                return Err(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut));
-            }
-            self.producer.poll(Duration::from_millis(1));
-        }
-        Ok(())
+        crate::kafka::clients::flush(&self.producer, self.timeout)
     }
 }

@@ -15,8 +15,10 @@ use super::writer::{Pending, StoreWriter};
 use super::FlowInfo;
 use crate::metrics;
 
-/// Dedupe entries examined for expiry per commit and task.
-const EXPIRY_SCAN: usize = 4_096;
+/// Most dedupe entries examined for expiry per commit and task.
+const EXPIRY_SCAN_MAX: usize = 4_096;
+/// Fewest examined, so an idle index is still swept.
+const EXPIRY_SCAN_MIN: usize = 64;
 
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,9 +359,12 @@ where
         }
         self.expired.clear();
         if self.watermark != i64::MIN {
+            // Sweeping twice as many entries as the batch adds keeps pace with the index's growth
+            // while a small commit stays cheap (the scan runs inside the transaction).
+            let scan = (2 * self.dedupe.len()).clamp(EXPIRY_SCAN_MIN, EXPIRY_SCAN_MAX);
             self.expired = self
                 .store
-                .expired_dedupe(bound, EXPIRY_SCAN)
+                .expired_dedupe(bound, scan)
                 .map_err(|e| self.store_err(e))?;
             tracing::trace!(
                 partition = p,

@@ -33,6 +33,8 @@ pub fn group_consumer(
     set_default(&mut c, passthrough, "session.timeout.ms", "10000");
     set_default(&mut c, passthrough, "heartbeat.interval.ms", "1000");
     set_default(&mut c, passthrough, "fetch.wait.max.ms", "50");
+    // A few commits' worth of prefetched input is enough to keep the poll loop busy.
+    set_default(&mut c, passthrough, "queued.max.messages.kbytes", "16384");
     c
 }
 
@@ -50,8 +52,11 @@ pub fn reader(
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest");
     set_default(&mut c, passthrough, "fetch.wait.max.ms", "10");
-    set_default(&mut c, passthrough, "fetch.max.bytes", "16777216");
+    set_default(&mut c, passthrough, "fetch.max.bytes", "8388608");
     set_default(&mut c, passthrough, "max.partition.fetch.bytes", "4194304");
+    // librdkafka prefetches up to 64 MiB per consumer by default; a processor runs a reader per
+    // restoring partition, so that default alone would cost gigabytes during a full restore.
+    set_default(&mut c, passthrough, "queued.max.messages.kbytes", "8192");
     c
 }
 
@@ -106,6 +111,18 @@ impl rdkafka::ClientContext for Quiet {
 
 impl rdkafka::consumer::ConsumerContext for Quiet {}
 
+/// A [`quiet_reader`] for one-off scans of whole partitions (the recovery tools): it may
+/// prefetch 64 MiB, which made a key-scoped replay among 1M events ~30% faster than 8 MiB.
+pub fn scan_reader(
+    bootstrap: &str,
+    passthrough: &BTreeMap<String, String>,
+    group: &str,
+) -> rdkafka::error::KafkaResult<rdkafka::consumer::BaseConsumer<Quiet>> {
+    let mut c = reader(bootstrap, passthrough, group);
+    set_default(&mut c, passthrough, "queued.max.messages.kbytes", "65536");
+    c.create_with_context(Quiet)
+}
+
 /// A consumer built from [`reader`] with the [`Quiet`] context.
 pub fn quiet_reader(
     bootstrap: &str,
@@ -113,4 +130,31 @@ pub fn quiet_reader(
     group: &str,
 ) -> rdkafka::error::KafkaResult<rdkafka::consumer::BaseConsumer<Quiet>> {
     reader(bootstrap, passthrough, group).create_with_context(Quiet)
+}
+
+/// How long [`flush`] sleeps between serving delivery reports.
+const FLUSH_STEP: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// Waits until every record `producer` holds is acknowledged and its delivery report served.
+/// rdkafka's own `flush` serves reports in 100 ms steps, and its `poll(t)` spins on the clock
+/// until `t` is over even after reports arrived (a fifth of the poll thread's CPU went there);
+/// this serves what is ready, then sleeps a short step.
+pub fn flush<C: rdkafka::producer::ProducerContext>(
+    producer: &rdkafka::producer::BaseProducer<C>,
+    timeout: std::time::Duration,
+) -> rdkafka::error::KafkaResult<()> {
+    use rdkafka::producer::Producer;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        producer.poll(std::time::Duration::ZERO);
+        if producer.in_flight_count() == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(rdkafka::error::KafkaError::Flush(
+                rdkafka::error::RDKafkaErrorCode::MessageTimedOut,
+            ));
+        }
+        std::thread::sleep(FLUSH_STEP);
+    }
 }
