@@ -109,7 +109,11 @@ fn flow_of<'a>(cfg: &'a Config, name: &str) -> anyhow::Result<&'a FlowConfig> {
 }
 
 /// The plan of a recovery command over one configured flow.
-fn plan(cfg: &Config, f: &FlowConfig, kind: &'static str) -> anyhow::Result<(Plan, Contract)> {
+pub(super) fn plan(
+    cfg: &Config,
+    f: &FlowConfig,
+    kind: &'static str,
+) -> anyhow::Result<(Plan, Contract)> {
     Plan::for_flow(cfg, f, kind)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("flow `{}`", f.name))
@@ -148,7 +152,9 @@ pub fn contract(cmd: ContractCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn emit(
+/// Prints the evidence (JSON on stdout, a summary on stderr), publishes it to the contract's
+/// evidence topic, and turns its confidence into the exit code.
+pub(super) fn emit(
     cfg: &Config,
     contract: &Contract,
     ev: &Evidence,
@@ -207,11 +213,16 @@ pub fn replay(args: ReplayArgs, kind: &'static str) -> anyhow::Result<ExitCode> 
     }
     plan.apply = args.apply && kind == "replay";
     plan.confirm_timeout = Duration::from_secs(args.confirm_timeout);
-    let ev = match f.kind().map_err(anyhow::Error::msg)? {
-        FlowKind::Inventory => replay::run::<Inventory>(&plan)?,
-        FlowKind::Ledger => replay::run::<Ledger>(&plan)?,
-    };
+    let ev = run_plan(f, &plan)?;
     emit(&cfg, &contract, &ev, args.evidence_file.as_ref())
+}
+
+/// Runs a replay plan with the flow's projection.
+pub(super) fn run_plan(f: &FlowConfig, plan: &Plan) -> anyhow::Result<Evidence> {
+    Ok(match f.kind().map_err(anyhow::Error::msg)? {
+        FlowKind::Inventory => replay::run::<Inventory>(plan)?,
+        FlowKind::Ledger => replay::run::<Ledger>(plan)?,
+    })
 }
 
 /// `tally dlq replay`.

@@ -125,9 +125,17 @@ fn a_valid_contract_file_is_accepted() {
 }
 
 #[rstest]
-#[case::wrong_projection("name = \"inventory\"\nversion", "name = \"ledger\"\nversion", "projection")]
+#[case::wrong_projection(
+    "name = \"inventory\"\nversion",
+    "name = \"ledger\"\nversion",
+    "projection"
+)]
 #[case::unreplayable_version("schema_versions = [1, 2]", "schema_versions = [1, 7]", "7")]
-#[case::unknown_check("\"sellable_non_negative\",", "\"sellable_is_pink\",", "sellable_is_pink")]
+#[case::unknown_check(
+    "\"sellable_non_negative\",",
+    "\"sellable_is_pink\",",
+    "sellable_is_pink"
+)]
 #[case::unknown_field("[replay]", "[replay]\nscopes_typo = 1", "scopes_typo")]
 fn a_bad_contract_stops_the_start_naming_the_flow_and_field(
     #[case] from: &str,
@@ -149,5 +157,8 @@ fn a_missing_contract_file_stops_the_start() {
         "dead_letter = \"inventory.events.dlq\"\ncontract = \"/nonexistent/inventory.toml\"",
     );
     let err = Config::from_toml(&text, no_env).unwrap_err().to_string();
-    assert!(err.contains("flows[0].contract") && err.contains("cannot read"), "{err}");
+    assert!(
+        err.contains("flows[0].contract") && err.contains("cannot read"),
+        "{err}"
+    );
 }

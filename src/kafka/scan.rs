@@ -83,6 +83,8 @@ pub fn read(
         return Ok(held);
     }
     consumer.assign(&tpl)?;
+    let started = Instant::now();
+    let mut records = 0u64;
     let mut progress = Instant::now();
     let done = |p: i32, open: &mut BTreeSet<i32>| -> Result<(), KafkaError> {
         if open.remove(&p) {
@@ -101,6 +103,14 @@ pub fn read(
                     continue;
                 };
                 if open.contains(&p) && m.offset() < to {
+                    if records == 0 {
+                        tracing::debug!(
+                            topic,
+                            first_ms = started.elapsed().as_millis() as u64,
+                            "first record"
+                        );
+                    }
+                    records += 1;
                     f(&m);
                 }
                 if m.offset() + 1 >= to {
@@ -126,6 +136,13 @@ pub fn read(
         }
     }
     consumer.unassign()?;
+    tracing::debug!(
+        topic,
+        partitions = ranges.len(),
+        records,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "bounded read done"
+    );
     Ok(held)
 }
 

@@ -128,7 +128,13 @@ pub fn check(spec: &OracleSpec) -> anyhow::Result<OracleReport> {
     let outputs = read_outputs(spec, &reader()?, &mut report)?;
     read_dead_letters(spec, &reader()?, &mut report)?;
     if let Some(topic) = &spec.changelog {
-        let held = changelog::check(&reader()?, topic, &fold, spec.dedupe_retention_ms, &mut report)?;
+        let held = changelog::check(
+            &reader()?,
+            topic,
+            &fold,
+            spec.dedupe_retention_ms,
+            &mut report,
+        )?;
         report.open_transactions += held;
     }
     judge_keys(spec, &fold, outputs, &mut report);

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord};
 
 use super::evidence::{self, Evidence, OffsetRange};
 use super::replay::Plan;
@@ -30,7 +30,7 @@ pub fn replay(
         plan.application_id,
         std::process::id()
     );
-    let consumer = clients::quiet_reader(&plan.bootstrap, &plan.kafka, &group)?;
+    let consumer = clients::scan_reader(&plan.bootstrap, &plan.kafka, &group)?;
     let ends = scan::high_watermarks(&consumer, dead_letter, &parts)?;
     let ranges: BTreeMap<i32, (i64, i64)> = ends.iter().map(|(p, e)| (*p, (0, *e))).collect();
     let producer: BaseProducer = clients::producer(&plan.bootstrap, &plan.kafka, None, 60_000)
@@ -71,9 +71,7 @@ pub fn replay(
         }
         producer.poll(Duration::ZERO);
     })?;
-    producer
-        .flush(Duration::from_secs(60))
-        .map_err(RecoveryError::Kafka)?;
+    clients::flush(&producer, Duration::from_secs(60)).map_err(RecoveryError::Kafka)?;
     let mut ev = Evidence {
         recovery_id: evidence::recovery_id("dlq_replay", started_ms),
         kind: "dlq_replay".to_string(),

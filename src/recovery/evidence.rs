@@ -124,7 +124,7 @@ pub fn publish(
     replication: i32,
     ev: &Evidence,
 ) -> Result<(), super::RecoveryError> {
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::producer::{BaseProducer, BaseRecord};
     let topics = crate::kafka::topics::Topics::connect(bootstrap, kafka)?;
     if topics.partitions(topic)?.is_none() {
         topics.create(topic, 1, replication, crate::kafka::topics::TopicRole::Log)?;
@@ -136,8 +136,7 @@ pub fn publish(
     producer
         .send(BaseRecord::to(topic).key(ev.flow.as_bytes()).payload(&body))
         .map_err(|(e, _)| super::RecoveryError::Kafka(e))?;
-    producer
-        .flush(std::time::Duration::from_secs(30))
+    crate::kafka::clients::flush(&producer, std::time::Duration::from_secs(30))
         .map_err(super::RecoveryError::Kafka)?;
     Ok(())
 }

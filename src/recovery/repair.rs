@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord};
 use tally_state::{ChangelogKey, RecordKind};
 use tally_topology::Projection;
 
@@ -59,9 +59,7 @@ pub fn send(
             .send(rec)
             .map_err(|(e, _)| RecoveryError::Kafka(e))?;
     }
-    producer
-        .flush(Duration::from_secs(30))
-        .map_err(RecoveryError::Kafka)?;
+    clients::flush(&producer, Duration::from_secs(30)).map_err(RecoveryError::Kafka)?;
     Ok(())
 }
 
@@ -72,7 +70,7 @@ pub fn confirm<P: Projection>(
     repairs: &[Repair],
     group: &str,
 ) -> Result<u64, RecoveryError> {
-    let consumer = clients::quiet_reader(&plan.bootstrap, &plan.kafka, group)?;
+    let consumer = clients::scan_reader(&plan.bootstrap, &plan.kafka, group)?;
     let mut parts: Vec<i32> = repairs.iter().map(|r| r.partition).collect();
     parts.sort_unstable();
     parts.dedup();

@@ -93,7 +93,7 @@ fn reader(
     plan: &Plan,
     group: &str,
 ) -> Result<rdkafka::consumer::BaseConsumer<Quiet>, RecoveryError> {
-    Ok(clients::quiet_reader(&plan.bootstrap, &plan.kafka, group)?)
+    Ok(clients::scan_reader(&plan.bootstrap, &plan.kafka, group)?)
 }
 
 fn throwaway_group(plan: &Plan) -> String {
@@ -162,14 +162,20 @@ pub fn run<P: Projection>(plan: &Plan) -> Result<Evidence, RecoveryError> {
         plan.retention_ms,
         plan.late_tolerance_ms,
     );
-    scan::read(&history, &plan.input, &ranges, |m| {
-        shadow.record(m.partition(), m.offset(), m.key(), m.payload());
-        progress.step();
+    // The live view (changelog states, outputs) is read beside the history: the three reads
+    // wait on the broker far more than they compute.
+    let (states, outputs) = std::thread::scope(|s| {
+        let states = s.spawn(|| live_states(plan, &parts, &group));
+        let outputs = s.spawn(|| live_outputs(plan, &parts, &group));
+        scan::read(&history, &plan.input, &ranges, |m| {
+            shadow.record(m.partition(), m.offset(), m.key(), m.payload());
+            progress.step();
+        })?;
+        progress.finish();
+        Ok::<_, RecoveryError>((joined(states)?, joined(outputs)?))
     })?;
-    progress.finish();
     drop(history);
-
-    let live = read_live::<P>(plan, &parts, &group)?;
+    let live = Live::decode::<P>(states, outputs);
     let mut ev = Evidence {
         recovery_id: evidence::recovery_id(plan.kind, started_ms),
         kind: plan.kind.to_string(),
@@ -258,20 +264,21 @@ pub struct Repair {
     pub state: Option<Vec<u8>>,
 }
 
-fn read_live<P: Projection>(
+/// A scoped thread's result; its panic goes on in the caller.
+fn joined<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// The last changelog state record of every scoped key, still encoded.
+fn live_states(
     plan: &Plan,
     parts: &[i32],
     group: &str,
-) -> Result<Live<P::State>, RecoveryError> {
+) -> Result<BTreeMap<String, Vec<u8>>, RecoveryError> {
     let consumer = reader(plan, group)?;
-    let mut live = Live {
-        states: BTreeMap::new(),
-        outputs: HashMap::new(),
-        unreadable: Vec::new(),
-    };
     let ends = scan::high_watermarks(&consumer, &plan.changelog, parts)?;
     let ranges = ends.iter().map(|(p, e)| (*p, (0, *e))).collect();
-    let mut raw: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut raw = BTreeMap::new();
     scan::read(&consumer, &plan.changelog, &ranges, |m| {
         let Some(Ok(k)) = m.key().map(ChangelogKey::parse) else {
             return;
@@ -285,16 +292,19 @@ fn read_live<P: Projection>(
             None => raw.remove(&key),
         };
     })?;
-    for (key, bytes) in raw {
-        match P::decode_state(&bytes) {
-            Ok(s) => {
-                live.states.insert(key, (s, bytes));
-            }
-            Err(e) => live.unreadable.push(format!("{key}: {e}")),
-        }
-    }
+    Ok(raw)
+}
+
+/// The last output record of every scoped key.
+fn live_outputs(
+    plan: &Plan,
+    parts: &[i32],
+    group: &str,
+) -> Result<HashMap<String, Vec<u8>>, RecoveryError> {
+    let consumer = reader(plan, group)?;
     let ends = scan::high_watermarks(&consumer, &plan.output, parts)?;
     let ranges = ends.iter().map(|(p, e)| (*p, (0, *e))).collect();
+    let mut outputs = HashMap::new();
     scan::read(&consumer, &plan.output, &ranges, |m| {
         let Some(k) = m.key() else { return };
         if !plan.scope.wants_key(k) {
@@ -302,11 +312,34 @@ fn read_live<P: Projection>(
         }
         let key = String::from_utf8_lossy(k).into_owned();
         match m.payload() {
-            Some(v) => live.outputs.insert(key, v.to_vec()),
-            None => live.outputs.remove(&key),
+            Some(v) => outputs.insert(key, v.to_vec()),
+            None => outputs.remove(&key),
         };
     })?;
-    Ok(live)
+    Ok(outputs)
+}
+
+impl<S> Live<S> {
+    /// Decodes the scoped changelog states; an unreadable one is reported, never guessed.
+    fn decode<P: Projection<State = S>>(
+        raw: BTreeMap<String, Vec<u8>>,
+        outputs: HashMap<String, Vec<u8>>,
+    ) -> Self {
+        let mut live = Live {
+            states: BTreeMap::new(),
+            outputs,
+            unreadable: Vec::new(),
+        };
+        for (key, bytes) in raw {
+            match P::decode_state(&bytes) {
+                Ok(s) => {
+                    live.states.insert(key, (s, bytes));
+                }
+                Err(e) => live.unreadable.push(format!("{key}: {e}")),
+            }
+        }
+        live
+    }
 }
 
 struct Check {

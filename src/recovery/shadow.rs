@@ -48,7 +48,10 @@ impl PartitionFold {
                 event_time_ms,
             },
         );
-        self.watermark = Some(self.watermark.map_or(event_time_ms, |w| w.max(event_time_ms)));
+        self.watermark = Some(
+            self.watermark
+                .map_or(event_time_ms, |w| w.max(event_time_ms)),
+        );
     }
 }
 

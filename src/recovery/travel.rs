@@ -62,7 +62,7 @@ pub fn state_at<P: Projection>(
         std::process::id(),
         super::evidence::now_ms()
     );
-    let consumer = clients::quiet_reader(&plan.bootstrap, &plan.kafka, &group)?;
+    let consumer = clients::scan_reader(&plan.bootstrap, &plan.kafka, &group)?;
     let (low, high) = consumer.fetch_watermarks(&plan.input, partition, Duration::from_secs(10))?;
     let end = match point {
         Point::AtOffset(p, _) if p != partition => {

@@ -115,8 +115,7 @@ pub fn produce(
         }
         report.count(g.kind);
     }
-    producer
-        .flush(Duration::from_secs(120))
+    crate::kafka::clients::flush(&producer, Duration::from_secs(120))
         .map_err(|e| anyhow::anyhow!("flushing to `{topic}`: {e}"))?;
     let ctx = producer.context();
     let failed = ctx.failed.load(Ordering::Relaxed);
