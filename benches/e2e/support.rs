@@ -216,6 +216,8 @@ pub fn write_reports(r: &Report) {
 | state dir on disk | {:.0} MiB |\n\
 | end-to-end latency at {} events/s, exactly_once | p50 {:.0} ms, p99 {:.0} ms, p999 {:.0} ms |\n\
 | end-to-end latency at {} events/s, at_least_once | p50 {:.0} ms, p99 {:.0} ms, p999 {:.0} ms |\n\
+| end-to-end latency at {} events/s, exactly_once | p50 {:.0} ms, p99 {:.0} ms, p999 {:.0} ms |\n\
+| end-to-end latency at {} events/s, at_least_once | p50 {:.0} ms, p99 {:.0} ms, p999 {:.0} ms |\n\
 | replay of one key (dry run, evidence) | {} events in {:.2} s (trusted: {}) |\n\
 | replay of the whole flow (dry run, evidence) | {} events in {:.2} s (trusted: {}) |\n\
 | failover: kill -9 of one of two processors until every partition is served | {:.2} s |\n",
@@ -227,6 +229,8 @@ pub fn write_reports(r: &Report) {
         r.peak_rss_mib_exactly_once, r.state_dir_mib,
         r.latency_rate_events_per_sec, r.exactly_once_latency_ms.p50, r.exactly_once_latency_ms.p99, r.exactly_once_latency_ms.p999,
         r.latency_rate_events_per_sec, r.at_least_once_latency_ms.p50, r.at_least_once_latency_ms.p99, r.at_least_once_latency_ms.p999,
+        r.latency_low_rate_events_per_sec, r.exactly_once_latency_low_ms.p50, r.exactly_once_latency_low_ms.p99, r.exactly_once_latency_low_ms.p999,
+        r.latency_low_rate_events_per_sec, r.at_least_once_latency_low_ms.p50, r.at_least_once_latency_low_ms.p99, r.at_least_once_latency_low_ms.p999,
         r.key_replay_events, r.key_replay_seconds, r.key_replay_trusted,
         r.full_replay_events, r.full_replay_seconds, r.full_replay_trusted,
         r.failover_seconds,
