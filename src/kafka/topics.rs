@@ -33,6 +33,9 @@ pub enum TopicError {
     Create { topic: String, message: String },
 }
 
+/// How long a topic's description may disagree with its creation before tally believes it.
+const DESCRIBE_SETTLE: Duration = Duration::from_secs(5);
+
 /// How a topic tally creates is configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TopicRole {
@@ -137,8 +140,22 @@ impl Topics {
             }
             Some(_) => {}
         }
-        if role == TopicRole::Compacted && !self.is_compacted(topic)? {
-            return Err(TopicError::NotCompacted(topic.into()));
+        if role == TopicRole::Compacted {
+            // A topic another instance has just created is not yet described alike by every
+            // broker of a cluster (seen as a false "not compacted" on 3 brokers): ask again.
+            let deadline = std::time::Instant::now() + DESCRIBE_SETTLE;
+            loop {
+                let last_chance = std::time::Instant::now() >= deadline;
+                match self.is_compacted(topic) {
+                    Ok(true) => break,
+                    Ok(false) if last_chance => return Err(TopicError::NotCompacted(topic.into())),
+                    Err(e) if last_chance => return Err(e),
+                    Ok(false) | Err(TopicError::Describe { .. }) => {
+                        std::thread::sleep(Duration::from_millis(250))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
         Ok(())
     }

@@ -13,6 +13,9 @@ pub enum StateError {
         #[source]
         source: sled::Error,
     },
+    /// sled panicked while opening the database at `path` (it does on some corrupt files).
+    #[error("cannot open store at {path}: sled panicked: {message}")]
+    OpenPanicked { path: PathBuf, message: String },
     /// A read or write of an open store failed.
     #[error("store io: {0}")]
     Io(#[from] sled::Error),

@@ -50,12 +50,22 @@ impl Store {
             path: path.to_owned(),
             source,
         })?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .cache_capacity(opts.cache_capacity_bytes)
             .flush_every_ms(opts.flush_every_ms)
-            .mode(sled::Mode::HighThroughput)
-            .open()
+            .mode(sled::Mode::HighThroughput);
+        // sled panics on some corrupt files instead of returning an error; either way the store
+        // is unreadable and is rebuilt from the changelog.
+        let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()))
+            .map_err(|panic| StateError::OpenPanicked {
+                path: path.to_owned(),
+                message: panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default(),
+            })?
             .map_err(|source| StateError::Open {
                 path: path.to_owned(),
                 source,
