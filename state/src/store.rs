@@ -64,7 +64,7 @@ impl Store {
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default(),
+                    .unwrap_or_else(|| "see the panic message before this line".into()),
             })?
             .map_err(|source| StateError::Open {
                 path: path.to_owned(),
