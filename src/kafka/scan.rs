@@ -83,6 +83,9 @@ pub fn read(
         return Ok(held);
     }
     consumer.assign(&tpl)?;
+    // A partition paused at its end by an earlier read of this consumer stays paused across
+    // unassign and assign in librdkafka; a re-read (repair confirmation) would stall on it.
+    consumer.resume(&tpl)?;
     let started = Instant::now();
     let mut records = 0u64;
     let mut progress = Instant::now();

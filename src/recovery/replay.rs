@@ -2,7 +2,7 @@
 //! with the live state (changelog) and outputs, run the contract's checks, and, with `apply`,
 //! hand the corrections to the owning tasks through the control topic and confirm them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
@@ -85,7 +85,7 @@ const MAX_CHANGED: usize = 100;
 /// The live view of the scoped keys: changelog state and last output record.
 struct Live<S> {
     states: BTreeMap<String, (S, Vec<u8>)>,
-    outputs: HashMap<String, Vec<u8>>,
+    outputs: BTreeMap<String, Vec<u8>>,
     unreadable: Vec<String>,
 }
 
@@ -269,30 +269,47 @@ fn joined<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
     h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
+/// The last value of every scoped key in whole partitions of `topic`; `key_of` picks the
+/// aggregate key out of a record key, or skips the record.
+fn last_values(
+    plan: &Plan,
+    parts: &[i32],
+    group: &str,
+    topic: &str,
+    key_of: impl Fn(&[u8]) -> Option<&[u8]>,
+) -> Result<BTreeMap<String, Vec<u8>>, RecoveryError> {
+    let consumer = reader(plan, group)?;
+    let ends = scan::high_watermarks(&consumer, topic, parts)?;
+    let ranges = ends.iter().map(|(p, e)| (*p, (0, *e))).collect();
+    let mut values = BTreeMap::new();
+    scan::read(&consumer, topic, &ranges, |m| {
+        let Some(k) = m.key().and_then(&key_of) else {
+            return;
+        };
+        if !plan.scope.wants_key(k) {
+            return;
+        }
+        let key = String::from_utf8_lossy(k).into_owned();
+        match m.payload() {
+            Some(v) => values.insert(key, v.to_vec()),
+            None => values.remove(&key),
+        };
+    })?;
+    Ok(values)
+}
+
 /// The last changelog state record of every scoped key, still encoded.
 fn live_states(
     plan: &Plan,
     parts: &[i32],
     group: &str,
 ) -> Result<BTreeMap<String, Vec<u8>>, RecoveryError> {
-    let consumer = reader(plan, group)?;
-    let ends = scan::high_watermarks(&consumer, &plan.changelog, parts)?;
-    let ranges = ends.iter().map(|(p, e)| (*p, (0, *e))).collect();
-    let mut raw = BTreeMap::new();
-    scan::read(&consumer, &plan.changelog, &ranges, |m| {
-        let Some(Ok(k)) = m.key().map(ChangelogKey::parse) else {
-            return;
-        };
-        if k.kind != RecordKind::State || !plan.scope.wants_key(k.id) {
-            return;
-        }
-        let key = String::from_utf8_lossy(k.id).into_owned();
-        match m.payload() {
-            Some(v) => raw.insert(key, v.to_vec()),
-            None => raw.remove(&key),
-        };
-    })?;
-    Ok(raw)
+    last_values(plan, parts, group, &plan.changelog, |k| {
+        ChangelogKey::parse(k)
+            .ok()
+            .filter(|k| k.kind == RecordKind::State)
+            .map(|k| k.id)
+    })
 }
 
 /// The last output record of every scoped key.
@@ -300,30 +317,15 @@ fn live_outputs(
     plan: &Plan,
     parts: &[i32],
     group: &str,
-) -> Result<HashMap<String, Vec<u8>>, RecoveryError> {
-    let consumer = reader(plan, group)?;
-    let ends = scan::high_watermarks(&consumer, &plan.output, parts)?;
-    let ranges = ends.iter().map(|(p, e)| (*p, (0, *e))).collect();
-    let mut outputs = HashMap::new();
-    scan::read(&consumer, &plan.output, &ranges, |m| {
-        let Some(k) = m.key() else { return };
-        if !plan.scope.wants_key(k) {
-            return;
-        }
-        let key = String::from_utf8_lossy(k).into_owned();
-        match m.payload() {
-            Some(v) => outputs.insert(key, v.to_vec()),
-            None => outputs.remove(&key),
-        };
-    })?;
-    Ok(outputs)
+) -> Result<BTreeMap<String, Vec<u8>>, RecoveryError> {
+    last_values(plan, parts, group, &plan.output, |k| Some(k))
 }
 
 impl<S> Live<S> {
     /// Decodes the scoped changelog states; an unreadable one is reported, never guessed.
     fn decode<P: Projection<State = S>>(
         raw: BTreeMap<String, Vec<u8>>,
-        outputs: HashMap<String, Vec<u8>>,
+        outputs: BTreeMap<String, Vec<u8>>,
     ) -> Self {
         let mut live = Live {
             states: BTreeMap::new(),
