@@ -263,7 +263,8 @@ impl Processor {
         cmd.arg("run")
             .arg("--config")
             .arg(&config)
-            .env("RUST_LOG", "info")
+            // Commit lines (debug) make a stalled processor's log say where it stopped.
+            .env("RUST_LOG", "info,tally::engine::commit=debug")
             .stdout(Stdio::null())
             .stderr(file);
         for (k, v) in env {
