@@ -46,11 +46,9 @@ impl Progress {
     }
 
     fn draw(&self) {
-        let pct = if self.total == 0 {
-            100
-        } else {
-            (self.done.min(self.total) * 100 / self.total) as usize
-        };
+        let pct = (self.done.min(self.total) * 100)
+            .checked_div(self.total)
+            .map_or(100, |p| p as usize);
         let rate = self.done as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
         let mut err = std::io::stderr().lock();
         if self.terminal {
