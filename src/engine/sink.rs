@@ -140,7 +140,9 @@ impl Sink {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    self.producer.poll(Duration::from_millis(1));
+                    // `poll(t)` would spin until `t` is over (see `clients::flush`).
+                    self.producer.poll(Duration::ZERO);
+                    std::thread::sleep(crate::kafka::clients::FLUSH_STEP);
                 }
                 Err((e, _)) => return Err(e),
             }

@@ -132,8 +132,8 @@ pub fn quiet_reader(
     reader(bootstrap, passthrough, group).create_with_context(Quiet)
 }
 
-/// How long [`flush`] sleeps between serving delivery reports.
-const FLUSH_STEP: std::time::Duration = std::time::Duration::from_micros(200);
+/// How long a producer waiting for acknowledgements sleeps between serving delivery reports.
+pub const FLUSH_STEP: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// Waits until every record `producer` holds is acknowledged and its delivery report served.
 /// rdkafka's own `flush` serves reports in 100 ms steps, and its `poll(t)` spins on the clock

@@ -106,13 +106,6 @@ pub fn read(
                     continue;
                 };
                 if open.contains(&p) && m.offset() < to {
-                    if records == 0 {
-                        tracing::debug!(
-                            topic,
-                            first_ms = started.elapsed().as_millis() as u64,
-                            "first record"
-                        );
-                    }
                     records += 1;
                     f(&m);
                 }

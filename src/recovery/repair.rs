@@ -4,15 +4,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord};
-use tally_state::{ChangelogKey, RecordKind};
 use tally_topology::Projection;
 
-use super::replay::{until, Plan, Repair};
+use super::replay::{last_values, state_key, until, Plan, Repair};
 use super::RecoveryError;
 use crate::kafka::clients;
-use crate::kafka::scan;
 
 /// Header naming the recovery a control record belongs to.
 pub const RECOVERY_ID_HEADER: &str = "tally.recovery_id";
@@ -87,34 +85,17 @@ pub fn confirm<P: Projection>(
         }
         want.insert(r.key.as_str(), (state, out));
     }
-    let last = |topic: &str, changelog: bool| -> Result<BTreeMap<String, Vec<u8>>, RecoveryError> {
-        let ends = scan::high_watermarks(&consumer, topic, &parts)?;
-        let ranges = ends.iter().map(|(p, e)| (*p, (0, *e))).collect();
-        let mut found = BTreeMap::new();
-        scan::read(&consumer, topic, &ranges, |m| {
-            let Some(raw) = m.key() else { return };
-            let id = if changelog {
-                match ChangelogKey::parse(raw) {
-                    Ok(k) if k.kind == RecordKind::State => k.id,
-                    _ => return,
-                }
-            } else {
-                raw
-            };
-            let key = String::from_utf8_lossy(id);
-            if want.contains_key(key.as_ref()) {
-                match m.payload() {
-                    Some(v) => found.insert(key.into_owned(), v.to_vec()),
-                    None => found.remove(key.as_ref()),
-                };
-            }
-        })?;
-        Ok(found)
+    // Only the repaired keys are kept.
+    let wanted = |id: &[u8]| std::str::from_utf8(id).is_ok_and(|k| want.contains_key(k));
+    let last = |topic: &str, key_of: fn(&[u8]) -> Option<&[u8]>| {
+        last_values(&consumer, plan, &parts, topic, |k| {
+            key_of(k).filter(|id| wanted(id))
+        })
     };
     let mut confirmed = 0u64;
     until(plan.confirm_timeout, || {
-        let states = last(&plan.changelog, true)?;
-        let outputs = last(&plan.output, false)?;
+        let states = last(&plan.changelog, state_key)?;
+        let outputs = last(&plan.output, |k| Some(k))?;
         confirmed = want
             .iter()
             .filter(|(k, (state, out))| {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use tally_state::{ChangelogKey, RecordKind};
 use tally_topology::{Partitioner, Projection};
@@ -89,10 +89,7 @@ struct Live<S> {
     unreadable: Vec<String>,
 }
 
-fn reader(
-    plan: &Plan,
-    group: &str,
-) -> Result<rdkafka::consumer::BaseConsumer<Quiet>, RecoveryError> {
+fn reader(plan: &Plan, group: &str) -> Result<BaseConsumer<Quiet>, RecoveryError> {
     Ok(clients::scan_reader(&plan.bootstrap, &plan.kafka, group)?)
 }
 
@@ -271,18 +268,17 @@ fn joined<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
 
 /// The last value of every scoped key in whole partitions of `topic`; `key_of` picks the
 /// aggregate key out of a record key, or skips the record.
-fn last_values(
+pub(super) fn last_values(
+    consumer: &BaseConsumer<Quiet>,
     plan: &Plan,
     parts: &[i32],
-    group: &str,
     topic: &str,
     key_of: impl Fn(&[u8]) -> Option<&[u8]>,
 ) -> Result<BTreeMap<String, Vec<u8>>, RecoveryError> {
-    let consumer = reader(plan, group)?;
-    let ends = scan::high_watermarks(&consumer, topic, parts)?;
+    let ends = scan::high_watermarks(consumer, topic, parts)?;
     let ranges = ends.iter().map(|(p, e)| (*p, (0, *e))).collect();
     let mut values = BTreeMap::new();
-    scan::read(&consumer, topic, &ranges, |m| {
+    scan::read(consumer, topic, &ranges, |m| {
         let Some(k) = m.key().and_then(&key_of) else {
             return;
         };
@@ -298,18 +294,27 @@ fn last_values(
     Ok(values)
 }
 
+/// The aggregate key of a changelog state record (dedupe records and unreadable keys: none).
+pub(super) fn state_key(changelog_key: &[u8]) -> Option<&[u8]> {
+    ChangelogKey::parse(changelog_key)
+        .ok()
+        .filter(|k| k.kind == RecordKind::State)
+        .map(|k| k.id)
+}
+
 /// The last changelog state record of every scoped key, still encoded.
 fn live_states(
     plan: &Plan,
     parts: &[i32],
     group: &str,
 ) -> Result<BTreeMap<String, Vec<u8>>, RecoveryError> {
-    last_values(plan, parts, group, &plan.changelog, |k| {
-        ChangelogKey::parse(k)
-            .ok()
-            .filter(|k| k.kind == RecordKind::State)
-            .map(|k| k.id)
-    })
+    last_values(
+        &reader(plan, group)?,
+        plan,
+        parts,
+        &plan.changelog,
+        state_key,
+    )
 }
 
 /// The last output record of every scoped key.
@@ -318,7 +323,9 @@ fn live_outputs(
     parts: &[i32],
     group: &str,
 ) -> Result<BTreeMap<String, Vec<u8>>, RecoveryError> {
-    last_values(plan, parts, group, &plan.output, |k| Some(k))
+    last_values(&reader(plan, group)?, plan, parts, &plan.output, |k| {
+        Some(k)
+    })
 }
 
 impl<S> Live<S> {
