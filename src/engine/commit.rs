@@ -50,6 +50,9 @@ impl Engine {
             }
         }
         if offsets.count() == 0 {
+            // Shipped records always come with progress; a transaction without any has nothing
+            // worth committing.
+            self.abort_open();
             return Ok(CommitOutcome::Idle);
         }
         let started = Instant::now();
@@ -88,9 +91,8 @@ impl Engine {
         let timeout = self.sink.timeout;
         match self.cfg.processing_guarantee {
             ProcessingGuarantee::ExactlyOnce => {
-                let producer = self.sink.producer();
                 let t0 = Instant::now();
-                producer.begin_transaction()?;
+                self.begin()?;
                 for t in self.tasks.values_mut() {
                     if t.has_progress() {
                         t.produce(&self.sink, retention_ms)?;
@@ -103,10 +105,12 @@ impl Engine {
                 self.sink.flush()?;
                 let t2 = Instant::now();
                 super::faults::hit("before_send_offsets");
+                let producer = self.sink.producer();
                 producer.send_offsets_to_transaction(offsets, &group, timeout)?;
                 let t3 = Instant::now();
                 super::faults::hit("before_commit_transaction");
                 producer.commit_transaction(timeout)?;
+                self.txn_open = false;
                 super::faults::hit("after_commit_transaction");
                 tracing::debug!(
                     produce_us = (t1 - t0).as_micros() as u64,
@@ -144,6 +148,59 @@ impl Engine {
         Ok(())
     }
 
+    /// Hands what the tasks staged since the last call to the producer, opening the transaction
+    /// first, so acknowledgements arrive while later input is processed instead of at commit.
+    /// A Kafka error rolls everything back, as a failed commit does.
+    pub fn ship<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), super::EngineError> {
+        if !self.tasks.values().any(|t| t.unshipped()) {
+            return Ok(());
+        }
+        let shipped = self.begin().map_err(ProduceError::from).and_then(|()| {
+            self.tasks
+                .values_mut()
+                .filter(|t| t.unshipped())
+                .try_for_each(|t| t.ship(&self.sink))
+        });
+        match shipped {
+            Ok(()) => Ok(()),
+            Err(ProduceError::Task(e)) => Err(e.into()),
+            Err(ProduceError::Kafka(e)) => {
+                tracing::warn!(error = %e, "producing failed; rolling back to the committed offsets");
+                self.roll_back(consumer, &e);
+                Ok(())
+            }
+        }
+    }
+
+    /// Opens the transaction of the next commit unless one is open (exactly_once only).
+    fn begin(&mut self) -> Result<(), KafkaError> {
+        if self.sink.is_transactional() && !self.txn_open {
+            self.sink.producer().begin_transaction()?;
+            self.txn_open = true;
+        }
+        Ok(())
+    }
+
+    /// Aborts the open transaction, if any; a producer that cannot abort is replaced, which
+    /// fences and aborts it as well.
+    pub(super) fn abort_open(&mut self) {
+        if !self.txn_open {
+            return;
+        }
+        self.txn_open = false;
+        if let Err(e) = self
+            .sink
+            .producer()
+            .abort_transaction(Duration::from_secs(30))
+        {
+            tracing::warn!(error = %e, "cannot abort the open transaction; re-creating the producer");
+            self.recreate_sink();
+        }
+    }
+
     /// Drops staged work everywhere and restores every task from its changelog: the state that
     /// counts is whatever Kafka committed, whether or not this failed commit made it.
     pub fn roll_back<C: ConsumerContext>(
@@ -152,6 +209,7 @@ impl Engine {
         cause: &KafkaError,
     ) {
         metrics::counter!("tally_transactions_aborted_total").increment(1);
+        self.txn_open = false;
         if self.sink.is_transactional() {
             let abortable = matches!(cause, KafkaError::Transaction(e) if e.txn_requires_abort());
             let aborted = abortable

@@ -79,6 +79,8 @@ pub struct Engine {
     open_stores: HashMap<(usize, i32), Store>,
     writer: StoreWriter,
     sink: Sink,
+    /// Whether records were shipped into a transaction that is not committed yet.
+    txn_open: bool,
     changelog_offsets: Arc<ChangelogOffsets>,
     restores_tx: Sender<RestoreDone>,
     restores_rx: Receiver<RestoreDone>,
@@ -111,6 +113,7 @@ impl Engine {
             match Self::create_sink(&self.cfg, &self.changelog_offsets) {
                 Ok(s) => {
                     self.sink = s;
+                    self.txn_open = false;
                     return;
                 }
                 Err(e) => {
@@ -341,6 +344,7 @@ pub fn run(
             source,
         })?,
         sink,
+        txn_open: false,
         changelog_offsets,
         restores_tx,
         restores_rx,
@@ -393,6 +397,8 @@ pub fn run(
             }
             if Instant::now() >= e.next_commit || e.staged() >= max_events {
                 e.commit(&consumer)?;
+            } else {
+                e.ship(&consumer)?;
             }
         }
         let mut e = lock(&engine);

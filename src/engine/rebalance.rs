@@ -72,7 +72,9 @@ impl ConsumerContext for EngineContext {
                 partitions = revoked.len(),
                 "assignment lost; dropping staged work"
             );
-            // Staged work spans every partition: drop it all and restore the survivors.
+            // Staged work spans every partition: drop it all (with the records already shipped
+            // into the open transaction) and restore the survivors.
+            engine.abort_open();
             for &(f, p) in &revoked {
                 engine.remove_task(f, p);
             }

@@ -1,7 +1,7 @@
 //! Writes committed batches to the local stores on a thread of its own, in commit order, so
 //! sled's write cost overlaps the processing of the next batch instead of adding to it.
 
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender, TryRecvError};
 
 use tally_state::{CommitBatch, StateError, Store};
 
@@ -48,12 +48,23 @@ impl StoreWriter {
 
 impl Pending {
     /// Blocks until the batch is written (or failed).
-    pub fn wait(self) -> Result<(), StateError> {
-        self.0.recv().unwrap_or_else(|_| {
-            Err(StateError::Corrupt {
-                what: "store writer",
-                detail: "the writer thread stopped before confirming a batch".into(),
-            })
-        })
+    pub fn wait(&self) -> Result<(), StateError> {
+        self.0.recv().unwrap_or_else(|_| Err(Self::writer_gone()))
+    }
+
+    /// The outcome if the batch is written (or failed) already.
+    pub fn try_wait(&self) -> Option<Result<(), StateError>> {
+        match self.0.try_recv() {
+            Ok(done) => Some(done),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => Some(Err(Self::writer_gone())),
+        }
+    }
+
+    fn writer_gone() -> StateError {
+        StateError::Corrupt {
+            what: "store writer",
+            detail: "the writer thread stopped before confirming a batch".into(),
+        }
     }
 }

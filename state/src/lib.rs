@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod dedupe;
 pub mod error;
 pub mod store;
+mod writes;
 
 pub use changelog::{ChangelogKey, RecordKind};
 pub use checkpoint::Checkpoint;

@@ -7,6 +7,7 @@ use crate::changelog::{ChangelogKey, RecordKind};
 use crate::checkpoint::Checkpoint;
 use crate::dedupe::DedupeEntry;
 use crate::error::StateError;
+use crate::writes::Writes;
 
 const CHECKPOINT_KEY: &[u8] = b"m/checkpoint";
 
@@ -146,14 +147,15 @@ impl Store {
         self.db.get(k)?.map(|v| DedupeEntry::decode(&v)).transpose()
     }
 
-    /// Writes one committed batch: its state rows and dedupe changes in sled batches of at most
-    /// [`SLED_BATCH`] writes, then the checkpoint. A crash in between leaves rows newer than the
-    /// checkpoint, which a restore from that checkpoint overwrites with the same values.
+    /// Writes one committed batch: its state rows and dedupe changes, then the checkpoint. A
+    /// crash in between leaves rows newer than the checkpoint, which a restore from that
+    /// checkpoint overwrites with the same values.
     pub fn commit(&self, batch: CommitBatch) -> Result<(), StateError> {
-        for b in batch.full {
-            self.db.apply_batch(b)?;
+        batch.writes.apply(&self.db)?;
+        if let Some(cp) = batch.checkpoint {
+            self.db.insert(CHECKPOINT_KEY, &cp.encode())?;
         }
-        Ok(self.db.apply_batch(batch.batch)?)
+        Ok(())
     }
 
     /// Dedupe entries whose event time is before `before_ms`, found by scanning the next
@@ -200,9 +202,9 @@ impl Store {
         if let Some(e) = chunk.invalid {
             return Err(e);
         }
-        let mut batch = chunk.batch;
-        batch.insert(CHECKPOINT_KEY, &chunk.checkpoint.encode());
-        Ok(self.db.apply_batch(batch)?)
+        chunk.writes.apply(&self.db)?;
+        self.db.insert(CHECKPOINT_KEY, &chunk.checkpoint.encode())?;
+        Ok(())
     }
 
     /// Every state row as (aggregate key, encoded state), in key order.
@@ -240,61 +242,61 @@ impl Store {
     }
 }
 
-/// Most writes in one sled batch: sled keeps memory in proportion to its largest batches (a
-/// 20k-write batch kept ~100 MiB per store, 1k about 15 MiB), and larger ones are no faster.
+/// Records per restore chunk, each followed by a checkpoint: how much a restore repeats after
+/// a crash, and how much it holds in memory at once.
 pub const SLED_BATCH: usize = 1_000;
 
-/// The writes of one committed transaction, in sled batches of at most [`SLED_BATCH`] writes.
+/// The writes of one committed transaction, then its checkpoint.
 #[derive(Default)]
 pub struct CommitBatch {
-    full: Vec<sled::Batch>,
-    batch: sled::Batch,
-    writes: usize,
-    key: Vec<u8>,
+    writes: Writes,
+    checkpoint: Option<Checkpoint>,
 }
 
 impl CommitBatch {
     /// Stages the new encoded state of an aggregate key.
     pub fn put_state(&mut self, key: &[u8], value: &[u8]) {
-        ChangelogKey::encode_into(RecordKind::State, key, &mut self.key);
-        self.batch.insert(self.key.as_slice(), value);
-        self.wrote();
+        self.writes
+            .push(Some(RecordKind::State.tag()), key, Some(value));
     }
 
     /// Stages a newly applied event id.
     pub fn put_dedupe(&mut self, event_id: &[u8], entry: DedupeEntry) {
-        ChangelogKey::encode_into(RecordKind::Dedupe, event_id, &mut self.key);
-        self.batch.insert(self.key.as_slice(), &entry.encode());
-        self.wrote();
+        self.writes.push(
+            Some(RecordKind::Dedupe.tag()),
+            event_id,
+            Some(&entry.encode()),
+        );
     }
 
     /// Stages the expiry of an event id.
     pub fn remove_dedupe(&mut self, event_id: &[u8]) {
-        ChangelogKey::encode_into(RecordKind::Dedupe, event_id, &mut self.key);
-        self.batch.remove(self.key.as_slice());
-        self.wrote();
+        self.writes
+            .push(Some(RecordKind::Dedupe.tag()), event_id, None);
     }
 
-    fn wrote(&mut self) {
-        self.writes += 1;
-        if self.writes == SLED_BATCH {
-            self.full.push(std::mem::take(&mut self.batch));
-            self.writes = 0;
-        }
-    }
-
-    /// Stages the checkpoint that describes the batch.
+    /// Stages the checkpoint that describes the batch; it is written last.
     pub fn set_checkpoint(&mut self, cp: Checkpoint) {
-        self.batch.insert(CHECKPOINT_KEY, &cp.encode());
+        self.checkpoint = Some(cp);
+    }
+
+    /// Number of staged row writes (the checkpoint not counted).
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// Whether no row write is staged.
+    pub fn is_empty(&self) -> bool {
+        self.writes.len() == 0
     }
 }
 
 /// A chunk of changelog records read during restore, with the checkpoint reached after it.
-/// Records go straight into one sled batch (which keeps the last value per key), so a restore
-/// copies each record once.
+/// Records are copied once, into one buffer, and applied in log order (the last value per key
+/// wins).
 #[derive(Default)]
 pub struct RestoreBatch {
-    batch: sled::Batch,
+    writes: Writes,
     records: usize,
     max_event_time_ms: Option<i64>,
     /// The first record that is not a changelog record of this build; the chunk is refused.
@@ -330,10 +332,7 @@ impl RestoreBatch {
                 }
             }
         }
-        match value {
-            Some(v) => self.batch.insert(key, v),
-            None => self.batch.remove(key),
-        }
+        self.writes.push(None, key, value);
         self.records += 1;
     }
 

@@ -1,24 +1,20 @@
 //! One task per (flow, input partition): decode, validate, dedupe, project, stage.
-//! Staged work becomes visible only through `produce` + `after_commit`, never before a commit.
+//! Staged work reaches Kafka inside the open transaction; the store sees it only after a commit.
 
-use std::collections::HashMap;
+mod repair;
+mod ship;
+
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
-use tally_state::{
-    ChangelogKey, Checkpoint, CommitBatch, DedupeEntry, RecordKind, StateError, Store,
-};
+use indexmap::IndexMap;
+use rdkafka::message::{BorrowedMessage, Message};
+use tally_state::{CommitBatch, DedupeEntry, StateError, Store};
 use tally_topology::{Invalid, Projection, Reason, SourceRef};
 
 use super::sink::{ChangelogOffsets, Sink};
 use super::writer::{Pending, StoreWriter};
 use super::FlowInfo;
-use crate::metrics;
-
-/// Most dedupe entries examined for expiry per commit and task.
-const EXPIRY_SCAN_MAX: usize = 4_096;
-/// Fewest examined, so an idle index is still swept.
-const EXPIRY_SCAN_MIN: usize = 64;
 
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,9 +60,14 @@ pub trait TaskOps: Send {
     fn has_progress(&self) -> bool;
     /// Next input offset to commit.
     fn position(&self) -> i64;
-    /// Produces changelog, output and dead-letter records of the staged work.
+    /// Whether staged records wait to be handed to the producer.
+    fn unshipped(&self) -> bool;
+    /// Hands the records staged since the last call to the producer (inside the open
+    /// transaction), so their acknowledgements arrive while later input is processed.
+    fn ship(&mut self, sink: &Sink) -> Result<(), ProduceError>;
+    /// Ships what is left and the dedupe expiry of this commit.
     fn produce(&mut self, sink: &Sink, retention_ms: i64) -> Result<(), ProduceError>;
-    /// Hands the committed work to the store writer (after the previous batch is written).
+    /// Hands the committed work to the store writer.
     fn after_commit(&mut self, offsets: &ChangelogOffsets) -> Result<(), TaskError>;
     /// Waits until every committed batch is in the store.
     fn settle(&mut self) -> Result<(), TaskError>;
@@ -101,12 +102,25 @@ struct DeadLetter {
     stage: &'static str,
 }
 
+/// A key's state in the current transaction, and whether it changed since it was shipped.
+struct Staged<S> {
+    state: S,
+    dirty: bool,
+}
+
+/// States staged in one transaction, in first-touched order.
+type StagedStates<S> = IndexMap<String, Staged<S>>;
+
 /// A committed batch on its way into the store; lookups see it until it is written.
 struct Inflight<P: Projection> {
-    states: HashMap<String, P::State>,
-    dedupe: HashMap<String, DedupeEntry>,
+    states: StagedStates<P::State>,
+    dedupe: IndexMap<String, DedupeEntry>,
     pending: Pending,
 }
+
+/// Committed batches a task may have queued at the store writer before it waits for the oldest:
+/// two let sled's writes of one commit overlap the next commit's Kafka round trips.
+const MAX_INFLIGHT: usize = 2;
 
 /// A task running projection `P`.
 pub struct Task<P: Projection> {
@@ -114,7 +128,8 @@ pub struct Task<P: Projection> {
     partition: i32,
     store: Store,
     writer: StoreWriter,
-    inflight: Option<Inflight<P>>,
+    /// Oldest first.
+    inflight: VecDeque<Inflight<P>>,
     status: Status,
     epoch: u64,
     committed: i64,
@@ -123,10 +138,19 @@ pub struct Task<P: Projection> {
     changelog_from: i64,
     control_committed: i64,
     control_next: i64,
-    states: HashMap<String, P::State>,
-    dedupe: HashMap<String, DedupeEntry>,
+    states: StagedStates<P::State>,
+    /// Indexes into `states` changed since they were last shipped.
+    dirty: Vec<usize>,
+    dedupe: IndexMap<String, DedupeEntry>,
+    /// Entries of `dedupe` before this index are shipped.
+    dedupe_shipped: usize,
+    /// Shipped entries replaced since (an id applied again after it left the window).
+    dedupe_reship: Vec<usize>,
     expired: Vec<(Vec<u8>, i64)>,
     dead: Vec<DeadLetter>,
+    dead_shipped: usize,
+    /// The store writes of everything shipped in this transaction.
+    batch: CommitBatch,
     counts: Counts,
     buf: Vec<u8>,
     key: Vec<u8>,
@@ -151,7 +175,7 @@ where
             partition,
             store,
             writer,
-            inflight: None,
+            inflight: VecDeque::new(),
             status: Status::Restoring,
             epoch: 0,
             committed: 0,
@@ -160,10 +184,15 @@ where
             changelog_from: 0,
             control_committed: 0,
             control_next: 0,
-            states: HashMap::new(),
-            dedupe: HashMap::new(),
+            states: IndexMap::new(),
+            dirty: Vec::new(),
+            dedupe: IndexMap::new(),
+            dedupe_shipped: 0,
+            dedupe_reship: Vec::new(),
             expired: Vec::new(),
             dead: Vec::new(),
+            dead_shipped: 0,
+            batch: CommitBatch::default(),
             counts: Counts::default(),
             buf: Vec::with_capacity(512),
             key: Vec::with_capacity(64),
@@ -190,9 +219,32 @@ where
         });
     }
 
+    /// Stages a new state of `key` and marks it for shipping.
+    fn stage(&mut self, key: &str, state: P::State) {
+        match self.states.get_index_of(key) {
+            Some(i) => {
+                if let Some((_, slot)) = self.states.get_index_mut(i) {
+                    slot.state = state;
+                    if !slot.dirty {
+                        slot.dirty = true;
+                        self.dirty.push(i);
+                    }
+                }
+            }
+            None => {
+                let (i, _) = self
+                    .states
+                    .insert_full(key.to_owned(), Staged { state, dirty: true });
+                self.dirty.push(i);
+            }
+        }
+    }
+
+    /// The committed state of `key`: the newest batch still on its way to the store, else the
+    /// store.
     fn load_state(&self, key: &str) -> Result<Option<P::State>, TaskError> {
-        if let Some(s) = self.inflight.as_ref().and_then(|i| i.states.get(key)) {
-            return Ok(Some(s.clone()));
+        if let Some(s) = self.inflight.iter().rev().find_map(|i| i.states.get(key)) {
+            return Ok(Some(s.state.clone()));
         }
         let Some(bytes) = self
             .store
@@ -219,7 +271,12 @@ where
         if let Some(e) = self.dedupe.get(event_id) {
             return Ok(live(*e));
         }
-        if let Some(e) = self.inflight.as_ref().and_then(|i| i.dedupe.get(event_id)) {
+        if let Some(e) = self
+            .inflight
+            .iter()
+            .rev()
+            .find_map(|i| i.dedupe.get(event_id))
+        {
             return Ok(live(*e));
         }
         Ok(self
@@ -227,6 +284,14 @@ where
             .dedupe(event_id.as_bytes())
             .map_err(|e| self.store_err(e))?
             .and_then(live))
+    }
+
+    /// Records an applied event id; one applied again after it left the window is re-shipped.
+    fn remember(&mut self, event_id: &str, entry: DedupeEntry) {
+        let (i, old) = self.dedupe.insert_full(event_id.to_owned(), entry);
+        if old.is_some() && i < self.dedupe_shipped {
+            self.dedupe_reship.push(i);
+        }
     }
 }
 
@@ -296,23 +361,24 @@ where
             offset,
         };
         let key = P::aggregate_key(&event);
-        let applied = match self.states.get_mut(key) {
-            Some(state) => P::apply(Some(state), &event, source).map(|s| *state = s),
+        let applied = match self.states.get(key) {
+            Some(slot) => P::apply(Some(&slot.state), &event, source),
             None => {
                 let prev = self.load_state(key)?;
-                P::apply(prev.as_ref(), &event, source).map(|s| {
-                    self.states.insert(key.to_owned(), s);
-                })
+                P::apply(prev.as_ref(), &event, source)
             }
         };
-        if let Err(invalid) = applied {
-            self.dead_letter(msg, invalid, "project");
-            return Ok(());
+        match applied {
+            Ok(state) => self.stage(key, state),
+            Err(invalid) => {
+                self.dead_letter(msg, invalid, "project");
+                return Ok(());
+            }
         }
         let event_time_ms = P::event_time_ms(&event);
         self.watermark = self.watermark.max(event_time_ms);
-        self.dedupe.insert(
-            event_id.to_owned(),
+        self.remember(
+            event_id,
             DedupeEntry {
                 fingerprint,
                 event_time_ms,
@@ -335,99 +401,32 @@ where
         self.next
     }
 
+    fn unshipped(&self) -> bool {
+        self.status == Status::Active
+            && (!self.dirty.is_empty()
+                || self.dedupe.len() > self.dedupe_shipped
+                || !self.dedupe_reship.is_empty()
+                || self.dead.len() > self.dead_shipped)
+    }
+
+    fn ship(&mut self, sink: &Sink) -> Result<(), ProduceError> {
+        self.ship_staged(sink)
+    }
+
     fn produce(&mut self, sink: &Sink, retention_ms: i64) -> Result<(), ProduceError> {
-        let flow = Arc::clone(&self.flow);
-        let p = self.partition;
-        for (key, state) in &self.states {
-            P::encode_state(state, &mut self.buf);
-            ChangelogKey::encode_into(RecordKind::State, key.as_bytes(), &mut self.key);
-            sink.send(&flow.changelog, p, &self.key, Some(&self.buf), None)?;
-            P::render(state, &mut self.buf).map_err(|e| TaskError::State {
-                flow: flow.name.clone(),
-                partition: p,
-                key: key.clone(),
-                message: e.to_string(),
-            })?;
-            sink.send(&flow.output, p, key.as_bytes(), Some(&self.buf), None)?;
-        }
-        let bound = self.watermark.saturating_sub(retention_ms);
-        // Ids already outside the window are never written: expiring them now is the same.
-        self.dedupe.retain(|_, e| e.event_time_ms >= bound);
-        for (id, entry) in &self.dedupe {
-            ChangelogKey::encode_into(RecordKind::Dedupe, id.as_bytes(), &mut self.key);
-            sink.send(&flow.changelog, p, &self.key, Some(&entry.encode()), None)?;
-        }
-        self.expired.clear();
-        if self.watermark != i64::MIN {
-            // Sweeping twice as many entries as the batch adds keeps pace with the index's growth
-            // while a small commit stays cheap (the scan runs inside the transaction).
-            let scan = (2 * self.dedupe.len()).clamp(EXPIRY_SCAN_MIN, EXPIRY_SCAN_MAX);
-            self.expired = self
-                .store
-                .expired_dedupe(bound, scan)
-                .map_err(|e| self.store_err(e))?;
-            tracing::trace!(
-                partition = p,
-                watermark = self.watermark,
-                bound,
-                expired = self.expired.len(),
-                "dedupe expiry scan"
-            );
-            for (id, _) in &self.expired {
-                ChangelogKey::encode_into(RecordKind::Dedupe, id, &mut self.key);
-                sink.send(&flow.changelog, p, &self.key, None, None)?;
-            }
-        }
-        for d in &self.dead {
-            let headers = dead_letter_headers(&flow.input, p, d);
-            let key = d.key.as_deref().unwrap_or_default();
-            sink.send(&flow.dead_letter, p, key, d.value.as_deref(), Some(headers))?;
-        }
-        Ok(())
+        self.ship_staged(sink)?;
+        self.ship_expiry(sink, retention_ms)
     }
 
     fn after_commit(&mut self, offsets: &ChangelogOffsets) -> Result<(), TaskError> {
-        self.settle()?;
-        let mut batch = CommitBatch::default();
-        for (key, state) in &self.states {
-            P::encode_state(state, &mut self.buf);
-            batch.put_state(key.as_bytes(), &self.buf);
-        }
-        for (id, entry) in &self.dedupe {
-            batch.put_dedupe(id.as_bytes(), *entry);
-        }
-        for (id, _) in self.expired.drain(..) {
-            batch.remove_dedupe(&id);
-        }
-        self.changelog_from = self
-            .changelog_from
-            .max(offsets.next_offset(&self.flow.changelog, self.partition));
-        batch.set_checkpoint(Checkpoint {
-            input_offset: self.next,
-            changelog_offset: self.changelog_from,
-            watermark_ms: self.watermark,
-        });
-        let pending = self.writer.submit(self.store.clone(), batch);
-        self.inflight = Some(Inflight {
-            states: std::mem::take(&mut self.states),
-            dedupe: std::mem::take(&mut self.dedupe),
-            pending,
-        });
-        self.committed = self.next;
-        self.control_committed = self.control_next;
-        self.dead.clear();
-        let c = std::mem::take(&mut self.counts);
-        metrics::record_commit(&self.flow, c.applied, c.duplicates, &c.dead, &c.timestamps);
-        self.counts.timestamps = c.timestamps;
-        self.counts.timestamps.clear();
-        Ok(())
+        self.hand_to_writer(offsets)
     }
 
     fn settle(&mut self) -> Result<(), TaskError> {
-        match self.inflight.take() {
-            Some(i) => i.pending.wait().map_err(|e| self.store_err(e)),
-            None => Ok(()),
+        while let Some(i) = self.inflight.pop_front() {
+            i.pending.wait().map_err(|e| self.store_err(e))?;
         }
+        Ok(())
     }
 
     fn restart(&mut self) -> u64 {
@@ -435,10 +434,7 @@ where
         if let Err(e) = self.settle() {
             tracing::error!(error = %e, "writing a committed batch failed; the restore rebuilds it");
         }
-        self.states.clear();
-        self.dedupe.clear();
-        self.expired.clear();
-        self.dead.clear();
+        self.drop_staged();
         self.counts = Counts::default();
         self.status = Status::Restoring;
         self.epoch += 1;
@@ -456,47 +452,7 @@ where
     }
 
     fn repair(&mut self, key: &[u8], value: Option<&[u8]>, offset: i64, bound: i64) {
-        if self.status != Status::Active || offset < self.control_next {
-            return;
-        }
-        self.control_next = offset + 1;
-        let key = String::from_utf8_lossy(key);
-        // A key that applied an event past the replay's bound has moved on: the rebuilt row is
-        // stale, and writing it would undo that event.
-        let current = match self.states.get(key.as_ref()) {
-            Some(s) => Some(P::source(s).offset),
-            None => self
-                .load_state(&key)
-                .ok()
-                .flatten()
-                .map(|s| P::source(&s).offset),
-        };
-        let state = value.map(P::decode_state);
-        match state {
-            _ if current.is_some_and(|o| o >= bound) => {
-                tracing::warn!(flow = %self.flow.name, partition = self.partition, %key, bound,
-                    "repair refused: the key applied events past the replay's bound; replay again");
-                ::metrics::counter!("tally_repairs_refused_total", "flow" => self.flow.name.clone())
-                    .increment(1);
-            }
-            Some(Ok(s)) if P::state_key(&s) == key => {
-                tracing::info!(flow = %self.flow.name, partition = self.partition, %key, "repair staged");
-                ::metrics::counter!("tally_repairs_applied_total", "flow" => self.flow.name.clone())
-                    .increment(1);
-                self.states.insert(key.into_owned(), s);
-            }
-            other => {
-                let why = match other {
-                    None => "a deletion (not supported)".to_string(),
-                    Some(Err(e)) => format!("unreadable state: {e}"),
-                    Some(Ok(s)) => format!("state of key `{}`", P::state_key(&s)),
-                };
-                tracing::error!(flow = %self.flow.name, partition = self.partition, %key, offset,
-                    why, "repair refused");
-                ::metrics::counter!("tally_repairs_refused_total", "flow" => self.flow.name.clone())
-                    .increment(1);
-            }
-        }
+        self.stage_repair(key, value, offset, bound);
     }
 
     fn control_position(&self) -> Option<i64> {
@@ -512,34 +468,4 @@ where
 
 fn reason_index(r: Reason) -> usize {
     Reason::ALL.iter().position(|x| *x == r).unwrap_or(0)
-}
-
-fn dead_letter_headers(topic: &str, partition: i32, d: &DeadLetter) -> OwnedHeaders {
-    let partition = partition.to_string();
-    let offset = d.offset.to_string();
-    OwnedHeaders::new_with_capacity(6)
-        .insert(Header {
-            key: "tally.error.reason",
-            value: Some(d.reason.as_str()),
-        })
-        .insert(Header {
-            key: "tally.error.message",
-            value: Some(d.message.as_str()),
-        })
-        .insert(Header {
-            key: "tally.error.stage",
-            value: Some(d.stage),
-        })
-        .insert(Header {
-            key: "tally.source.topic",
-            value: Some(topic),
-        })
-        .insert(Header {
-            key: "tally.source.partition",
-            value: Some(partition.as_str()),
-        })
-        .insert(Header {
-            key: "tally.source.offset",
-            value: Some(offset.as_str()),
-        })
 }

@@ -1,0 +1,176 @@
+//! A task's way out: staged records go to the producer as they are processed (inside the open
+//! transaction), and once Kafka committed them, to the store writer as one batch.
+
+use std::sync::Arc;
+
+use rdkafka::message::{Header, OwnedHeaders};
+use tally_state::{ChangelogKey, Checkpoint, CommitBatch, RecordKind};
+use tally_topology::Projection;
+
+use super::{DeadLetter, Inflight, ProduceError, Task, TaskError, MAX_INFLIGHT};
+use crate::engine::sink::{ChangelogOffsets, Sink};
+use crate::metrics;
+
+/// Most dedupe entries examined for expiry per commit and task.
+const EXPIRY_SCAN_MAX: usize = 4_096;
+/// Fewest examined, so an idle index is still swept.
+const EXPIRY_SCAN_MIN: usize = 64;
+
+impl<P: Projection> Task<P>
+where
+    P::State: Send,
+{
+    /// Sends changed states (changelog and output), new dedupe entries and dead letters staged
+    /// since the last call, and stages the same changes for the store.
+    pub(super) fn ship_staged(&mut self, sink: &Sink) -> Result<(), ProduceError> {
+        let flow = Arc::clone(&self.flow);
+        let p = self.partition;
+        for i in self.dirty.drain(..) {
+            let Some((key, slot)) = self.states.get_index_mut(i) else {
+                continue;
+            };
+            slot.dirty = false;
+            P::encode_state(&slot.state, &mut self.buf);
+            ChangelogKey::encode_into(RecordKind::State, key.as_bytes(), &mut self.key);
+            sink.send(&flow.changelog, p, &self.key, Some(&self.buf), None)?;
+            self.batch.put_state(key.as_bytes(), &self.buf);
+            P::render(&slot.state, &mut self.buf).map_err(|e| TaskError::State {
+                flow: flow.name.clone(),
+                partition: p,
+                key: key.clone(),
+                message: e.to_string(),
+            })?;
+            sink.send(&flow.output, p, key.as_bytes(), Some(&self.buf), None)?;
+        }
+        let fresh = self.dedupe_shipped..self.dedupe.len();
+        for i in self.dedupe_reship.drain(..).chain(fresh) {
+            let Some((id, entry)) = self.dedupe.get_index(i) else {
+                continue;
+            };
+            ChangelogKey::encode_into(RecordKind::Dedupe, id.as_bytes(), &mut self.key);
+            sink.send(&flow.changelog, p, &self.key, Some(&entry.encode()), None)?;
+            self.batch.put_dedupe(id.as_bytes(), *entry);
+        }
+        self.dedupe_shipped = self.dedupe.len();
+        for d in &self.dead[self.dead_shipped..] {
+            let headers = dead_letter_headers(&flow.input, p, d);
+            let key = d.key.as_deref().unwrap_or_default();
+            sink.send(&flow.dead_letter, p, key, d.value.as_deref(), Some(headers))?;
+        }
+        self.dead_shipped = self.dead.len();
+        Ok(())
+    }
+
+    /// Finds dedupe entries that left the retention window and sends their tombstones.
+    pub(super) fn ship_expiry(
+        &mut self,
+        sink: &Sink,
+        retention_ms: i64,
+    ) -> Result<(), ProduceError> {
+        self.expired.clear();
+        if self.watermark == i64::MIN {
+            return Ok(());
+        }
+        let bound = self.watermark.saturating_sub(retention_ms);
+        // Sweeping twice as many entries as the batch adds keeps pace with the index's growth
+        // while a small commit stays cheap (the scan runs inside the transaction).
+        let scan = (2 * self.dedupe.len()).clamp(EXPIRY_SCAN_MIN, EXPIRY_SCAN_MAX);
+        self.expired = self
+            .store
+            .expired_dedupe(bound, scan)
+            .map_err(|e| self.store_err(e))?;
+        tracing::trace!(
+            partition = self.partition,
+            watermark = self.watermark,
+            bound,
+            expired = self.expired.len(),
+            "dedupe expiry scan"
+        );
+        for (id, _) in &self.expired {
+            ChangelogKey::encode_into(RecordKind::Dedupe, id, &mut self.key);
+            sink.send(&self.flow.changelog, self.partition, &self.key, None, None)?;
+            self.batch.remove_dedupe(id);
+        }
+        Ok(())
+    }
+
+    /// Queues the committed batch at the store writer; lookups see it until it is written.
+    pub(super) fn hand_to_writer(&mut self, offsets: &ChangelogOffsets) -> Result<(), TaskError> {
+        // Finished batches leave the lookup path; the oldest is waited for when too many queue.
+        while let Some(front) = self.inflight.front() {
+            let done = match front.pending.try_wait() {
+                Some(done) => done,
+                None if self.inflight.len() >= MAX_INFLIGHT => front.pending.wait(),
+                None => break,
+            };
+            self.inflight.pop_front();
+            done.map_err(|e| self.store_err(e))?;
+        }
+        self.changelog_from = self
+            .changelog_from
+            .max(offsets.next_offset(&self.flow.changelog, self.partition));
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.set_checkpoint(Checkpoint {
+            input_offset: self.next,
+            changelog_offset: self.changelog_from,
+            watermark_ms: self.watermark,
+        });
+        let pending = self.writer.submit(self.store.clone(), batch);
+        self.inflight.push_back(Inflight {
+            states: std::mem::take(&mut self.states),
+            dedupe: std::mem::take(&mut self.dedupe),
+            pending,
+        });
+        self.drop_staged();
+        self.committed = self.next;
+        self.control_committed = self.control_next;
+        let c = std::mem::take(&mut self.counts);
+        metrics::record_commit(&self.flow, c.applied, c.duplicates, &c.dead, &c.timestamps);
+        self.counts.timestamps = c.timestamps;
+        self.counts.timestamps.clear();
+        Ok(())
+    }
+
+    /// Forgets everything staged since the last commit (after it committed, or was dropped).
+    pub(super) fn drop_staged(&mut self) {
+        self.states.clear();
+        self.dirty.clear();
+        self.dedupe.clear();
+        self.dedupe_shipped = 0;
+        self.dedupe_reship.clear();
+        self.expired.clear();
+        self.dead.clear();
+        self.dead_shipped = 0;
+        self.batch = CommitBatch::default();
+    }
+}
+
+fn dead_letter_headers(topic: &str, partition: i32, d: &DeadLetter) -> OwnedHeaders {
+    let partition = partition.to_string();
+    let offset = d.offset.to_string();
+    OwnedHeaders::new_with_capacity(6)
+        .insert(Header {
+            key: "tally.error.reason",
+            value: Some(d.reason.as_str()),
+        })
+        .insert(Header {
+            key: "tally.error.message",
+            value: Some(d.message.as_str()),
+        })
+        .insert(Header {
+            key: "tally.error.stage",
+            value: Some(d.stage),
+        })
+        .insert(Header {
+            key: "tally.source.topic",
+            value: Some(topic),
+        })
+        .insert(Header {
+            key: "tally.source.partition",
+            value: Some(partition.as_str()),
+        })
+        .insert(Header {
+            key: "tally.source.offset",
+            value: Some(offset.as_str()),
+        })
+}

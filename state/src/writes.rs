@@ -1,0 +1,47 @@
+//! An ordered log of store writes, applied key by key with sled's lock-free inserts.
+//! sled's `apply_batch` takes a process-wide lock that stalls every reader of every store.
+
+use std::ops::Range;
+
+/// Puts and removes in the order they were staged, packed in one buffer; a later write of the
+/// same key wins when applied.
+#[derive(Default)]
+pub(crate) struct Writes {
+    buf: Vec<u8>,
+    ops: Vec<(Range<usize>, Option<Range<usize>>)>,
+}
+
+impl Writes {
+    /// Stages a put of `tag + id` (a changelog key) or, without a value, its removal.
+    pub(crate) fn push(&mut self, tag: Option<u8>, id: &[u8], value: Option<&[u8]>) {
+        let start = self.buf.len();
+        self.buf.extend(tag);
+        self.buf.extend_from_slice(id);
+        let key = start..self.buf.len();
+        let value = value.map(|v| {
+            let start = self.buf.len();
+            self.buf.extend_from_slice(v);
+            start..self.buf.len()
+        });
+        self.ops.push((key, value));
+    }
+
+    /// Number of staged writes.
+    pub(crate) fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Applies every write in order. Each insert is atomic on its own, never the whole log: the
+    /// caller writes its checkpoint after, so a crash in between leaves rows newer than the
+    /// checkpoint, which a restore from that checkpoint overwrites with the same values.
+    pub(crate) fn apply(&self, db: &sled::Db) -> Result<(), sled::Error> {
+        for (key, value) in &self.ops {
+            let key = &self.buf[key.clone()];
+            match value {
+                Some(v) => db.insert(key, &self.buf[v.clone()])?,
+                None => db.remove(key)?,
+            };
+        }
+        Ok(())
+    }
+}
