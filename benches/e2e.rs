@@ -245,37 +245,57 @@ fn latency(
     wait_ready(http_port(&config), partitions as usize);
     let output = format!("{app}.out");
     let stop = Arc::new(AtomicBool::new(false));
+    // The watcher reads every output partition by assignment (no group join, so no rebalance
+    // delay is charged to the first records) and says when it reached their ends.
+    let (reading_tx, reading) = std::sync::mpsc::channel();
     let watcher = {
         let (bootstrap, output, stop) = (bootstrap.to_string(), output.clone(), Arc::clone(&stop));
         std::thread::spawn(move || {
-            let consumer: BaseConsumer = tally::kafka::clients::group_consumer(
-                &bootstrap,
-                &BTreeMap::new(),
-                &format!("{output}-watch"),
-            )
-            .create()
-            .unwrap();
-            consumer.subscribe(&[&output]).unwrap();
+            let consumer =
+                tally::kafka::clients::quiet_reader(&bootstrap, &BTreeMap::new(), &format!("{output}-watch"))
+                    .unwrap();
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            for p in 0..partitions {
+                tpl.add_partition_offset(&output, p, rdkafka::Offset::Beginning)
+                    .unwrap();
+            }
+            consumer.assign(&tpl).unwrap();
             let mut seen = Vec::new();
+            let mut at_end = 0;
             while !stop.load(Ordering::Acquire) {
-                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
-                    let now = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .unwrap()
-                        .as_millis() as i64;
-                    let v: serde_json::Value =
-                        serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
-                    if let (Some(p), Some(o)) = (
-                        v["source"]["partition"].as_i64(),
-                        v["source"]["offset"].as_i64(),
-                    ) {
-                        seen.push((p as i32, o, now));
+                match consumer.poll(Duration::from_millis(50)) {
+                    Some(Ok(m)) => {
+                        let now = SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .unwrap()
+                            .as_millis() as i64;
+                        let v: serde_json::Value =
+                            serde_json::from_slice(m.payload().unwrap_or_default())
+                                .unwrap_or_default();
+                        if let (Some(p), Some(o)) = (
+                            v["source"]["partition"].as_i64(),
+                            v["source"]["offset"].as_i64(),
+                        ) {
+                            seen.push((p as i32, o, now));
+                        }
                     }
+                    Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) if at_end < partitions => {
+                        at_end += 1;
+                        if at_end == partitions {
+                            let _ = reading_tx.send(());
+                        }
+                    }
+                    _ => {}
                 }
             }
             seen
         })
     };
+    reading
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the latency watcher reached the end of every output partition");
+    // The loader sends each record at once (no linger), so its timestamp is when it left.
+    let unbatched: BTreeMap<String, String> = [("linger.ms".to_string(), "0".to_string())].into();
     let spec = LoadSpec {
         flow: Flow::Inventory,
         events: rate * seconds,
@@ -286,7 +306,7 @@ fn latency(
         rate,
         seed: 2,
     };
-    tally::workload::produce(bootstrap, &none, &input, &spec).unwrap();
+    tally::workload::produce(bootstrap, &unbatched, &input, &spec).unwrap();
     wait_lag_zero(bootstrap, &app, &input);
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Release);

@@ -364,6 +364,7 @@ pub fn run(
     tracing::info!(application_id = %cfg.application_id, instance = %cfg.instance(),
         guarantee = ?cfg.processing_guarantee, flows = flows.len(), "processor started");
     let max_events = cfg.commit_max_events;
+    let mut times = LoopTimes::default();
     let result = (|| -> Result<(), EngineError> {
         while !shutdown.load(Ordering::Acquire) {
             let wait = {
@@ -371,7 +372,9 @@ pub fn run(
                 e.next_commit.saturating_duration_since(Instant::now())
             };
             let mut polled = 0;
+            let t0 = Instant::now();
             let mut next = consumer.poll(wait.min(Duration::from_millis(100)));
+            let t1 = Instant::now();
             while let Some(item) = next {
                 match item {
                     Ok(msg) => {
@@ -395,11 +398,14 @@ pub fn run(
             if polled > 0 {
                 e.health.broker_reachable(true);
             }
-            if Instant::now() >= e.next_commit || e.staged() >= max_events {
+            let t2 = Instant::now();
+            let committing = t2 >= e.next_commit || e.staged() >= max_events;
+            if committing {
                 e.commit(&consumer)?;
             } else {
                 e.ship(&consumer)?;
             }
+            times.add(t0, t1, t2, committing, polled);
         }
         let mut e = lock(&engine);
         e.commit(&consumer)?;
@@ -422,6 +428,47 @@ pub fn run(
     drop(consumer);
     tracing::info!("processor stopped");
     result
+}
+
+/// Where the poll loop's time goes, logged at debug level every few seconds: waiting for input,
+/// processing it, shipping, committing.
+#[derive(Default)]
+struct LoopTimes {
+    since: Option<Instant>,
+    idle: Duration,
+    process: Duration,
+    ship: Duration,
+    commit: Duration,
+    events: u64,
+    commits: u64,
+}
+
+impl LoopTimes {
+    fn add(&mut self, t0: Instant, t1: Instant, t2: Instant, committed: bool, events: u64) {
+        let now = Instant::now();
+        let since = *self.since.get_or_insert(t0);
+        self.idle += t1 - t0;
+        self.process += t2 - t1;
+        if committed {
+            self.commit += now - t2;
+            self.commits += 1;
+        } else {
+            self.ship += now - t2;
+        }
+        self.events += events;
+        if now - since >= Duration::from_secs(5) {
+            tracing::debug!(
+                events = self.events,
+                commits = self.commits,
+                idle_ms = self.idle.as_millis() as u64,
+                process_ms = self.process.as_millis() as u64,
+                ship_ms = self.ship.as_millis() as u64,
+                commit_ms = self.commit.as_millis() as u64,
+                "poll loop"
+            );
+            *self = Self::default();
+        }
+    }
 }
 
 fn lock(engine: &Mutex<Engine>) -> std::sync::MutexGuard<'_, Engine> {

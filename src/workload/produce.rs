@@ -93,7 +93,10 @@ pub fn produce(
                 if wait < Duration::from_micros(200) {
                     break;
                 }
-                producer.poll(wait.min(Duration::from_millis(100)));
+                // `poll(wait)` would spin on the clock for all of `wait` (see `clients::flush`),
+                // taking a core from the processor under test.
+                producer.poll(Duration::ZERO);
+                std::thread::sleep(wait.min(Duration::from_millis(5)));
             }
         }
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(&g.value);
