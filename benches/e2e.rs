@@ -251,9 +251,12 @@ fn latency(
     let watcher = {
         let (bootstrap, output, stop) = (bootstrap.to_string(), output.clone(), Arc::clone(&stop));
         std::thread::spawn(move || {
-            let consumer =
-                tally::kafka::clients::quiet_reader(&bootstrap, &BTreeMap::new(), &format!("{output}-watch"))
-                    .unwrap();
+            let consumer = tally::kafka::clients::quiet_reader(
+                &bootstrap,
+                &BTreeMap::new(),
+                &format!("{output}-watch"),
+            )
+            .unwrap();
             let mut tpl = rdkafka::TopicPartitionList::new();
             for p in 0..partitions {
                 tpl.add_partition_offset(&output, p, rdkafka::Offset::Beginning)
@@ -279,7 +282,9 @@ fn latency(
                             seen.push((p as i32, o, now));
                         }
                     }
-                    Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) if at_end < partitions => {
+                    Some(Err(rdkafka::error::KafkaError::PartitionEOF(_)))
+                        if at_end < partitions =>
+                    {
                         at_end += 1;
                         if at_end == partitions {
                             let _ = reading_tx.send(());

@@ -241,3 +241,47 @@ proptest! {
         prop_assert_eq!(rows(&a), rows(&b));
     }
 }
+
+/// A transaction ships a key again when it changed after it was shipped: the store keeps the
+/// last value, as the compacted changelog does.
+#[test]
+fn a_state_written_twice_in_a_batch_keeps_the_last_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let mut b = CommitBatch::default();
+    b.put_state(b"sku-1", b"\x01old");
+    b.put_state(b"sku-1", b"\x01new");
+    b.set_checkpoint(cp(1));
+    store.commit(b).unwrap();
+    assert_eq!(
+        store.state(b"sku-1").unwrap().as_deref(),
+        Some(&b"\x01new"[..])
+    );
+}
+
+/// An id can be applied and expired in the same transaction (true = put, false = expire): the
+/// store keeps what the last write says, in the order the changelog got them.
+#[rstest::rstest]
+#[case::put_then_expired(&[true, false], false)]
+#[case::expired_then_put_again(&[false, true], true)]
+#[case::put_expired_put(&[true, false, true], true)]
+fn dedupe_writes_apply_in_order(#[case] puts: &[bool], #[case] present: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let entry = DedupeEntry {
+        fingerprint: 7,
+        event_time_ms: 1,
+    };
+    let mut b = CommitBatch::default();
+    for &put in puts {
+        if put {
+            b.put_dedupe(b"e-1", entry);
+        } else {
+            b.remove_dedupe(b"e-1");
+        }
+    }
+    b.set_checkpoint(cp(1));
+    store.commit(b).unwrap();
+    assert_eq!(store.dedupe(b"e-1").unwrap(), present.then_some(entry));
+    assert_eq!(store.checkpoint().unwrap(), Some(cp(1)));
+}
