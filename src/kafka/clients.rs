@@ -35,8 +35,19 @@ pub fn group_consumer(
     set_default(&mut c, passthrough, "fetch.wait.max.ms", "50");
     // A few commits' worth of prefetched input is enough to keep the poll loop busy.
     set_default(&mut c, passthrough, "queued.max.messages.kbytes", "16384");
+    set_default(
+        &mut c,
+        passthrough,
+        "fetch.queue.backoff.ms",
+        FETCH_QUEUE_BACKOFF_MS,
+    );
     c
 }
+
+/// How long librdkafka postpones a partition's next fetch once its prefetch queue is over the
+/// limit. Its default (1 s) left a processor idle for up to a second with a backlog waiting:
+/// at 16k events/s the slowest events took 2.5 s to commit, and all under 250 ms with 10 ms.
+const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
 /// A consumer that reads assigned partitions to their end and never joins a group.
 pub fn reader(
@@ -57,6 +68,12 @@ pub fn reader(
     // librdkafka prefetches up to 64 MiB per consumer by default; a processor runs a reader per
     // restoring partition, so that default alone would cost gigabytes during a full restore.
     set_default(&mut c, passthrough, "queued.max.messages.kbytes", "8192");
+    set_default(
+        &mut c,
+        passthrough,
+        "fetch.queue.backoff.ms",
+        FETCH_QUEUE_BACKOFF_MS,
+    );
     c
 }
 
