@@ -279,16 +279,6 @@ impl CommitBatch {
     pub fn set_checkpoint(&mut self, cp: Checkpoint) {
         self.checkpoint = Some(cp);
     }
-
-    /// Number of staged row writes (the checkpoint not counted).
-    pub fn len(&self) -> usize {
-        self.writes.len()
-    }
-
-    /// Whether no row write is staged.
-    pub fn is_empty(&self) -> bool {
-        self.writes.len() == 0
-    }
 }
 
 /// A chunk of changelog records read during restore, with the checkpoint reached after it.

@@ -26,11 +26,6 @@ impl Writes {
         self.ops.push((key, value));
     }
 
-    /// Number of staged writes.
-    pub(crate) fn len(&self) -> usize {
-        self.ops.len()
-    }
-
     /// Applies every write in order. Each insert is atomic on its own, never the whole log: the
     /// caller writes its checkpoint after, so a crash in between leaves rows newer than the
     /// checkpoint, which a restore from that checkpoint overwrites with the same values.
