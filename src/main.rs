@@ -14,6 +14,20 @@ mod cli;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Keeps the allocator's arenas in 4 KiB pages: with transparent huge pages a partly used 2 MiB
+/// page stays resident, and the processor's peak RSS on the end-to-end benchmark was ~120 MiB
+/// higher for no measurable gain in events/s. Best effort: an older kernel just ignores it.
+fn disable_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc != 0 {
+        eprintln!(
+            "tally: could not disable transparent huge pages: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "tally",
@@ -54,6 +68,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     // The demo narrates itself; the processor's info logs would drown it.
     cli::init_tracing(if matches!(cli.command, Command::Demo(_)) {

@@ -33,8 +33,9 @@ pub fn group_consumer(
     set_default(&mut c, passthrough, "session.timeout.ms", "10000");
     set_default(&mut c, passthrough, "heartbeat.interval.ms", "1000");
     set_default(&mut c, passthrough, "fetch.wait.max.ms", "50");
-    // A few commits' worth of prefetched input is enough to keep the poll loop busy.
-    set_default(&mut c, passthrough, "queued.max.messages.kbytes", "16384");
+    // A few commits' worth of prefetched input is enough to keep the poll loop busy: 4 MiB ran
+    // as fast as 16 MiB on the end-to-end benchmark, with ~190 MiB less peak RSS.
+    set_default(&mut c, passthrough, "queued.max.messages.kbytes", "4096");
     set_default(
         &mut c,
         passthrough,

@@ -8,6 +8,7 @@ pub mod changelog;
 pub mod checkpoint;
 pub mod dedupe;
 pub mod error;
+mod expiry;
 pub mod store;
 mod writes;
 

@@ -7,6 +7,7 @@ use crate::changelog::{ChangelogKey, RecordKind};
 use crate::checkpoint::Checkpoint;
 use crate::dedupe::DedupeEntry;
 use crate::error::StateError;
+use crate::expiry::Expiry;
 use crate::writes::Writes;
 
 const CHECKPOINT_KEY: &[u8] = b"m/checkpoint";
@@ -34,8 +35,8 @@ impl Default for StoreOptions {
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
-    /// Where the incremental expiry scan of the dedupe index resumes.
-    expiry_cursor: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// Where the incremental expiry scan of the dedupe index resumes, and what it knows.
+    expiry: std::sync::Arc<std::sync::Mutex<Expiry>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -74,7 +75,7 @@ impl Store {
         let store = Self {
             db,
             path: path.to_owned(),
-            expiry_cursor: Default::default(),
+            expiry: Default::default(),
         };
         store.checkpoint()?;
         Ok(store)
@@ -117,6 +118,7 @@ impl Store {
 
     /// Removes every row, dedupe entry and the checkpoint (the store is rebuilt from the changelog).
     pub fn clear(&self) -> Result<(), StateError> {
+        self.expiry().forget();
         Ok(self.db.clear()?)
     }
 
@@ -151,6 +153,10 @@ impl Store {
     /// crash in between leaves rows newer than the checkpoint, which a restore from that
     /// checkpoint overwrites with the same values.
     pub fn commit(&self, batch: CommitBatch) -> Result<(), StateError> {
+        // Before the write, so no scan can miss an entry older than the floor it trusts.
+        if let Some(t) = batch.oldest_dedupe_ms {
+            self.expiry().written(t);
+        }
         batch.writes.apply(&self.db)?;
         if let Some(cp) = batch.checkpoint {
             self.db.insert(CHECKPOINT_KEY, &cp.encode())?;
@@ -160,18 +166,22 @@ impl Store {
 
     /// Dedupe entries whose event time is before `before_ms`, found by scanning the next
     /// `scan` entries of the index (resuming where the last call stopped, wrapping at the end).
-    /// An incremental scan costs no extra write per event, unlike a time index.
+    /// An incremental scan costs no extra write per event, unlike a time index; once a whole
+    /// cycle showed that no entry is that old, it costs no read either.
     pub fn expired_dedupe(
         &self,
         before_ms: i64,
         scan: usize,
     ) -> Result<Vec<(Vec<u8>, i64)>, StateError> {
-        let mut cursor = self.expiry_cursor.lock().unwrap_or_else(|p| p.into_inner());
+        let mut expiry = self.expiry();
+        if !expiry.may_hold_older_than(before_ms) {
+            return Ok(Vec::new());
+        }
         let tag = RecordKind::Dedupe.tag();
-        let start = if cursor.is_empty() {
+        let start = if expiry.cursor.is_empty() {
             vec![tag]
         } else {
-            cursor.clone()
+            expiry.cursor.clone()
         };
         let mut out = Vec::new();
         let mut seen = 0;
@@ -180,21 +190,26 @@ impl Store {
             let (k, v) = item?;
             seen += 1;
             let entry = DedupeEntry::decode(&v)?;
+            expiry.saw(entry.event_time_ms);
             if entry.event_time_ms < before_ms {
                 out.push((k[1..].to_vec(), entry.event_time_ms));
             }
             last = Some(k);
         }
-        *cursor = match last {
+        match last {
             // Resume just after the last key scanned.
             Some(k) if seen == scan => {
-                let mut next = k.to_vec();
-                next.push(0);
-                next
+                expiry.cursor.clear();
+                expiry.cursor.extend_from_slice(&k);
+                expiry.cursor.push(0);
             }
-            _ => Vec::new(),
-        };
+            _ => expiry.wrapped(),
+        }
         Ok(out)
+    }
+
+    fn expiry(&self) -> std::sync::MutexGuard<'_, Expiry> {
+        self.expiry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Applies one chunk of changelog records (last value per key wins) and its checkpoint.
@@ -202,6 +217,7 @@ impl Store {
         if let Some(e) = chunk.invalid {
             return Err(e);
         }
+        self.expiry().forget();
         chunk.writes.apply(&self.db)?;
         self.db.insert(CHECKPOINT_KEY, &chunk.checkpoint.encode())?;
         Ok(())
@@ -251,6 +267,8 @@ pub const SLED_BATCH: usize = 1_000;
 pub struct CommitBatch {
     writes: Writes,
     checkpoint: Option<Checkpoint>,
+    /// Oldest event time among the dedupe entries it puts.
+    oldest_dedupe_ms: Option<i64>,
 }
 
 impl CommitBatch {
@@ -262,6 +280,10 @@ impl CommitBatch {
 
     /// Stages a newly applied event id.
     pub fn put_dedupe(&mut self, event_id: &[u8], entry: DedupeEntry) {
+        self.oldest_dedupe_ms = Some(
+            self.oldest_dedupe_ms
+                .map_or(entry.event_time_ms, |t| t.min(entry.event_time_ms)),
+        );
         self.writes.push(
             Some(RecordKind::Dedupe.tag()),
             event_id,
