@@ -16,8 +16,8 @@ use tally_state::{Checkpoint, RestoreBatch, Store};
 use super::FlowInfo;
 use crate::kafka::clients;
 
-/// Records per restored chunk, one sled batch each.
-const CHUNK: usize = tally_state::SLED_BATCH;
+/// Records per restored chunk, each followed by a checkpoint.
+const CHUNK: usize = tally_state::RESTORE_CHUNK;
 /// Restores that read their changelog at once: restoring is CPU-bound (sled inserts), so more
 /// threads than cores only add memory (a fetch queue and a chunk each) and contention.
 const CONCURRENT_RESTORES: usize = 2;

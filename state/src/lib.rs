@@ -16,4 +16,4 @@ pub use changelog::{ChangelogKey, RecordKind};
 pub use checkpoint::Checkpoint;
 pub use dedupe::DedupeEntry;
 pub use error::StateError;
-pub use store::{CommitBatch, RestoreBatch, Store, StoreOptions, SLED_BATCH};
+pub use store::{CommitBatch, RestoreBatch, Store, StoreOptions, RESTORE_CHUNK};

@@ -1,6 +1,7 @@
 //! An ordered log of store writes, applied key by key with sled's lock-free inserts.
 //! sled's `apply_batch` takes a process-wide lock that stalls every reader of every store.
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 /// Puts and removes in the order they were staged, packed in one buffer; a later write of the
@@ -32,6 +33,26 @@ impl Writes {
     pub(crate) fn apply(&self, db: &sled::Db) -> Result<(), sled::Error> {
         for (key, value) in &self.ops {
             let key = &self.buf[key.clone()];
+            match value {
+                Some(v) => db.insert(key, &self.buf[v.clone()])?,
+                None => db.remove(key)?,
+            };
+        }
+        Ok(())
+    }
+
+    /// Applies only the last write of each key, which leaves the store as [`Writes::apply`]
+    /// would: a restore chunk of an uncompacted changelog repeats hot keys many times.
+    pub(crate) fn apply_last_per_key(&self, db: &sled::Db) -> Result<(), sled::Error> {
+        let mut last: HashMap<&[u8], usize> = HashMap::with_capacity(self.ops.len());
+        for (i, (key, _)) in self.ops.iter().enumerate() {
+            last.insert(&self.buf[key.clone()], i);
+        }
+        for (i, (key, value)) in self.ops.iter().enumerate() {
+            let key = &self.buf[key.clone()];
+            if last.get(key) != Some(&i) {
+                continue;
+            }
             match value {
                 Some(v) => db.insert(key, &self.buf[v.clone()])?,
                 None => db.remove(key)?,

@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 use tally_state::{
     ChangelogKey, Checkpoint, CommitBatch, DedupeEntry, RecordKind, RestoreBatch, Store,
-    StoreOptions, SLED_BATCH,
+    StoreOptions,
 };
 
 fn open(dir: &tempfile::TempDir) -> Store {
@@ -124,9 +124,9 @@ fn the_expiry_scan_resumes_where_it_stopped_and_wraps() {
 }
 
 #[rstest::rstest]
-#[case::one_short_of_a_sled_batch(SLED_BATCH - 1)]
-#[case::exactly_one_sled_batch(SLED_BATCH)]
-#[case::several_sled_batches(3 * SLED_BATCH + 7)]
+#[case::one_row(1)]
+#[case::a_thousand_rows(1_000)]
+#[case::several_thousand_rows(3_007)]
 fn a_commit_of_any_size_writes_every_row_and_then_its_checkpoint(#[case] rows: usize) {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
@@ -143,6 +143,27 @@ fn a_commit_of_any_size_writes_every_row_and_then_its_checkpoint(#[case] rows: u
         Some(&(rows - 1).to_be_bytes()[..])
     );
     assert_eq!(store.checkpoint().unwrap(), Some(cp(3)));
+}
+
+#[rstest::rstest]
+#[case::put_then_tombstone(&[Some(&b"v1"[..]), None], None)]
+#[case::tombstone_then_put(&[None, Some(&b"v2"[..])], Some(&b"v2"[..]))]
+#[case::put_tombstone_put(&[Some(&b"v1"[..]), None, Some(&b"v3"[..])], Some(&b"v3"[..]))]
+fn within_one_restore_chunk_the_last_record_of_a_key_wins(
+    #[case] records: &[Option<&[u8]>],
+    #[case] expected: Option<&[u8]>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let key = ChangelogKey::encode(RecordKind::State, b"k");
+    let mut chunk = RestoreBatch::default();
+    chunk.push(&ChangelogKey::encode(RecordKind::State, b"other"), Some(b"x"));
+    for r in records {
+        chunk.push(&key, *r);
+    }
+    store.restore(chunk).unwrap();
+    assert_eq!(store.state(b"k").unwrap().as_deref(), expected);
+    assert_eq!(store.state(b"other").unwrap().as_deref(), Some(&b"x"[..]));
 }
 
 #[test]
