@@ -1,7 +1,10 @@
 //! Micro-benchmarks of the per-event hot path: decode + validate, projection apply, state
 //! encode/decode, dedupe lookup + insert, and sled batch commits. `cargo bench --bench micro`.
+//! It also counts heap allocations per call and writes them to `benches/report/micro_allocations.md`.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use tally_state::{CommitBatch, DedupeEntry, Store, StoreOptions};
@@ -9,6 +12,155 @@ use tally_topology::{Inventory, Ledger, Projection, SourceRef};
 
 const INVENTORY: &[u8] = br#"{"event_id":"mkt-evt-8f11a","schema_version":1,"sku":"1231241","seller_id":"seller-42","location_id":"fc-1","bucket":"sellable","operation":"adjust","quantity":100,"event_time":"2026-06-19T18:23:11Z"}"#;
 const LEDGER: &[u8] = br#"{"event_id":"e-1","schema_version":1,"account_id":"acc-1","type":"deposited","amount_minor":1000,"currency":"EUR","event_time":"2026-06-19T18:23:11Z","correlation_id":"c-1","causation_id":null}"#;
+
+/// The system allocator, counting every allocation and reallocation of the process.
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        System.alloc_zeroed(layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        System.realloc(ptr, layout, new_size)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Mean allocations per call of `f` over `calls` calls, after one warm-up call.
+fn allocations_per_call(calls: u64, mut f: impl FnMut()) -> f64 {
+    f();
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..calls {
+        f();
+    }
+    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / calls as f64
+}
+
+fn projection_allocations<P: Projection>(name: &str, key: &[u8], value: &[u8]) -> Vec<String> {
+    let ev = P::decode(Some(key), value).unwrap();
+    let src = SourceRef {
+        partition: 0,
+        offset: 1,
+    };
+    let state = P::apply(None, &ev, src).unwrap();
+    let (mut buf, mut out) = (Vec::new(), Vec::new());
+    P::encode_state(&state, &mut buf);
+    let encoded = buf.clone();
+    let n = 10_000;
+    [
+        (
+            "decode+validate",
+            allocations_per_call(n, || {
+                black_box(P::decode(Some(key), black_box(value)).unwrap());
+            }),
+        ),
+        (
+            "apply",
+            allocations_per_call(n, || {
+                black_box(P::apply(Some(&state), black_box(&ev), src).unwrap());
+            }),
+        ),
+        (
+            "fingerprint",
+            allocations_per_call(n, || {
+                black_box(P::fingerprint(black_box(&ev)));
+            }),
+        ),
+        (
+            "encode_state (reused buffer)",
+            allocations_per_call(n, || P::encode_state(black_box(&state), &mut buf)),
+        ),
+        (
+            "decode_state",
+            allocations_per_call(n, || {
+                black_box(P::decode_state(black_box(&encoded)).unwrap());
+            }),
+        ),
+        (
+            "render_output (reused buffer)",
+            allocations_per_call(n, || P::render(black_box(&state), &mut out).unwrap()),
+        ),
+    ]
+    .into_iter()
+    .map(|(op, a)| format!("| {name} {op} | {a:.2} |"))
+    .collect()
+}
+
+/// Counts allocations per call of each hot-path step and writes the table next to the e2e report.
+fn allocations(_: &mut Criterion) {
+    let mut rows = projection_allocations::<Inventory>("inventory", b"1231241", INVENTORY);
+    rows.extend(projection_allocations::<Ledger>("ledger", b"acc-1", LEDGER));
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let mut seed = CommitBatch::default();
+    for i in 0..10_000u64 {
+        seed.put_dedupe(
+            format!("evt-{i}").as_bytes(),
+            DedupeEntry {
+                fingerprint: i,
+                event_time_ms: 0,
+            },
+        );
+    }
+    store.commit(seed).unwrap();
+    let mut i = 0u64;
+    let ids: Vec<String> = (0..10_000).map(|i| format!("evt-{i}")).collect();
+    let hit = allocations_per_call(10_000, || {
+        i = (i + 7919) % 10_000;
+        black_box(store.dedupe(ids[i as usize].as_bytes()).unwrap());
+    });
+    let miss = allocations_per_call(10_000, || {
+        black_box(store.dedupe(b"no-such-event").unwrap());
+    });
+    let state = [7u8; 200];
+    let mut next = 1_000_000u64;
+    let commit = allocations_per_call(20, || {
+        let mut batch = CommitBatch::default();
+        for _ in 0..1_000 {
+            next += 1;
+            batch.put_state(&next.to_be_bytes(), &state);
+            batch.put_dedupe(
+                &next.to_le_bytes(),
+                DedupeEntry {
+                    fingerprint: next,
+                    event_time_ms: 0,
+                },
+            );
+        }
+        store.commit(batch).unwrap();
+    }) / 1_000.0;
+    rows.push(format!("| store dedupe lookup, hit | {hit:.2} |"));
+    rows.push(format!("| store dedupe lookup, miss | {miss:.2} |"));
+    rows.push(format!(
+        "| store commit, per event (1 state + 1 dedupe entry, 1,000 per batch) | {commit:.2} |"
+    ));
+    let table = format!(
+        "# Heap allocations per call of the hot path\n\n`cargo bench --bench micro`; counted by a \
+         counting global allocator over 10,000 calls (store rows: includes sled's own threads).\n\n\
+         | step | allocations per call |\n|---|---|\n{}\n",
+        rows.join("\n")
+    );
+    eprintln!("{table}");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("benches/report/micro_allocations.md");
+    if let Err(e) = std::fs::write(&path, table) {
+        eprintln!("cannot write {}: {e}", path.display());
+    }
+}
 
 fn projection<P: Projection>(c: &mut Criterion, name: &str, key: &[u8], value: &[u8]) {
     let mut g = c.benchmark_group(name);
@@ -101,5 +253,5 @@ fn stores(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, projections, stores);
+criterion_group!(benches, allocations, projections, stores);
 criterion_main!(benches);

@@ -21,7 +21,7 @@ fn main() {
         let db = cfg.open().unwrap();
         let n = 200_000u64;
         let t = Instant::now();
-        let val = vec![7u8; 120];
+        let val = [7u8; 120];
         for chunk in 0..(n / 10_000) {
             if batch {
                 let mut b = sled::Batch::default();
