@@ -157,7 +157,10 @@ fn within_one_restore_chunk_the_last_record_of_a_key_wins(
     let store = open(&dir);
     let key = ChangelogKey::encode(RecordKind::State, b"k");
     let mut chunk = RestoreBatch::default();
-    chunk.push(&ChangelogKey::encode(RecordKind::State, b"other"), Some(b"x"));
+    chunk.push(
+        &ChangelogKey::encode(RecordKind::State, b"other"),
+        Some(b"x"),
+    );
     for r in records {
         chunk.push(&key, *r);
     }
