@@ -137,16 +137,14 @@ impl Store {
 
     /// The encoded state of one aggregate key.
     pub fn state(&self, key: &[u8]) -> Result<Option<sled::IVec>, StateError> {
-        let mut k = Vec::with_capacity(key.len() + 1);
-        ChangelogKey::encode_into(RecordKind::State, key, &mut k);
-        Ok(self.db.get(k)?)
+        Ok(with_key(RecordKind::State, key, |k| self.db.get(k))?)
     }
 
     /// The dedupe entry of one event id, if that id was applied and has not expired.
     pub fn dedupe(&self, event_id: &[u8]) -> Result<Option<DedupeEntry>, StateError> {
-        let mut k = Vec::with_capacity(event_id.len() + 1);
-        ChangelogKey::encode_into(RecordKind::Dedupe, event_id, &mut k);
-        self.db.get(k)?.map(|v| DedupeEntry::decode(&v)).transpose()
+        with_key(RecordKind::Dedupe, event_id, |k| self.db.get(k))?
+            .map(|v| DedupeEntry::decode(&v))
+            .transpose()
     }
 
     /// Writes one committed batch: its state rows and dedupe changes, then the checkpoint. A
@@ -255,6 +253,20 @@ impl Store {
         self.db
             .scan_prefix([tag])
             .map(|r| r.map_err(StateError::from))
+    }
+}
+
+/// Calls `f` with the store key of `id` (its kind's tag, then the id), built on the stack when
+/// it is short: lookups are on the per-event path and would otherwise allocate each time.
+fn with_key<R>(kind: RecordKind, id: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
+    let mut stack = [0u8; 64];
+    match stack.get_mut(1..=id.len()) {
+        Some(rest) => {
+            rest.copy_from_slice(id);
+            stack[0] = kind.tag();
+            f(&stack[..=id.len()])
+        }
+        None => f(&ChangelogKey::encode(kind, id)),
     }
 }
 

@@ -309,3 +309,30 @@ fn dedupe_writes_apply_in_order(#[case] puts: &[bool], #[case] present: bool) {
     assert_eq!(store.dedupe(b"e-1").unwrap(), present.then_some(entry));
     assert_eq!(store.checkpoint().unwrap(), Some(cp(1)));
 }
+
+#[rstest::rstest]
+#[case::empty(0)]
+#[case::short(7)]
+#[case::longest_on_the_stack(63)]
+#[case::one_past_the_stack(64)]
+#[case::long(300)]
+fn keys_of_any_length_are_read_back(#[case] len: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let key = vec![b'k'; len];
+    let mut b = CommitBatch::default();
+    b.put_state(&key, b"state");
+    b.put_dedupe(
+        &key,
+        DedupeEntry {
+            fingerprint: 5,
+            event_time_ms: 6,
+        },
+    );
+    store.commit(b).unwrap();
+    assert_eq!(store.state(&key).unwrap().as_deref(), Some(&b"state"[..]));
+    assert_eq!(store.dedupe(&key).unwrap().map(|e| e.fingerprint), Some(5));
+    let mut longer = key.clone();
+    longer.push(b'k');
+    assert_eq!(store.state(&longer).unwrap(), None);
+}

@@ -11,10 +11,9 @@ fn config() -> bincode::config::Configuration {
 pub(crate) fn encode<S: bincode::Encode>(version: u8, state: &S, out: &mut Vec<u8>) {
     out.clear();
     out.push(version);
-    // Encoding into a Vec cannot fail for these plain data types.
-    if let Ok(bytes) = bincode::encode_to_vec(state, config()) {
-        out.extend_from_slice(&bytes);
-    }
+    // Encoding into a Vec cannot fail for these plain data types; writing straight into the
+    // caller's buffer spares an allocation per state.
+    let _ = bincode::encode_into_std_write(state, out, config());
 }
 
 /// Reads a value written by [`encode`] with exactly `version`.
@@ -68,5 +67,22 @@ impl Fingerprint {
     }
     pub(crate) fn finish(self) -> u64 {
         self.0.digest()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding_into_a_used_buffer_writes_exactly_the_version_and_the_bincode_bytes() {
+        let value = ("sku-1".to_string(), -42i64, vec![7u8, 9]);
+        let mut out = b"left over from the previous state".to_vec();
+        encode(3, &value, &mut out);
+        let mut expected = vec![3u8];
+        expected.extend(bincode::encode_to_vec(&value, config()).unwrap());
+        assert_eq!(out, expected);
+        let back: (String, i64, Vec<u8>) = decode("test", 3, &out).unwrap();
+        assert_eq!(back, value);
     }
 }
