@@ -50,13 +50,37 @@ fn allocations_per_call(calls: u64, mut f: impl FnMut()) -> f64 {
     (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / calls as f64
 }
 
-fn projection_allocations<P: Projection>(name: &str, key: &[u8], value: &[u8]) -> Vec<String> {
+/// A decoded event, its source and the state it yields on an empty key.
+fn fixture<P: Projection>(key: &[u8], value: &[u8]) -> (P::Event, SourceRef, P::State) {
     let ev = P::decode(Some(key), value).unwrap();
     let src = SourceRef {
         partition: 0,
         offset: 1,
     };
     let state = P::apply(None, &ev, src).unwrap();
+    (ev, src, state)
+}
+
+/// A store in a temporary directory holding dedupe entries `evt-0` .. `evt-{ids - 1}`.
+fn seeded_store(ids: u64) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let mut seed = CommitBatch::default();
+    for i in 0..ids {
+        seed.put_dedupe(
+            format!("evt-{i}").as_bytes(),
+            DedupeEntry {
+                fingerprint: i,
+                event_time_ms: i as i64,
+            },
+        );
+    }
+    store.commit(seed).unwrap();
+    (dir, store)
+}
+
+fn projection_allocations<P: Projection>(name: &str, key: &[u8], value: &[u8]) -> Vec<String> {
+    let (ev, src, state) = fixture::<P>(key, value);
     let (mut buf, mut out) = (Vec::new(), Vec::new());
     P::encode_state(&state, &mut buf);
     let encoded = buf.clone();
@@ -104,19 +128,7 @@ fn projection_allocations<P: Projection>(name: &str, key: &[u8], value: &[u8]) -
 fn allocations(_: &mut Criterion) {
     let mut rows = projection_allocations::<Inventory>("inventory", b"1231241", INVENTORY);
     rows.extend(projection_allocations::<Ledger>("ledger", b"acc-1", LEDGER));
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
-    let mut seed = CommitBatch::default();
-    for i in 0..10_000u64 {
-        seed.put_dedupe(
-            format!("evt-{i}").as_bytes(),
-            DedupeEntry {
-                fingerprint: i,
-                event_time_ms: 0,
-            },
-        );
-    }
-    store.commit(seed).unwrap();
+    let (_dir, store) = seeded_store(10_000);
     let mut i = 0u64;
     let ids: Vec<String> = (0..10_000).map(|i| format!("evt-{i}")).collect();
     let hit = allocations_per_call(10_000, || {
@@ -168,12 +180,7 @@ fn projection<P: Projection>(c: &mut Criterion, name: &str, key: &[u8], value: &
     g.bench_function("decode+validate", |b| {
         b.iter(|| P::decode(Some(black_box(key)), black_box(value)).unwrap())
     });
-    let ev = P::decode(Some(key), value).unwrap();
-    let src = SourceRef {
-        partition: 0,
-        offset: 1,
-    };
-    let state = P::apply(None, &ev, src).unwrap();
+    let (ev, src, state) = fixture::<P>(key, value);
     g.bench_function("apply", |b| {
         b.iter(|| P::apply(Some(black_box(&state)), black_box(&ev), src).unwrap())
     });
@@ -199,19 +206,7 @@ fn projections(c: &mut Criterion) {
 }
 
 fn stores(c: &mut Criterion) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
-    let mut seed = CommitBatch::default();
-    for i in 0..100_000u64 {
-        seed.put_dedupe(
-            format!("evt-{i}").as_bytes(),
-            DedupeEntry {
-                fingerprint: i,
-                event_time_ms: i as i64,
-            },
-        );
-    }
-    store.commit(seed).unwrap();
+    let (_dir, store) = seeded_store(100_000);
     let mut g = c.benchmark_group("store");
     g.throughput(Throughput::Elements(1));
     let mut i = 0u64;

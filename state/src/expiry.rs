@@ -5,7 +5,7 @@
 #[derive(Debug)]
 pub(crate) struct Expiry {
     /// Key the next scan starts at; empty means the start of the index (a new cycle).
-    pub(crate) cursor: Vec<u8>,
+    cursor: Vec<u8>,
     /// Every entry in the store has an event time at or after this (`i64::MIN`: unknown).
     floor: i64,
     /// Oldest event time seen by the current cycle or written since it began.
@@ -23,6 +23,18 @@ impl Default for Expiry {
 }
 
 impl Expiry {
+    /// Where the next scan starts; empty means the start of the index.
+    pub(crate) fn cursor(&self) -> &[u8] {
+        &self.cursor
+    }
+
+    /// The scan stopped at `key`: the next one resumes just after it.
+    pub(crate) fn stopped_at(&mut self, key: &[u8]) {
+        self.cursor.clear();
+        self.cursor.extend_from_slice(key);
+        self.cursor.push(0);
+    }
+
     /// Whether an entry older than `before_ms` may exist, so a scan is worth its reads.
     pub(crate) fn may_hold_older_than(&self, before_ms: i64) -> bool {
         before_ms > self.floor

@@ -176,10 +176,9 @@ impl Store {
             return Ok(Vec::new());
         }
         let tag = RecordKind::Dedupe.tag();
-        let start = if expiry.cursor.is_empty() {
-            vec![tag]
-        } else {
-            expiry.cursor.clone()
+        let start = match expiry.cursor() {
+            [] => vec![tag],
+            cursor => cursor.to_vec(),
         };
         let mut out = Vec::new();
         let mut seen = 0;
@@ -196,11 +195,7 @@ impl Store {
         }
         match last {
             // Resume just after the last key scanned.
-            Some(k) if seen == scan => {
-                expiry.cursor.clear();
-                expiry.cursor.extend_from_slice(&k);
-                expiry.cursor.push(0);
-            }
+            Some(k) if seen == scan => expiry.stopped_at(&k),
             _ => expiry.wrapped(),
         }
         Ok(out)

@@ -4,12 +4,15 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
+/// A staged write: the key's and (for a put) the value's place in the buffer.
+type Op = (Range<usize>, Option<Range<usize>>);
+
 /// Puts and removes in the order they were staged, packed in one buffer; a later write of the
 /// same key wins when applied.
 #[derive(Default)]
 pub(crate) struct Writes {
     buf: Vec<u8>,
-    ops: Vec<(Range<usize>, Option<Range<usize>>)>,
+    ops: Vec<Op>,
 }
 
 impl Writes {
@@ -31,12 +34,8 @@ impl Writes {
     /// caller writes its checkpoint after, so a crash in between leaves rows newer than the
     /// checkpoint, which a restore from that checkpoint overwrites with the same values.
     pub(crate) fn apply(&self, db: &sled::Db) -> Result<(), sled::Error> {
-        for (key, value) in &self.ops {
-            let key = &self.buf[key.clone()];
-            match value {
-                Some(v) => db.insert(key, &self.buf[v.clone()])?,
-                None => db.remove(key)?,
-            };
+        for op in &self.ops {
+            self.write(db, op)?;
         }
         Ok(())
     }
@@ -48,16 +47,20 @@ impl Writes {
         for (i, (key, _)) in self.ops.iter().enumerate() {
             last.insert(&self.buf[key.clone()], i);
         }
-        for (i, (key, value)) in self.ops.iter().enumerate() {
-            let key = &self.buf[key.clone()];
-            if last.get(key) != Some(&i) {
-                continue;
+        for (i, op) in self.ops.iter().enumerate() {
+            if last.get(&self.buf[op.0.clone()]) == Some(&i) {
+                self.write(db, op)?;
             }
-            match value {
-                Some(v) => db.insert(key, &self.buf[v.clone()])?,
-                None => db.remove(key)?,
-            };
         }
+        Ok(())
+    }
+
+    fn write(&self, db: &sled::Db, (key, value): &Op) -> Result<(), sled::Error> {
+        let key = &self.buf[key.clone()];
+        match value {
+            Some(v) => db.insert(key, &self.buf[v.clone()])?,
+            None => db.remove(key)?,
+        };
         Ok(())
     }
 }

@@ -146,7 +146,6 @@ pub struct Task<P: Projection> {
     dedupe_shipped: usize,
     /// Shipped entries replaced since (an id applied again after it left the window).
     dedupe_reship: Vec<usize>,
-    expired: Vec<(Vec<u8>, i64)>,
     dead: Vec<DeadLetter>,
     dead_shipped: usize,
     /// The store writes of everything shipped in this transaction.
@@ -189,7 +188,6 @@ where
             dedupe: IndexMap::new(),
             dedupe_shipped: 0,
             dedupe_reship: Vec::new(),
-            expired: Vec::new(),
             dead: Vec::new(),
             dead_shipped: 0,
             batch: CommitBatch::default(),
@@ -221,14 +219,18 @@ where
 
     /// Stages a new state of `key` and marks it for shipping.
     fn stage(&mut self, key: &str, state: P::State) {
-        match self.states.get_index_of(key) {
-            Some(i) => {
-                if let Some((_, slot)) = self.states.get_index_mut(i) {
-                    slot.state = state;
-                    if !slot.dirty {
-                        slot.dirty = true;
-                        self.dirty.push(i);
-                    }
+        let slot = self.states.get_index_of(key);
+        self.stage_at(slot, key, state);
+    }
+
+    /// [`Task::stage`] for a caller that already looked up `key`'s slot in `states`.
+    fn stage_at(&mut self, slot: Option<usize>, key: &str, state: P::State) {
+        match slot.and_then(|i| Some((i, self.states.get_index_mut(i)?.1))) {
+            Some((i, slot)) => {
+                slot.state = state;
+                if !slot.dirty {
+                    slot.dirty = true;
+                    self.dirty.push(i);
                 }
             }
             None => {
@@ -361,15 +363,16 @@ where
             offset,
         };
         let key = P::aggregate_key(&event);
-        let applied = match self.states.get(key) {
-            Some(slot) => P::apply(Some(&slot.state), &event, source),
+        let slot = self.states.get_index_of(key);
+        let applied = match slot.and_then(|i| self.states.get_index(i)) {
+            Some((_, staged)) => P::apply(Some(&staged.state), &event, source),
             None => {
                 let prev = self.load_state(key)?;
                 P::apply(prev.as_ref(), &event, source)
             }
         };
         match applied {
-            Ok(state) => self.stage(key, state),
+            Ok(state) => self.stage_at(slot, key, state),
             Err(invalid) => {
                 self.dead_letter(msg, invalid, "project");
                 return Ok(());

@@ -67,7 +67,6 @@ where
         sink: &Sink,
         retention_ms: i64,
     ) -> Result<(), ProduceError> {
-        self.expired.clear();
         if self.watermark == i64::MIN {
             return Ok(());
         }
@@ -75,7 +74,7 @@ where
         // Sweeping twice as many entries as the batch adds keeps pace with the index's growth
         // while a small commit stays cheap (the scan runs inside the transaction).
         let scan = (2 * self.dedupe.len()).clamp(EXPIRY_SCAN_MIN, EXPIRY_SCAN_MAX);
-        self.expired = self
+        let expired = self
             .store
             .expired_dedupe(bound, scan)
             .map_err(|e| self.store_err(e))?;
@@ -83,10 +82,10 @@ where
             partition = self.partition,
             watermark = self.watermark,
             bound,
-            expired = self.expired.len(),
+            expired = expired.len(),
             "dedupe expiry scan"
         );
-        for (id, _) in &self.expired {
+        for (id, _) in &expired {
             ChangelogKey::encode_into(RecordKind::Dedupe, id, &mut self.key);
             sink.send(&self.flow.changelog, self.partition, &self.key, None, None)?;
             self.batch.remove_dedupe(id);
@@ -138,7 +137,6 @@ where
         self.dedupe.clear();
         self.dedupe_shipped = 0;
         self.dedupe_reship.clear();
-        self.expired.clear();
         self.dead.clear();
         self.dead_shipped = 0;
         self.batch = CommitBatch::default();
