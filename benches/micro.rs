@@ -72,6 +72,7 @@ fn seeded_store(ids: u64) -> (tempfile::TempDir, Store) {
             DedupeEntry {
                 fingerprint: i,
                 event_time_ms: i as i64,
+                offset: 0,
             },
         );
     }
@@ -150,6 +151,7 @@ fn allocations(_: &mut Criterion) {
                 DedupeEntry {
                     fingerprint: next,
                     event_time_ms: 0,
+                    offset: 0,
                 },
             );
         }
@@ -235,6 +237,7 @@ fn stores(c: &mut Criterion) {
                             DedupeEntry {
                                 fingerprint: next,
                                 event_time_ms: next as i64,
+                                offset: 0,
                             },
                         );
                     }

@@ -134,6 +134,7 @@ fn injected_drift_is_reported_repaired_and_then_trusted() {
         DedupeEntry {
             fingerprint: Inventory::fingerprint(&ev),
             event_time_ms: Inventory::event_time_ms(&ev),
+            offset: tally_state::dedupe::UNKNOWN_OFFSET,
         },
     );
     s.commit(b).unwrap();

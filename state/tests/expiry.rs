@@ -14,6 +14,7 @@ fn entry(event_time_ms: i64) -> DedupeEntry {
     DedupeEntry {
         fingerprint: 0,
         event_time_ms,
+        offset: 0,
     }
 }
 

@@ -37,6 +37,7 @@ fn a_committed_batch_is_read_back_after_reopen() {
             DedupeEntry {
                 fingerprint: 11,
                 event_time_ms: 100,
+                offset: 0,
             },
         );
         b.set_checkpoint(cp(5));
@@ -52,7 +53,8 @@ fn a_committed_batch_is_read_back_after_reopen() {
         store.dedupe(b"e-1").unwrap(),
         Some(DedupeEntry {
             fingerprint: 11,
-            event_time_ms: 100
+            event_time_ms: 100,
+            offset: 0,
         })
     );
     assert_eq!(store.checkpoint().unwrap(), Some(cp(5)));
@@ -69,6 +71,7 @@ fn expiry_finds_only_entries_older_than_the_bound() {
             DedupeEntry {
                 fingerprint: 0,
                 event_time_ms: t,
+                offset: 0,
             },
         );
     }
@@ -87,6 +90,7 @@ fn removing_a_dedupe_entry_removes_it_from_the_expiry_index() {
         DedupeEntry {
             fingerprint: 0,
             event_time_ms: 10,
+            offset: 0,
         },
     );
     store.commit(b).unwrap();
@@ -108,6 +112,7 @@ fn the_expiry_scan_resumes_where_it_stopped_and_wraps() {
             DedupeEntry {
                 fingerprint: 0,
                 event_time_ms: 1,
+                offset: 0,
             },
         );
     }
@@ -178,6 +183,7 @@ fn restore_applies_the_last_record_of_each_key_and_tombstones() {
     let entry = DedupeEntry {
         fingerprint: 3,
         event_time_ms: 50,
+        offset: 0,
     }
     .encode();
     let mut chunk = RestoreBatch::default();
@@ -295,6 +301,7 @@ fn dedupe_writes_apply_in_order(#[case] puts: &[bool], #[case] present: bool) {
     let entry = DedupeEntry {
         fingerprint: 7,
         event_time_ms: 1,
+        offset: 0,
     };
     let mut b = CommitBatch::default();
     for &put in puts {
@@ -327,6 +334,7 @@ fn keys_of_any_length_are_read_back(#[case] len: usize) {
         DedupeEntry {
             fingerprint: 5,
             event_time_ms: 6,
+            offset: 0,
         },
     );
     store.commit(b).unwrap();

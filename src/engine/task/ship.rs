@@ -20,11 +20,28 @@ impl<P: Projection> Task<P>
 where
     P::State: Send,
 {
-    /// Sends changed states (changelog and output), new dedupe entries and dead letters staged
+    /// Sends new dedupe entries, changed states (changelog and output) and dead letters staged
     /// since the last call, and stages the same changes for the store.
+    ///
+    /// Entries go first: under at_least_once a crash can land a prefix of the changelog, and an
+    /// entry whose state is missing is detectable (the state's source offset is older than the
+    /// entry's), while a state whose entry is missing is not.
     pub(super) fn ship_staged(&mut self, sink: &Sink) -> Result<(), ProduceError> {
         let flow = Arc::clone(&self.flow);
         let p = self.partition;
+        let fresh = self.dedupe_shipped..self.dedupe.len();
+        for i in self.dedupe_reship.drain(..).chain(fresh) {
+            let Some((id, entry)) = self.dedupe.get_index(i) else {
+                continue;
+            };
+            ChangelogKey::encode_into(RecordKind::Dedupe, id.as_bytes(), &mut self.key);
+            sink.send(&flow.changelog, p, &self.key, Some(&entry.encode()), None)?;
+            self.batch.put_dedupe(id.as_bytes(), *entry);
+        }
+        self.dedupe_shipped = self.dedupe.len();
+        if !self.dirty.is_empty() {
+            crate::engine::faults::hit_after("between_dedupe_and_states", || sink.flush());
+        }
         for i in self.dirty.drain(..) {
             let Some((key, slot)) = self.states.get_index_mut(i) else {
                 continue;
@@ -42,16 +59,6 @@ where
             })?;
             sink.send(&flow.output, p, key.as_bytes(), Some(&self.buf), None)?;
         }
-        let fresh = self.dedupe_shipped..self.dedupe.len();
-        for i in self.dedupe_reship.drain(..).chain(fresh) {
-            let Some((id, entry)) = self.dedupe.get_index(i) else {
-                continue;
-            };
-            ChangelogKey::encode_into(RecordKind::Dedupe, id.as_bytes(), &mut self.key);
-            sink.send(&flow.changelog, p, &self.key, Some(&entry.encode()), None)?;
-            self.batch.put_dedupe(id.as_bytes(), *entry);
-        }
-        self.dedupe_shipped = self.dedupe.len();
         for d in &self.dead[self.dead_shipped..] {
             let headers = dead_letter_headers(&flow.input, p, d);
             let key = d.key.as_deref().unwrap_or_default();
