@@ -88,6 +88,19 @@ fn main() {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
+    if let Ok(rate) = std::env::var("TALLY_BENCH_LATENCY_RATE") {
+        // Only the latency runs, at this rate (a probe; no report is written).
+        let rate: u64 = rate.parse().expect("TALLY_BENCH_LATENCY_RATE is events/s");
+        let seconds: u64 = env_or("TALLY_BENCH_LATENCY_SECONDS", 20);
+        let work = std::env::temp_dir().join(format!("tally-bench-{run}"));
+        for guarantee in ["exactly_once", "at_least_once"] {
+            let p = latency(
+                &bootstrap, &work, run, guarantee, guarantee, partitions, keys, rate, seconds,
+            );
+            eprintln!("latency {guarantee} at {rate} events/s: p50 {:.1} ms, p99 {:.1} ms, p999 {:.1} ms ({} samples)", p.p50, p.p99, p.p999, p.samples);
+        }
+        return;
+    }
     let input = format!("bench-{run}.in");
     let topics = Topics::connect(&bootstrap, &none).unwrap();
     topics

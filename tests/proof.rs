@@ -91,24 +91,26 @@ impl<'a> Fleet<'a> {
 }
 
 /// Kills processors round-robin every `every` while the load runs; every third fault is instead
-/// a fault hook that kills the processor inside its first commit (e.g. between sending the
-/// offsets and committing), waited for until it fired. Returns the faults as reported.
+/// a fault hook that kills the processor inside a commit (e.g. between sending the offsets and
+/// committing), waited for until it fired; successive hooks take turns through `hooks`.
+/// Returns the faults as reported.
 fn kill_loop(
     setup: &Setup,
     names: &[&str],
     kills: u64,
     every: Duration,
-    hook: &str,
+    hooks: &[&str],
     load: std::thread::JoinHandle<LoadReport>,
 ) -> (String, u64, LoadReport) {
     let mut fleet = Fleet::start(setup, names);
-    let (mut plain, mut hooks, mut fired) = (0, 0, 0);
+    let (mut plain, mut hooked, mut fired) = (0, 0, 0);
     for k in 0..kills {
         std::thread::sleep(every);
         let i = (k as usize) % names.len();
         if k % 3 == 2 {
+            let hook = hooks[hooked as usize % hooks.len()];
             fleet.kill_and_restart(i, &[("TALLY_FAULT", hook)]);
-            hooks += 1;
+            hooked += 1;
             fired += fleet.wait_for_hook(i, Duration::from_secs(60));
         } else {
             fleet.kill_and_restart(i, &[]);
@@ -120,7 +122,7 @@ fn kill_loop(
     setup.wait_caught_up(LIMIT);
     fleet.terminate();
     let faults = format!("{}({fired} in-commit)", plain + fired);
-    (faults, hooks - fired, sent)
+    (faults, hooked - fired, sent)
 }
 
 #[test]
@@ -134,9 +136,9 @@ fn s1_baseline_two_processors_no_faults() {
     verdict("1 baseline", 0, &setup.oracle());
 }
 
-/// Kills processors under a paced ledger load of `keys` accounts, every third kill at `hook`,
-/// and judges the result.
-fn kill_scenario(scenario: &str, setup: &Setup, keys: u64, seed: u64, hook: &str) {
+/// Kills processors under a paced ledger load of `keys` accounts, every third kill at one of
+/// `hooks`, and judges the result.
+fn kill_scenario(scenario: &str, setup: &Setup, keys: u64, seed: u64, hooks: &[&str]) {
     let load = paced(
         setup,
         size(30_000, 1_000_000),
@@ -152,7 +154,7 @@ fn kill_scenario(scenario: &str, setup: &Setup, keys: u64, seed: u64, hook: &str
         &["a", "b", "c"],
         size(5, 20),
         Duration::from_millis(size(1_800, 2_400)),
-        hook,
+        hooks,
         load,
     );
     verdict_with(
@@ -172,7 +174,7 @@ fn s2_kill_9_across_three_processors_under_exactly_once() {
         &setup,
         keys,
         102,
-        "before_commit_transaction@1",
+        &["before_commit_transaction@1", "between_dedupe_and_states@5"],
     );
 }
 
@@ -387,7 +389,7 @@ fn s7_poison_duplicates_and_conflicts_across_kills_are_counted_exactly() {
         &["a", "b"],
         size(3, 10),
         Duration::from_millis(1_200),
-        "after_commit_transaction@1",
+        &["after_commit_transaction@1"],
         load,
     );
     let report = setup.oracle();
@@ -458,6 +460,7 @@ fn s9_kill_9_under_at_least_once_never_applies_twice() {
         &setup,
         3_000,
         109,
-        "before_commit_offsets@1",
+        // The first hook is the one the reduced size runs.
+        &["between_dedupe_and_states@5", "before_commit_offsets@1"],
     );
 }

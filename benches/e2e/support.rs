@@ -98,7 +98,10 @@ pub fn start(config: &Path, log: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_tally"))
         .args(["run", "--config"])
         .arg(config)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("TALLY_BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()

@@ -61,6 +61,16 @@ impl ClientContext for EngineContext {
 }
 
 impl ConsumerContext for EngineContext {
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        if let Err(error) = result {
+            tracing::warn!(%error, partitions = offsets.count(), "offset commit failed; a later commit covers it");
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
@@ -81,7 +91,10 @@ impl ConsumerContext for EngineContext {
             engine.restart_all(consumer);
             return;
         }
-        match engine.commit(consumer) {
+        let committed = engine
+            .commit(consumer)
+            .and_then(|outcome| engine.settle_acks(consumer, true).map(|()| outcome));
+        match committed {
             Ok(outcome) => tracing::info!(
                 partitions = revoked.len(),
                 ?outcome,

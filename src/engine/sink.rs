@@ -1,6 +1,7 @@
 //! The processor's producer: transactional or idempotent, with delivery tracking.
-//! It learns the changelog offsets it wrote so a checkpoint can say where restore resumes.
+//! It learns the changelog offsets it wrote, and which generation of records is fully acknowledged.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,18 +43,28 @@ impl ChangelogOffsets {
     }
 }
 
-/// librdkafka context of the producer: records delivery offsets and failures.
+/// Most producer events served by one [`Sink::poll`], so a flood of reports cannot hold the
+/// loop.
+const MAX_POLLS: usize = 256;
+
+/// Generations of records whose acknowledgements can be awaited at once (see [`Sink::seal`]).
+pub const GENERATIONS: usize = 64;
+
+/// librdkafka context of the producer: records delivery offsets, failures, and how many records
+/// of each generation still wait for their acknowledgement.
 pub struct DeliveryTracker {
     offsets: Arc<ChangelogOffsets>,
     failures: AtomicU64,
+    unacked: [AtomicU64; GENERATIONS],
 }
 
 impl ClientContext for DeliveryTracker {}
 
 impl ProducerContext for DeliveryTracker {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, generation: usize) {
+        self.unacked[generation % GENERATIONS].fetch_sub(1, Ordering::AcqRel);
         match result {
             Ok(m) => {
                 if let Some(slot) = self.offsets.slot(m.topic(), m.partition()) {
@@ -73,6 +84,8 @@ pub struct Sink {
     producer: BaseProducer<DeliveryTracker>,
     transactional: bool,
     pub(crate) timeout: Duration,
+    /// Generation of the records sent now.
+    generation: Cell<u64>,
 }
 
 impl Sink {
@@ -87,6 +100,7 @@ impl Sink {
             config.create_with_context(DeliveryTracker {
                 offsets,
                 failures: AtomicU64::new(0),
+                unacked: std::array::from_fn(|_| AtomicU64::new(0)),
             })?;
         if transactional {
             producer.init_transactions(timeout)?;
@@ -95,7 +109,23 @@ impl Sink {
             producer,
             transactional,
             timeout,
+            generation: Cell::new(0),
         })
+    }
+
+    /// Closes the current generation of records and returns it: [`Sink::acked`] then tells
+    /// when all of them are acknowledged, while later records go on being sent. The caller
+    /// keeps fewer than [`GENERATIONS`] generations unacknowledged.
+    pub fn seal(&self) -> u64 {
+        let sealed = self.generation.get();
+        self.generation.set(sealed + 1);
+        sealed
+    }
+
+    /// Whether every record of `generation` was acknowledged (or failed: see [`Sink::failures`]).
+    pub fn acked(&self, generation: u64) -> bool {
+        self.producer.context().unacked[generation as usize % GENERATIONS].load(Ordering::Acquire)
+            == 0
     }
 
     /// Whether commits go through Kafka transactions.
@@ -113,9 +143,21 @@ impl Sink {
         self.producer.context().failures.load(Ordering::Acquire)
     }
 
-    /// Serves delivery reports without blocking.
+    /// Serves every delivery report that is ready, without blocking. One `poll` serves one
+    /// event (the reports of one produce request), so it polls until one serves nothing.
     pub fn poll(&self) {
-        self.producer.poll(Duration::ZERO);
+        let mut left = self.producer.in_flight_count();
+        for _ in 0..MAX_POLLS {
+            if left == 0 {
+                return;
+            }
+            self.producer.poll(Duration::ZERO);
+            let now = self.producer.in_flight_count();
+            if now == left {
+                return;
+            }
+            left = now;
+        }
     }
 
     /// Produces one record to an explicit partition; waits while the local queue is full.
@@ -127,14 +169,19 @@ impl Sink {
         value: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
     ) -> KafkaResult<()> {
-        let mut record: BaseRecord<'_, [u8], [u8]> =
-            BaseRecord::to(topic).partition(partition).key(key);
+        let generation = self.generation.get() as usize;
+        let mut record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(topic, generation)
+                .partition(partition)
+                .key(key);
         if let Some(v) = value {
             record = record.payload(v);
         }
         if let Some(h) = headers {
             record = record.headers(h);
         }
+        let unacked = &self.producer.context().unacked[generation % GENERATIONS];
+        unacked.fetch_add(1, Ordering::AcqRel);
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
@@ -144,7 +191,10 @@ impl Sink {
                     self.producer.poll(Duration::ZERO);
                     std::thread::sleep(crate::kafka::clients::FLUSH_STEP);
                 }
-                Err((e, _)) => return Err(e),
+                Err((e, _)) => {
+                    unacked.fetch_sub(1, Ordering::AcqRel);
+                    return Err(e);
+                }
             }
         }
     }
