@@ -95,7 +95,10 @@ pub fn http_port(config: &Path) -> u16 {
 }
 
 pub fn start(config: &Path, log: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_tally"))
+    // `TALLY_BENCH_BIN` runs another build of tally (an A/B of two commits on one machine).
+    let bin =
+        std::env::var_os("TALLY_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_tally").into());
+    Command::new(bin)
         .args(["run", "--config"])
         .arg(config)
         .env(

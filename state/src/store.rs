@@ -155,7 +155,7 @@ impl Store {
         if let Some(t) = batch.oldest_dedupe_ms {
             self.expiry().written(t);
         }
-        batch.writes.apply(&self.db)?;
+        batch.writes.apply_last_per_key(&self.db)?;
         if let Some(cp) = batch.checkpoint {
             self.db.insert(CHECKPOINT_KEY, &cp.encode())?;
         }

@@ -1,7 +1,6 @@
 //! An ordered log of store writes, applied key by key with sled's lock-free inserts.
 //! sled's `apply_batch` takes a process-wide lock that stalls every reader of every store.
 
-use std::collections::HashMap;
 use std::ops::Range;
 
 /// A staged write: the key's and (for a put) the value's place in the buffer.
@@ -30,26 +29,22 @@ impl Writes {
         self.ops.push((key, value));
     }
 
-    /// Applies every write in order. Each insert is atomic on its own, never the whole log: the
-    /// caller writes its checkpoint after, so a crash in between leaves rows newer than the
-    /// checkpoint, which a restore from that checkpoint overwrites with the same values.
-    pub(crate) fn apply(&self, db: &sled::Db) -> Result<(), sled::Error> {
-        for op in &self.ops {
-            self.write(db, op)?;
-        }
-        Ok(())
-    }
-
-    /// Applies only the last write of each key, which leaves the store as [`Writes::apply`]
-    /// would: a restore chunk of an uncompacted changelog repeats hot keys many times.
+    /// Applies only the last write of each key, which leaves the store as applying every write
+    /// in order would: a restore chunk of an uncompacted changelog repeats hot keys many times,
+    /// and a commit batch repeats a key shipped twice. Keys go in ascending order, so
+    /// consecutive inserts land in the same sled leaf while it is hot. Each insert is atomic on
+    /// its own, never the whole log: the caller writes its checkpoint after, so a crash in
+    /// between leaves rows newer than the checkpoint, which a restore from that checkpoint
+    /// overwrites with the same values.
     pub(crate) fn apply_last_per_key(&self, db: &sled::Db) -> Result<(), sled::Error> {
-        let mut last: HashMap<&[u8], usize> = HashMap::with_capacity(self.ops.len());
-        for (i, (key, _)) in self.ops.iter().enumerate() {
-            last.insert(&self.buf[key.clone()], i);
-        }
-        for (i, op) in self.ops.iter().enumerate() {
-            if last.get(&self.buf[op.0.clone()]) == Some(&i) {
-                self.write(db, op)?;
+        let key = |i: usize| &self.buf[self.ops[i].0.clone()];
+        let mut order: Vec<usize> = (0..self.ops.len()).collect();
+        // Stable: the writes of one key stay in the order they were staged.
+        order.sort_by(|&a, &b| key(a).cmp(key(b)));
+        for (n, &i) in order.iter().enumerate() {
+            let superseded = order.get(n + 1).is_some_and(|&j| key(j) == key(i));
+            if !superseded {
+                self.write(db, &self.ops[i])?;
             }
         }
         Ok(())

@@ -344,3 +344,44 @@ fn keys_of_any_length_are_read_back(#[case] len: usize) {
     longer.push(b'k');
     assert_eq!(store.state(&longer).unwrap(), None);
 }
+
+proptest! {
+    /// A commit writes each key once (its last write, in key order); the store must end as if
+    /// every write had been applied in the order it was staged.
+    #[test]
+    fn a_commit_leaves_what_its_writes_in_staged_order_would(
+        ops in proptest::collection::vec((0u8..6, proptest::option::of(0u8..4)), 0..80)
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let mut model = std::collections::HashMap::new();
+        let mut b = CommitBatch::default();
+        for (i, (id, value)) in ops.iter().enumerate() {
+            // Even ids are state rows (only ever put), odd ids dedupe entries (put or removed).
+            let key = [b'k', *id];
+            let value = if id % 2 == 0 { Some(value.unwrap_or(0)) } else { *value };
+            match value {
+                Some(v) if id % 2 == 0 => b.put_state(&key, &[1, v, i as u8]),
+                Some(v) => b.put_dedupe(&key, DedupeEntry {
+                    fingerprint: u64::from(v),
+                    event_time_ms: i as i64,
+                    offset: 0,
+                }),
+                None => b.remove_dedupe(&key),
+            }
+            model.insert(*id, value.map(|v| (v, i)));
+        }
+        store.commit(b).unwrap();
+        for id in 0u8..6 {
+            let key = [b'k', id];
+            let want = model.get(&id).copied().flatten();
+            if id % 2 == 0 {
+                let got = store.state(&key).unwrap().map(|v| v.to_vec());
+                prop_assert_eq!(got, want.map(|(v, i)| vec![1, v, i as u8]));
+            } else {
+                let got = store.dedupe(&key).unwrap().map(|e| (e.fingerprint, e.event_time_ms));
+                prop_assert_eq!(got, want.map(|(v, i)| (u64::from(v), i as i64)));
+            }
+        }
+    }
+}
