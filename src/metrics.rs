@@ -74,6 +74,10 @@ fn describe() {
         "tally_partitions_restoring",
         "Assigned partitions still restoring"
     );
+    metrics::describe_counter!(
+        "tally_redeliveries_reapplied_total",
+        "Redelivered records whose dedupe entry landed before a crash but whose state did not"
+    );
 }
 
 /// Counts one committed batch of a task.
