@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
@@ -30,10 +30,6 @@ impl Engine {
         consumer: &BaseConsumer<C>,
     ) -> Result<CommitOutcome, super::EngineError> {
         self.next_commit = Instant::now() + self.cfg.commit_interval();
-        if self.awaiting.len() + 1 >= super::sink::GENERATIONS {
-            // Every generation counter is taken: wait for the acknowledgements first.
-            self.settle_acks(consumer, true)?;
-        }
         let mut offsets = TopicPartitionList::new();
         let mut events = 0;
         for t in self.tasks.values() {
@@ -60,22 +56,19 @@ impl Engine {
             return Ok(CommitOutcome::Idle);
         }
         let started = Instant::now();
-        let sealed = match self.commit_to_kafka(consumer, &offsets) {
-            Ok(sealed) => sealed,
+        match self.commit_to_kafka(consumer, &offsets) {
+            Ok(()) => {}
             Err(ProduceError::Task(e)) => return Err(e.into()),
             Err(ProduceError::Kafka(e)) => {
                 tracing::warn!(error = %e, "commit failed; rolling back to the committed offsets");
                 self.roll_back(consumer, &e);
                 return Ok(CommitOutcome::RolledBack);
             }
-        };
+        }
         let kafka_done = started.elapsed();
         for t in self.tasks.values_mut() {
             if t.has_progress() {
-                match sealed {
-                    Some(generation) => t.seal(generation, &self.changelog_offsets),
-                    None => t.after_commit(&self.changelog_offsets)?,
-                }
+                t.after_commit(&self.changelog_offsets)?;
             }
         }
         tracing::debug!(
@@ -93,7 +86,7 @@ impl Engine {
         &mut self,
         consumer: &BaseConsumer<C>,
         offsets: &TopicPartitionList,
-    ) -> Result<Option<u64>, ProduceError> {
+    ) -> Result<(), ProduceError> {
         let retention_ms = i64::try_from(self.cfg.dedupe_retention.as_millis()).unwrap_or(i64::MAX);
         let timeout = self.sink.timeout;
         match self.cfg.processing_guarantee {
@@ -128,28 +121,31 @@ impl Engine {
                 );
             }
             ProcessingGuarantee::AtLeastOnce => {
+                let failures = self.sink.failures();
                 let started = std::time::Instant::now();
                 for t in self.tasks.values_mut() {
                     if t.has_progress() {
                         t.produce(&self.sink, retention_ms)?;
                     }
                 }
-                // No flush here: the offsets are committed once the generation is acknowledged
-                // (`settle_acks`), while the next input is processed.
-                let generation = self.sink.seal();
-                self.awaiting.push_back(super::acks::AwaitingAck {
-                    generation,
-                    offsets: offsets.clone(),
-                });
+                let produced = started.elapsed();
+                self.sink.flush()?;
                 tracing::debug!(
-                    generation,
-                    produce_ms = started.elapsed().as_millis() as u64,
-                    "sealed"
+                    produce_ms = produced.as_millis() as u64,
+                    flush_ms = (started.elapsed() - produced).as_millis() as u64,
+                    "flushed"
                 );
-                return Ok(Some(generation));
+                if self.sink.failures() != failures {
+                    return Err(KafkaError::MessageProduction(
+                        rdkafka::error::RDKafkaErrorCode::Fail,
+                    )
+                    .into());
+                }
+                super::faults::hit("before_commit_offsets");
+                consumer.commit(offsets, CommitMode::Sync)?;
             }
         }
-        Ok(None)
+        Ok(())
     }
 
     /// Hands what the tasks staged since the last call to the producer, opening the transaction

@@ -1,7 +1,6 @@
 //! The processor: one consumer group, one task per assigned input partition, one producer.
 //! `run` owns the poll loop; rebalance callbacks commit or drop work through the same engine.
 
-mod acks;
 mod commit;
 mod control;
 mod faults;
@@ -82,8 +81,6 @@ pub struct Engine {
     sink: Sink,
     /// Whether records were shipped into a transaction that is not committed yet.
     txn_open: bool,
-    /// at_least_once generations sealed by a commit whose offsets wait for acknowledgements.
-    awaiting: acks::Awaiting,
     changelog_offsets: Arc<ChangelogOffsets>,
     restores_tx: Sender<RestoreDone>,
     restores_rx: Receiver<RestoreDone>,
@@ -215,9 +212,6 @@ impl Engine {
 
     /// Restarts every task from what Kafka committed (after a failed or unknown commit).
     fn restart_all<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
-        // Sealed generations are dropped with the tasks' sealed batches; what Kafka committed
-        // is the truth the restores start from.
-        self.awaiting.clear();
         let keys: Vec<_> = self.tasks.keys().copied().collect();
         let mut tpl = TopicPartitionList::new();
         for (f, p) in keys {
@@ -351,7 +345,6 @@ pub fn run(
         })?,
         sink,
         txn_open: false,
-        awaiting: acks::Awaiting::new(),
         changelog_offsets,
         restores_tx,
         restores_rx,
@@ -412,12 +405,10 @@ pub fn run(
             } else {
                 e.ship(&consumer)?;
             }
-            e.settle_acks(&consumer, false)?;
             times.add(t0, t1, t2, committing, polled);
         }
         let mut e = lock(&engine);
         e.commit(&consumer)?;
-        e.settle_acks(&consumer, true)?;
         Ok(())
     })();
     if let Err(err) = &result {

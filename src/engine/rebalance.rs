@@ -61,16 +61,6 @@ impl ClientContext for EngineContext {
 }
 
 impl ConsumerContext for EngineContext {
-    fn commit_callback(
-        &self,
-        result: rdkafka::error::KafkaResult<()>,
-        offsets: &TopicPartitionList,
-    ) {
-        if let Err(error) = result {
-            tracing::warn!(%error, partitions = offsets.count(), "offset commit failed; a later commit covers it");
-        }
-    }
-
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
@@ -91,10 +81,7 @@ impl ConsumerContext for EngineContext {
             engine.restart_all(consumer);
             return;
         }
-        let committed = engine
-            .commit(consumer)
-            .and_then(|outcome| engine.settle_acks(consumer, true).map(|()| outcome));
-        match committed {
+        match engine.commit(consumer) {
             Ok(outcome) => tracing::info!(
                 partitions = revoked.len(),
                 ?outcome,

@@ -1,7 +1,6 @@
 //! The processor's producer: transactional or idempotent, with delivery tracking.
-//! It learns the changelog offsets it wrote, and which generation of records is fully acknowledged.
+//! It learns the changelog offsets it wrote so a checkpoint can say where restore resumes.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,28 +42,18 @@ impl ChangelogOffsets {
     }
 }
 
-/// Most producer events served by one [`Sink::poll`], so a flood of reports cannot hold the
-/// loop.
-const MAX_POLLS: usize = 256;
-
-/// Generations of records whose acknowledgements can be awaited at once (see [`Sink::seal`]).
-pub const GENERATIONS: usize = 64;
-
-/// librdkafka context of the producer: records delivery offsets, failures, and how many records
-/// of each generation still wait for their acknowledgement.
+/// librdkafka context of the producer: records delivery offsets and failures.
 pub struct DeliveryTracker {
     offsets: Arc<ChangelogOffsets>,
     failures: AtomicU64,
-    unacked: [AtomicU64; GENERATIONS],
 }
 
 impl ClientContext for DeliveryTracker {}
 
 impl ProducerContext for DeliveryTracker {
-    type DeliveryOpaque = usize;
+    type DeliveryOpaque = ();
 
-    fn delivery(&self, result: &DeliveryResult<'_>, generation: usize) {
-        self.unacked[generation % GENERATIONS].fetch_sub(1, Ordering::AcqRel);
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
             Ok(m) => {
                 if let Some(slot) = self.offsets.slot(m.topic(), m.partition()) {
@@ -84,8 +73,6 @@ pub struct Sink {
     producer: BaseProducer<DeliveryTracker>,
     transactional: bool,
     pub(crate) timeout: Duration,
-    /// Generation of the records sent now.
-    generation: Cell<u64>,
 }
 
 impl Sink {
@@ -100,7 +87,6 @@ impl Sink {
             config.create_with_context(DeliveryTracker {
                 offsets,
                 failures: AtomicU64::new(0),
-                unacked: std::array::from_fn(|_| AtomicU64::new(0)),
             })?;
         if transactional {
             producer.init_transactions(timeout)?;
@@ -109,23 +95,7 @@ impl Sink {
             producer,
             transactional,
             timeout,
-            generation: Cell::new(0),
         })
-    }
-
-    /// Closes the current generation of records and returns it: [`Sink::acked`] then tells
-    /// when all of them are acknowledged, while later records go on being sent. The caller
-    /// keeps fewer than [`GENERATIONS`] generations unacknowledged.
-    pub fn seal(&self) -> u64 {
-        let sealed = self.generation.get();
-        self.generation.set(sealed + 1);
-        sealed
-    }
-
-    /// Whether every record of `generation` was acknowledged (or failed: see [`Sink::failures`]).
-    pub fn acked(&self, generation: u64) -> bool {
-        self.producer.context().unacked[generation as usize % GENERATIONS].load(Ordering::Acquire)
-            == 0
     }
 
     /// Whether commits go through Kafka transactions.
@@ -143,21 +113,9 @@ impl Sink {
         self.producer.context().failures.load(Ordering::Acquire)
     }
 
-    /// Serves every delivery report that is ready, without blocking. One `poll` serves one
-    /// event (the reports of one produce request), so it polls until one serves nothing.
+    /// Serves delivery reports without blocking.
     pub fn poll(&self) {
-        let mut left = self.producer.in_flight_count();
-        for _ in 0..MAX_POLLS {
-            if left == 0 {
-                return;
-            }
-            self.producer.poll(Duration::ZERO);
-            let now = self.producer.in_flight_count();
-            if now == left {
-                return;
-            }
-            left = now;
-        }
+        self.producer.poll(Duration::ZERO);
     }
 
     /// Produces one record to an explicit partition; waits while the local queue is full.
@@ -169,19 +127,14 @@ impl Sink {
         value: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
     ) -> KafkaResult<()> {
-        let generation = self.generation.get() as usize;
-        let mut record: BaseRecord<'_, [u8], [u8], usize> =
-            BaseRecord::with_opaque_to(topic, generation)
-                .partition(partition)
-                .key(key);
+        let mut record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(topic).partition(partition).key(key);
         if let Some(v) = value {
             record = record.payload(v);
         }
         if let Some(h) = headers {
             record = record.headers(h);
         }
-        let unacked = &self.producer.context().unacked[generation % GENERATIONS];
-        unacked.fetch_add(1, Ordering::AcqRel);
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
@@ -191,10 +144,7 @@ impl Sink {
                     self.producer.poll(Duration::ZERO);
                     std::thread::sleep(crate::kafka::clients::FLUSH_STEP);
                 }
-                Err((e, _)) => {
-                    unacked.fetch_sub(1, Ordering::AcqRel);
-                    return Err(e);
-                }
+                Err((e, _)) => return Err(e),
             }
         }
     }

@@ -69,12 +69,6 @@ pub trait TaskOps: Send {
     fn produce(&mut self, sink: &Sink, retention_ms: i64) -> Result<(), ProduceError>;
     /// Hands the committed work to the store writer.
     fn after_commit(&mut self, offsets: &ChangelogOffsets) -> Result<(), TaskError>;
-    /// Closes the staged work as sink generation `generation` (at_least_once): lookups see it,
-    /// the store gets it once [`TaskOps::acked`] says Kafka has all of it and its offsets.
-    fn seal(&mut self, generation: u64, offsets: &ChangelogOffsets);
-    /// Every generation up to `generation` is acknowledged and its offsets committed: hands
-    /// those sealed batches to the store writer.
-    fn acked(&mut self, generation: u64) -> Result<(), TaskError>;
     /// Waits until every committed batch is in the store.
     fn settle(&mut self) -> Result<(), TaskError>;
     /// Drops staged work and starts a new restore generation.
@@ -129,21 +123,7 @@ type StagedStates<S> = IndexMap<String, Staged<S>>;
 struct Inflight<P: Projection> {
     states: StagedStates<P::State>,
     dedupe: IndexMap<String, DedupeEntry>,
-    write: Write,
-}
-
-/// Where a committed batch is on its way into the store.
-// A task holds a handful of these at most: boxing the large variant would buy nothing.
-#[allow(clippy::large_enum_variant)]
-enum Write {
-    /// Waiting for the acknowledgement of its sink generation (at_least_once).
-    Sealed {
-        generation: u64,
-        batch: CommitBatch,
-        counts: Counts,
-    },
-    /// Queued at the store writer.
-    Queued(Pending),
+    pending: Pending,
 }
 
 /// Committed batches a task may have queued at the store writer before it waits for the oldest:
@@ -493,20 +473,9 @@ where
         self.hand_to_writer(offsets)
     }
 
-    fn seal(&mut self, generation: u64, offsets: &ChangelogOffsets) {
-        self.seal_batch(generation, offsets);
-    }
-
-    fn acked(&mut self, generation: u64) -> Result<(), TaskError> {
-        self.submit_acked(generation)
-    }
-
     fn settle(&mut self) -> Result<(), TaskError> {
-        // Sealed batches were never acknowledged: they are dropped, and a restore rebuilds.
         while let Some(i) = self.inflight.pop_front() {
-            if let Write::Queued(pending) = i.write {
-                pending.wait().map_err(|e| self.store_err(e))?;
-            }
+            i.pending.wait().map_err(|e| self.store_err(e))?;
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use tally_state::{ChangelogKey, Checkpoint, CommitBatch, RecordKind};
 use tally_topology::Projection;
 
-use super::{Counts, DeadLetter, Inflight, ProduceError, Task, TaskError, Write, MAX_INFLIGHT};
+use super::{DeadLetter, Inflight, ProduceError, Task, TaskError, MAX_INFLIGHT};
 use crate::engine::sink::{ChangelogOffsets, Sink};
 use crate::metrics;
 
@@ -102,72 +102,16 @@ where
 
     /// Queues the committed batch at the store writer; lookups see it until it is written.
     pub(super) fn hand_to_writer(&mut self, offsets: &ChangelogOffsets) -> Result<(), TaskError> {
-        self.retire_written()?;
-        let (batch, counts) = self.close_batch(offsets);
-        record_commit(&self.flow, &counts);
-        let pending = self.writer.submit(self.store.clone(), batch);
-        self.keep_for_lookups(Write::Queued(pending));
-        Ok(())
-    }
-
-    /// Closes the staged batch as sink generation `generation`; it waits for its
-    /// acknowledgement before it goes to the store, and lookups see it meanwhile.
-    pub(super) fn seal_batch(&mut self, generation: u64, offsets: &ChangelogOffsets) {
-        let (batch, counts) = self.close_batch(offsets);
-        self.keep_for_lookups(Write::Sealed {
-            generation,
-            batch,
-            counts,
-        });
-    }
-
-    /// Queues every sealed batch of `generation` or older at the store writer, oldest first.
-    pub(super) fn submit_acked(&mut self, generation: u64) -> Result<(), TaskError> {
-        for i in self.inflight.iter_mut() {
-            let Write::Sealed {
-                generation: g,
-                batch,
-                counts,
-            } = &mut i.write
-            else {
-                continue;
-            };
-            if *g > generation {
-                break;
-            }
-            record_commit(&self.flow, counts);
-            let batch = std::mem::take(batch);
-            i.write = Write::Queued(self.writer.submit(self.store.clone(), batch));
-        }
-        self.retire_written()
-    }
-
-    /// Finished batches leave the lookup path; the oldest is waited for when too many queue.
-    fn retire_written(&mut self) -> Result<(), TaskError> {
+        // Finished batches leave the lookup path; the oldest is waited for when too many queue.
         while let Some(front) = self.inflight.front() {
-            let Write::Queued(pending) = &front.write else {
-                break;
-            };
-            let queued = self
-                .inflight
-                .iter()
-                .filter(|i| matches!(i.write, Write::Queued(_)))
-                .count();
-            let done = match pending.try_wait() {
+            let done = match front.pending.try_wait() {
                 Some(done) => done,
-                None if queued >= MAX_INFLIGHT => pending.wait(),
+                None if self.inflight.len() >= MAX_INFLIGHT => front.pending.wait(),
                 None => break,
             };
             self.inflight.pop_front();
             done.map_err(|e| self.store_err(e))?;
         }
-        Ok(())
-    }
-
-    /// Takes the staged batch with its checkpoint and marks its input as committed. The
-    /// changelog offset is read now, before any later record exists: restore never skips a
-    /// record whose batch is not in the store.
-    fn close_batch(&mut self, offsets: &ChangelogOffsets) -> (CommitBatch, Counts) {
         self.changelog_from = self
             .changelog_from
             .max(offsets.next_offset(&self.flow.changelog, self.partition));
@@ -177,19 +121,20 @@ where
             changelog_offset: self.changelog_from,
             watermark_ms: self.watermark,
         });
-        self.committed = self.next;
-        self.control_committed = self.control_next;
-        (batch, std::mem::take(&mut self.counts))
-    }
-
-    /// Moves the staged states and dedupe entries behind the batch, where lookups find them.
-    fn keep_for_lookups(&mut self, write: Write) {
+        let pending = self.writer.submit(self.store.clone(), batch);
         self.inflight.push_back(Inflight {
             states: std::mem::take(&mut self.states),
             dedupe: std::mem::take(&mut self.dedupe),
-            write,
+            pending,
         });
         self.drop_staged();
+        self.committed = self.next;
+        self.control_committed = self.control_next;
+        let c = std::mem::take(&mut self.counts);
+        metrics::record_commit(&self.flow, c.applied, c.duplicates, &c.dead, &c.timestamps);
+        self.counts.timestamps = c.timestamps;
+        self.counts.timestamps.clear();
+        Ok(())
     }
 
     /// Forgets everything staged since the last commit (after it committed, or was dropped).
@@ -203,11 +148,6 @@ where
         self.dead_shipped = 0;
         self.batch = CommitBatch::default();
     }
-}
-
-/// Counts a batch whose offsets are committed (end-to-end latency ends here).
-fn record_commit(flow: &crate::engine::FlowInfo, c: &Counts) {
-    metrics::record_commit(flow, c.applied, c.duplicates, &c.dead, &c.timestamps);
 }
 
 fn dead_letter_headers(topic: &str, partition: i32, d: &DeadLetter) -> OwnedHeaders {
