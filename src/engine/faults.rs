@@ -30,15 +30,15 @@ fn fault() -> Option<&'static Fault> {
 
 /// Marks that execution reached `point`; dies abruptly if a test asked for it here.
 pub fn hit(point: &str) {
-    hit_after(point, || Ok::<(), ()>(()));
+    hit_after(point, || {});
 }
 
 /// [`hit`], but runs `first` before dying (e.g. a flush, so what was sent has landed); `first`
-/// runs only when the fault fires, and its outcome does not matter.
-pub fn hit_after<T, E>(point: &str, first: impl FnOnce() -> Result<T, E>) {
+/// runs only when the fault fires.
+pub fn hit_after(point: &str, first: impl FnOnce()) {
     if let Some(f) = fault() {
         if f.point == point && f.hits.fetch_add(1, Ordering::AcqRel) + 1 == f.at {
-            let _ = first();
+            first();
             tracing::error!(point, "TALLY_FAULT: killing the process");
             // SAFETY: raising SIGKILL on ourselves has no memory-safety preconditions.
             unsafe {

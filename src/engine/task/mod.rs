@@ -102,14 +102,6 @@ struct DeadLetter {
     stage: &'static str,
 }
 
-/// What a crash left of a redelivered record that has its own dedupe entry.
-enum Redelivery<S> {
-    /// Its key's state includes it.
-    Applied,
-    /// Only the entry landed; the event applies to this state (the key's current one).
-    Lost(Option<S>),
-}
-
 /// A key's state in the current transaction, and whether it changed since it was shipped.
 struct Staged<S> {
     state: S,
@@ -296,28 +288,23 @@ where
             .and_then(live))
     }
 
-    /// Whether the record at `offset`, whose own dedupe entry was found, reached its key's state.
-    /// Either way the key is staged again, so its output is sent again: under at_least_once the
-    /// output of that commit may be what the crash lost.
-    fn redelivered(
-        &mut self,
-        slot: Option<usize>,
-        key: &str,
-        offset: i64,
-    ) -> Result<Redelivery<P::State>, TaskError> {
-        let current = match slot.and_then(|i| self.states.get_index(i)) {
-            Some((_, staged)) => Some(staged.state.clone()),
+    /// Whether the record at `offset`, whose own dedupe entry was found, is missing from its key's
+    /// state (only the entry landed before a crash). When the state has it, the key is staged
+    /// again so its output is sent again: under at_least_once that output may be what was lost.
+    fn lost_in_crash(&mut self, key: &str, offset: i64) -> Result<bool, TaskError> {
+        let current = match self.states.get(key) {
+            Some(staged) => Some(staged.state.clone()),
             None => self.load_state(key)?,
         };
         match current {
             Some(state) if P::source(&state).offset >= offset => {
-                self.stage_at(slot, key, state);
-                Ok(Redelivery::Applied)
+                self.stage(key, state);
+                Ok(false)
             }
-            state => {
+            _ => {
                 ::metrics::counter!("tally_redeliveries_reapplied_total", "flow" => self.flow.name.clone())
                     .increment(1);
-                Ok(Redelivery::Lost(state))
+                Ok(true)
             }
         }
     }
@@ -379,23 +366,8 @@ where
         let event_id = P::event_id(&event);
         let fingerprint = P::fingerprint(&event);
         let key = P::aggregate_key(&event);
-        let slot = self.states.get_index_of(key);
-        let mut prev = None;
         if let Some(seen) = self.applied_before(event_id)? {
-            if seen.fingerprint == fingerprint && seen.offset == offset {
-                // This very record again, after a crash: its entry landed in the changelog,
-                // but its state may not have (entries are sent first).
-                match self.redelivered(slot, key, offset)? {
-                    Redelivery::Applied => {
-                        self.counts.duplicates += 1;
-                        return Ok(());
-                    }
-                    Redelivery::Lost(state) => prev = Some(state),
-                }
-            } else if seen.fingerprint == fingerprint {
-                self.counts.duplicates += 1;
-                return Ok(());
-            } else {
+            if seen.fingerprint != fingerprint {
                 let invalid = Invalid {
                     reason: Reason::DuplicateConflict,
                     message: format!(
@@ -405,15 +377,21 @@ where
                 self.dead_letter(msg, invalid, "dedupe");
                 return Ok(());
             }
+            // The very record again, after a crash, is applied when only its entry landed (entries
+            // are sent before states); any other repeat is a duplicate.
+            if seen.offset != offset || !self.lost_in_crash(key, offset)? {
+                self.counts.duplicates += 1;
+                return Ok(());
+            }
         }
         let source = SourceRef {
             partition: self.partition,
             offset,
         };
-        let applied = match (prev, slot.and_then(|i| self.states.get_index(i))) {
-            (Some(prev), _) => P::apply(prev.as_ref(), &event, source),
-            (None, Some((_, staged))) => P::apply(Some(&staged.state), &event, source),
-            (None, None) => {
+        let slot = self.states.get_index_of(key);
+        let applied = match slot.and_then(|i| self.states.get_index(i)) {
+            Some((_, staged)) => P::apply(Some(&staged.state), &event, source),
+            None => {
                 let prev = self.load_state(key)?;
                 P::apply(prev.as_ref(), &event, source)
             }

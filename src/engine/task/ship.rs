@@ -40,7 +40,9 @@ where
         }
         self.dedupe_shipped = self.dedupe.len();
         if !self.dirty.is_empty() {
-            crate::engine::faults::hit_after("between_dedupe_and_states", || sink.flush());
+            crate::engine::faults::hit_after("between_dedupe_and_states", || {
+                let _ = sink.flush();
+            });
         }
         for i in self.dirty.drain(..) {
             let Some((key, slot)) = self.states.get_index_mut(i) else {
