@@ -3,24 +3,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{assert_trusted, bootstrap, read_all, Processor, Setup};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use common::{assert_trusted, read_all, send, Processor, Setup};
 use tally::workload::Flow;
-
-fn send(topic: &str, records: &[(&str, &str)]) {
-    let producer: BaseProducer = tally::kafka::clients::base(bootstrap(), &BTreeMap::new())
-        .create()
-        .unwrap();
-    for (k, v) in records {
-        producer
-            .send(BaseRecord::to(topic).partition(0).key(*k).payload(*v))
-            .unwrap();
-    }
-    producer.flush(Duration::from_secs(10)).unwrap();
-}
 
 const GOOD_1: &str = r#"{"event_id":"g-1","schema_version":1,"sku":"sku-1","seller_id":"s","location_id":"fc-1","bucket":"sellable","operation":"adjust","quantity":5,"event_time":"2026-06-19T18:23:11Z"}"#;
 const GOOD_2: &str = r#"{"event_id":"g-2","schema_version":1,"sku":"sku-1","seller_id":"s","location_id":"fc-1","bucket":"sellable","operation":"adjust","quantity":7,"event_time":"2026-06-19T18:24:11Z"}"#;

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_trusted, read_all, Processor, Setup};
+use common::{assert_trusted, read_all, send, Processor, Setup};
 use tally::workload::Flow;
 
 #[test]
@@ -88,5 +88,53 @@ fn dedupe_entries_expire_by_event_time_with_changelog_tombstones() {
         "{live} ids still live after {} events",
         sent.valid_events
     );
+    assert_trusted(&setup.oracle());
+}
+
+fn adjust(id: &str, sku: &str, quantity: i64, at: &str) -> String {
+    format!(
+        r#"{{"event_id":"{id}","schema_version":1,"sku":"{sku}","seller_id":"s","location_id":"fc-1","bucket":"sellable","operation":"adjust","quantity":{quantity},"event_time":"{at}"}}"#
+    )
+}
+
+/// Under at_least_once a failed commit can leave later records (a later watermark, expiry
+/// tombstones) in the changelog. The redelivered records must be judged from the committed
+/// position's watermark, as they were the first time, or a duplicate inside the retention window
+/// looks expired and is applied twice.
+#[test]
+fn a_failed_commit_under_at_least_once_does_not_move_the_dedupe_window() {
+    let mut setup = Setup::new("window", Flow::Inventory, 1);
+    setup.guarantee = "at_least_once";
+    setup.dedupe_retention = Duration::from_secs(600);
+    // One commit must hold both records of the second send.
+    setup.commit_interval_ms = 2_000;
+    let original = adjust("w-1", "sku-a", 5, "2026-06-19T10:00:00Z");
+    // The second commit dies after its records landed, before its offsets are committed.
+    let mut p = Processor::start(&setup, "a", &[("TALLY_FAULT", "before_commit_offsets@2")]);
+    p.wait_ready(1, Duration::from_secs(60));
+    send(&setup.input, &[("sku-a", &original)]);
+    setup.wait_caught_up(Duration::from_secs(60));
+    // The duplicate comes while the window still holds the original; the next record moves the
+    // watermark 20 minutes on, past the original's retention.
+    let later = adjust("w-2", "sku-c", 1, "2026-06-19T10:20:00Z");
+    send(&setup.input, &[("sku-a", &original), ("sku-c", &later)]);
+    let started = std::time::Instant::now();
+    while !p.exited() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the fault never fired"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _p = Processor::start(&setup, "a", &[]);
+    setup.wait_caught_up(Duration::from_secs(60));
+    let last_a = read_all(&setup.output)
+        .into_iter()
+        .rfind(|r| r.key.as_deref() == Some(&b"sku-a"[..]))
+        .and_then(|r| r.value)
+        .map(|v| serde_json::from_slice::<serde_json::Value>(&v).unwrap());
+    let last_a = last_a.expect("sku-a has an output");
+    assert_eq!(last_a["sellable"], 5, "the duplicate was applied: {last_a}");
+    assert_eq!(last_a["events_applied"], 1, "{last_a}");
     assert_trusted(&setup.oracle());
 }

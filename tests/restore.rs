@@ -3,10 +3,14 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{assert_trusted, Processor, Setup};
+use common::{assert_trusted, bootstrap, send, Processor, Setup};
+use rdkafka::consumer::Consumer;
+use rdkafka::TopicPartitionList;
 use tally::workload::Flow;
+use tally_state::CommitMetadata;
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -54,4 +58,45 @@ fn a_restart_with_a_deleted_store_restores_fully() {
     let report = setup.oracle();
     assert_trusted(&report);
     assert_eq!(p.metric("tally_events_processed_total"), 0.0);
+}
+
+/// The committed offset tells the next owner the watermark of that position, in a transaction
+/// (exactly_once) as well as in a plain offset commit (at_least_once).
+#[rstest::rstest]
+#[case::exactly_once("exactly_once")]
+#[case::at_least_once("at_least_once")]
+fn the_committed_offset_carries_the_watermark_of_its_position(#[case] guarantee: &'static str) {
+    let mut setup = Setup::new("commit-wm", Flow::Inventory, 1);
+    setup.guarantee = guarantee;
+    let _p = Processor::start(&setup, "a", &[]);
+    let event = |id: &str, at: &str| {
+        format!(
+            r#"{{"event_id":"{id}","schema_version":1,"sku":"sku-1","seller_id":"s","location_id":"fc-1","bucket":"sellable","operation":"adjust","quantity":1,"event_time":"{at}"}}"#
+        )
+    };
+    // Out of order on purpose: the watermark is the highest event time, not the last one.
+    let late = event("e-1", "2026-06-19T10:30:00Z");
+    let early = event("e-2", "2026-06-19T10:00:00Z");
+    send(&setup.input, &[("sku-1", &late), ("sku-1", &early)]);
+    setup.wait_caught_up(LIMIT);
+
+    let reader = tally::kafka::clients::quiet_reader(bootstrap(), &BTreeMap::new(), &setup.app)
+        .expect("reader");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&setup.input, 0);
+    let committed = reader
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    let at = committed
+        .find_partition(&setup.input, 0)
+        .expect("partition 0");
+    let expected = CommitMetadata {
+        watermark_ms: 1_781_865_000_000,
+    };
+    assert_eq!(
+        CommitMetadata::decode(at.metadata()).expect("tally's metadata"),
+        Some(expected),
+        "metadata `{}`",
+        at.metadata()
+    );
 }

@@ -7,6 +7,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
+use tally_state::CommitMetadata;
 
 use super::task::ProduceError;
 use super::Engine;
@@ -35,11 +36,14 @@ impl Engine {
         for t in self.tasks.values() {
             if t.has_progress() {
                 events += t.staged();
-                offsets.add_partition_offset(
-                    &t.flow().input,
-                    t.partition(),
-                    Offset::Offset(t.position()),
-                )?;
+                let mut at = offsets.add_partition(&t.flow().input, t.partition());
+                at.set_offset(Offset::Offset(t.position()))?;
+                at.set_metadata(
+                    CommitMetadata {
+                        watermark_ms: t.watermark(),
+                    }
+                    .encode(),
+                );
                 if let Some(at) = t.control_position() {
                     offsets.add_partition_offset(
                         &t.flow().control,

@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use tally_state::{Checkpoint, RestoreBatch, Store};
+use tally_state::{Checkpoint, CommitMetadata, RestoreBatch, Store};
 
 use super::FlowInfo;
 use crate::kafka::clients;
@@ -78,7 +78,7 @@ impl RestoreJob {
     fn run(self) -> Result<Restored, RestoreError> {
         let started = Instant::now();
         let consumer = clients::quiet_reader(&self.bootstrap, &self.passthrough, &self.group)?;
-        let committed = self.committed_input(&consumer)?;
+        let (committed, committed_watermark) = self.committed_input(&consumer)?;
         let (low, high) = consumer.fetch_watermarks(
             &self.flow.changelog,
             self.partition,
@@ -146,7 +146,7 @@ impl RestoreJob {
             chunk.checkpoint = Checkpoint {
                 input_offset: committed,
                 changelog_offset: next.max(from),
-                watermark_ms: watermark,
+                watermark_ms: committed_watermark.unwrap_or(watermark),
             };
             self.store.restore(chunk)?;
         } else {
@@ -154,7 +154,7 @@ impl RestoreJob {
             chunk.checkpoint = Checkpoint {
                 input_offset: committed,
                 changelog_offset: from,
-                watermark_ms: watermark,
+                watermark_ms: committed_watermark.unwrap_or(watermark),
             };
             self.store.restore(chunk)?;
         }
@@ -169,26 +169,29 @@ impl RestoreJob {
         })
     }
 
-    /// The group's committed offset of the input partition (0 when nothing was committed yet).
-    /// librdkafka asks for stable offsets under read_committed, so an open transaction of the
-    /// previous owner is finished (committed or aborted) before this returns.
+    /// The group's committed offset of the input partition (0 when nothing was committed yet),
+    /// and the watermark committed with it (none from an older tally or another tool; the
+    /// changelog's highest event time stands in then). librdkafka asks for stable offsets under
+    /// read_committed, so an open transaction of the previous owner is finished (committed or
+    /// aborted) before this returns.
     fn committed_input(
         &self,
         consumer: &BaseConsumer<clients::Quiet>,
-    ) -> Result<i64, RestoreError> {
+    ) -> Result<(i64, Option<i64>), RestoreError> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&self.flow.input, self.partition);
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             match consumer.committed_offsets(tpl.clone(), Duration::from_secs(30)) {
                 Ok(res) => {
-                    let offset = res
-                        .find_partition(&self.flow.input, self.partition)
-                        .map(|e| e.offset());
-                    return Ok(match offset {
-                        Some(Offset::Offset(o)) => o,
-                        _ => 0,
-                    });
+                    let Some(at) = res.find_partition(&self.flow.input, self.partition) else {
+                        return Ok((0, None));
+                    };
+                    let Offset::Offset(offset) = at.offset() else {
+                        return Ok((0, None));
+                    };
+                    let watermark = CommitMetadata::decode(at.metadata())?.map(|m| m.watermark_ms);
+                    return Ok((offset, watermark));
                 }
                 Err(e) if Instant::now() < deadline && !self.cancel.load(Ordering::Acquire) => {
                     tracing::warn!(error = %e, flow = %self.flow.name, partition = self.partition,

@@ -61,6 +61,54 @@ impl Checkpoint {
     }
 }
 
+/// Format version of the offset commit metadata.
+pub const COMMIT_METADATA_VERSION: u8 = 1;
+const COMMIT_METADATA_PREFIX: &str = "tally:";
+
+/// What tally commits beside an input offset, so the next owner resumes with the watermark of
+/// that exact position, not the highest event time its changelog happens to hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitMetadata {
+    /// The partition's watermark after every record before the committed offset.
+    pub watermark_ms: i64,
+}
+
+impl CommitMetadata {
+    /// Encodes as the offset commit's metadata string (Kafka keeps up to 4 KiB by default).
+    pub fn encode(&self) -> String {
+        format!(
+            "{COMMIT_METADATA_PREFIX}{COMMIT_METADATA_VERSION}:wm={}",
+            self.watermark_ms
+        )
+    }
+
+    /// Decodes a committed offset's metadata: `None` when another writer (an older tally, an
+    /// offset reset tool) left none of tally's.
+    pub fn decode(text: &str) -> Result<Option<Self>, StateError> {
+        let Some(rest) = text.strip_prefix(COMMIT_METADATA_PREFIX) else {
+            return Ok(None);
+        };
+        let corrupt = || StateError::Corrupt {
+            what: "offset commit metadata",
+            detail: format!("cannot parse `{text}`"),
+        };
+        let (version, fields) = rest.split_once(':').ok_or_else(corrupt)?;
+        let version: u8 = version.parse().map_err(|_| corrupt())?;
+        if version != COMMIT_METADATA_VERSION {
+            return Err(StateError::UnsupportedVersion {
+                what: "offset commit metadata",
+                found: version,
+                supported: COMMIT_METADATA_VERSION,
+            });
+        }
+        let watermark_ms = fields
+            .strip_prefix("wm=")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(corrupt)?;
+        Ok(Some(Self { watermark_ms }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +136,38 @@ mod tests {
         let bytes = Checkpoint::default().encode();
         assert!(matches!(
             Checkpoint::decode(&bytes[..10]),
+            Err(StateError::Corrupt { .. })
+        ));
+    }
+
+    #[rstest::rstest]
+    #[case(1_750_000_000_000)]
+    #[case(i64::MIN)]
+    #[case(-5)]
+    fn commit_metadata_roundtrips(#[case] watermark_ms: i64) {
+        let m = CommitMetadata { watermark_ms };
+        assert_eq!(CommitMetadata::decode(&m.encode()).unwrap(), Some(m));
+    }
+
+    #[rstest::rstest]
+    #[case("")]
+    #[case("written by a reset tool")]
+    fn foreign_commit_metadata_is_none(#[case] text: &str) {
+        assert_eq!(CommitMetadata::decode(text).unwrap(), None);
+    }
+
+    #[test]
+    fn commit_metadata_of_a_newer_tally_is_refused_by_name() {
+        let err = CommitMetadata::decode("tally:7:wm=1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("format version 7"), "{err}");
+    }
+
+    #[test]
+    fn garbled_commit_metadata_is_corrupt() {
+        assert!(matches!(
+            CommitMetadata::decode("tally:1:wm=soon"),
             Err(StateError::Corrupt { .. })
         ));
     }

@@ -13,7 +13,7 @@ pub mod store;
 mod writes;
 
 pub use changelog::{ChangelogKey, RecordKind};
-pub use checkpoint::Checkpoint;
+pub use checkpoint::{Checkpoint, CommitMetadata};
 pub use dedupe::DedupeEntry;
 pub use error::StateError;
 pub use store::{CommitBatch, RestoreBatch, Store, StoreOptions, RESTORE_CHUNK};

@@ -70,6 +70,7 @@ pub struct Setup {
     pub guarantee: &'static str,
     /// The processors' `dedupe_retention`; the oracle expects expired ids to leave the changelog.
     pub dedupe_retention: Duration,
+    pub commit_interval_ms: u64,
 }
 
 impl Setup {
@@ -94,6 +95,7 @@ impl Setup {
             dir,
             guarantee: "exactly_once",
             dedupe_retention: Duration::from_secs(7 * 86_400),
+            commit_interval_ms: 100,
         };
         let topics = tally::kafka::topics::Topics::connect(bootstrap, &BTreeMap::new()).unwrap();
         topics
@@ -131,7 +133,7 @@ impl Setup {
 bootstrap_servers = "{bootstrap}"
 state_dir = "{state}"
 processing_guarantee = "{guarantee}"
-commit_interval_ms = 100
+commit_interval_ms = {commit_interval_ms}
 instance_id = "{instance}"
 transaction_timeout_ms = 10000
 dedupe_retention = "{retention}ms"
@@ -148,6 +150,7 @@ listen = "127.0.0.1:{http_port}"
             app = self.app,
             bootstrap = self.bootstrap,
             retention = self.dedupe_retention.as_millis(),
+            commit_interval_ms = self.commit_interval_ms,
             state = self.state_dir().join(instance).display(),
             guarantee = self.guarantee,
             input = self.input,
@@ -394,6 +397,20 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let status = raw.split(' ').nth(1)?.parse().ok()?;
     let body = raw.split_once("\r\n\r\n")?.1.to_string();
     Some((status, body))
+}
+
+/// Produces `(key, value)` records to partition 0 of `topic`, in order, and waits for them.
+pub fn send(topic: &str, records: &[(&str, &str)]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = tally::kafka::clients::base(bootstrap(), &BTreeMap::new())
+        .create()
+        .unwrap();
+    for (k, v) in records {
+        producer
+            .send(BaseRecord::to(topic).partition(0).key(*k).payload(*v))
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
 }
 
 /// One record read back from a topic.

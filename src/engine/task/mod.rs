@@ -60,6 +60,8 @@ pub trait TaskOps: Send {
     fn has_progress(&self) -> bool;
     /// Next input offset to commit.
     fn position(&self) -> i64;
+    /// The watermark after every record before [`TaskOps::position`], committed beside it.
+    fn watermark(&self) -> i64;
     /// Whether staged records wait to be handed to the producer.
     fn unshipped(&self) -> bool;
     /// Hands the records staged since the last call to the producer (inside the open
@@ -73,7 +75,7 @@ pub trait TaskOps: Send {
     fn settle(&mut self) -> Result<(), TaskError>;
     /// Drops staged work and starts a new restore generation.
     fn restart(&mut self) -> u64;
-    /// Restore finished: process from `committed` on.
+    /// Restore finished: process from `committed` on, whose watermark the restore recovered.
     fn activate(&mut self, committed: i64);
     /// Stages a corrected row from the control topic (a replay's repair) at control `offset`;
     /// `bound` is the input offset the replay rebuilt up to.
@@ -135,6 +137,9 @@ pub struct Task<P: Projection> {
     committed: i64,
     next: i64,
     watermark: i64,
+    /// The watermark of the last committed position: expiry tombstones never go past it, so
+    /// one that lands before a failed commit removes nothing the redelivery still needs.
+    committed_watermark: i64,
     changelog_from: i64,
     control_committed: i64,
     control_next: i64,
@@ -180,6 +185,7 @@ where
             committed: 0,
             next: 0,
             watermark: i64::MIN,
+            committed_watermark: i64::MIN,
             changelog_from: 0,
             control_committed: 0,
             control_next: 0,
@@ -430,6 +436,10 @@ where
         self.next
     }
 
+    fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
     fn unshipped(&self) -> bool {
         self.status == Status::Active
             && (!self.dirty.is_empty()
@@ -475,6 +485,7 @@ where
             self.watermark = cp.watermark_ms;
             self.changelog_from = cp.changelog_offset;
         }
+        self.committed_watermark = self.watermark;
         self.committed = committed;
         self.next = committed;
         self.status = Status::Active;

@@ -70,16 +70,19 @@ where
         Ok(())
     }
 
-    /// Finds dedupe entries that left the retention window and sends their tombstones.
+    /// Finds dedupe entries that left the retention window as of the last committed position and
+    /// sends their tombstones. Under at_least_once they can land while the commit fails; the
+    /// redelivered records then start from that position's watermark, and to them an entry below
+    /// its bound is expired anyway.
     pub(super) fn ship_expiry(
         &mut self,
         sink: &Sink,
         retention_ms: i64,
     ) -> Result<(), ProduceError> {
-        if self.watermark == i64::MIN {
+        if self.committed_watermark == i64::MIN {
             return Ok(());
         }
-        let bound = self.watermark.saturating_sub(retention_ms);
+        let bound = self.committed_watermark.saturating_sub(retention_ms);
         // Sweeping twice as many entries as the batch adds keeps pace with the index's growth
         // while a small commit stays cheap (the scan runs inside the transaction).
         let scan = (2 * self.dedupe.len()).clamp(EXPIRY_SCAN_MIN, EXPIRY_SCAN_MAX);
@@ -89,7 +92,7 @@ where
             .map_err(|e| self.store_err(e))?;
         tracing::trace!(
             partition = self.partition,
-            watermark = self.watermark,
+            watermark = self.committed_watermark,
             bound,
             expired = expired.len(),
             "dedupe expiry scan"
@@ -131,6 +134,7 @@ where
         });
         self.drop_staged();
         self.committed = self.next;
+        self.committed_watermark = self.watermark;
         self.control_committed = self.control_next;
         let c = std::mem::take(&mut self.counts);
         metrics::record_commit(&self.flow, c.applied, c.duplicates, &c.dead, &c.timestamps);
