@@ -352,10 +352,14 @@ fn latency(
             _ => {}
         }
     }
-    let mut lat: Vec<i64> = seen
+    let timed: Vec<(i64, i64)> = seen
         .iter()
-        .filter_map(|(p, o, at)| ts.get(&(*p, *o)).map(|t| at - t))
+        .filter_map(|(p, o, at)| ts.get(&(*p, *o)).map(|t| (*t, at - t)))
         .collect();
+    // Each sample as (input timestamp, latency), to see when the slow ones happened.
+    let samples: String = timed.iter().map(|(t, l)| format!("{t}\t{l}\n")).collect();
+    let _ = std::fs::write(work.join(format!("lat-{tag}.samples")), samples);
+    let mut lat: Vec<i64> = timed.iter().map(|(_, l)| *l).collect();
     lat.sort_unstable();
     let pct = |q: f64| {
         lat.get(((lat.len() as f64 - 1.0) * q) as usize)
