@@ -133,8 +133,10 @@ impl Engine {
                     }
                 }
                 let produced = started.elapsed();
+                let unacked = self.sink.producer().in_flight_count();
                 self.sink.flush()?;
                 tracing::debug!(
+                    unacked,
                     produce_ms = produced.as_millis() as u64,
                     flush_ms = (started.elapsed() - produced).as_millis() as u64,
                     "flushed"

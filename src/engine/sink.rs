@@ -113,9 +113,9 @@ impl Sink {
         self.producer.context().failures.load(Ordering::Acquire)
     }
 
-    /// Serves delivery reports without blocking.
+    /// Serves the delivery reports that are ready, without blocking.
     pub fn poll(&self) {
-        self.producer.poll(Duration::ZERO);
+        crate::kafka::clients::serve_reports(&self.producer);
     }
 
     /// Produces one record to an explicit partition; waits while the local queue is full.
@@ -141,7 +141,7 @@ impl Sink {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
                     // `poll(t)` would spin until `t` is over (see `clients::flush`).
-                    self.producer.poll(Duration::ZERO);
+                    self.poll();
                     std::thread::sleep(crate::kafka::clients::FLUSH_STEP);
                 }
                 Err((e, _)) => return Err(e),

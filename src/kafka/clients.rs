@@ -150,6 +150,27 @@ pub fn quiet_reader(
     reader(bootstrap, passthrough, group).create_with_context(Quiet)
 }
 
+/// Serves every delivery report that is ready, without waiting for more. rdkafka's `poll` with
+/// a zero timeout handles a single event (one partition's batch of reports): called once per
+/// poll-loop turn or flush step, reports piled up faster than they were served, and a flush under
+/// load spent hundreds of milliseconds draining them.
+pub fn serve_reports<C: rdkafka::producer::ProducerContext>(
+    producer: &rdkafka::producer::BaseProducer<C>,
+) {
+    use rdkafka::producer::Producer;
+    // Served reports leave the out-queue count; a turn that serves none (no event, or an error
+    // event) ends the loop.
+    let mut left = producer.in_flight_count();
+    loop {
+        producer.poll(std::time::Duration::ZERO);
+        let now = producer.in_flight_count();
+        if now >= left {
+            return;
+        }
+        left = now;
+    }
+}
+
 /// How long a producer waiting for acknowledgements sleeps between serving delivery reports.
 pub const FLUSH_STEP: std::time::Duration = std::time::Duration::from_micros(200);
 
@@ -164,7 +185,7 @@ pub fn flush<C: rdkafka::producer::ProducerContext>(
     use rdkafka::producer::Producer;
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        producer.poll(std::time::Duration::ZERO);
+        serve_reports(producer);
         if producer.in_flight_count() == 0 {
             return Ok(());
         }

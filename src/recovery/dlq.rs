@@ -69,7 +69,7 @@ pub fn replay(
             }
             Err((e, _)) => failed.push(format!("{}:{}: {e}", m.partition(), m.offset())),
         }
-        producer.poll(Duration::ZERO);
+        clients::serve_reports(&producer);
     })?;
     clients::flush(&producer, Duration::from_secs(60)).map_err(RecoveryError::Kafka)?;
     let mut ev = Evidence {

@@ -95,7 +95,7 @@ pub fn produce(
                 }
                 // `poll(wait)` would spin on the clock for all of `wait` (see `clients::flush`),
                 // taking a core from the processor under test.
-                producer.poll(Duration::ZERO);
+                crate::kafka::clients::serve_reports(&producer);
                 std::thread::sleep(wait.min(Duration::from_millis(5)));
             }
         }
@@ -114,7 +114,7 @@ pub fn produce(
             }
         }
         if n % 256 == 0 {
-            producer.poll(Duration::ZERO);
+            crate::kafka::clients::serve_reports(&producer);
         }
         report.count(g.kind);
     }
