@@ -63,13 +63,19 @@ struct Report {
     failover_seconds: f64,
 }
 
-/// End-to-end latency percentiles, input record timestamp to output visible (read_committed).
+/// End-to-end latency percentiles, input record timestamp to output visible (read_committed),
+/// after a warm-up at the same rate.
 #[derive(Serialize, Default, Clone, Copy)]
 struct Percentiles {
     samples: usize,
     p50: f64,
     p99: f64,
     p999: f64,
+    /// Seconds of load at the start whose records are left out of the percentiles.
+    warmup_seconds: u64,
+    /// The worst latency among those records: a fresh processor on fresh topics pays for its
+    /// first produce requests, the broker's first appends to new partitions and JIT compilation.
+    warmup_max: f64,
 }
 
 fn main() {
@@ -97,7 +103,7 @@ fn main() {
             let p = latency(
                 &bootstrap, &work, run, guarantee, guarantee, partitions, keys, rate, seconds,
             );
-            eprintln!("latency {guarantee} at {rate} events/s: p50 {:.1} ms, p99 {:.1} ms, p999 {:.1} ms ({} samples)", p.p50, p.p99, p.p999, p.samples);
+            eprintln!("latency {guarantee} at {rate} events/s: p50 {:.1} ms, p99 {:.1} ms, p999 {:.1} ms ({} samples; warm-up max {:.0} ms)", p.p50, p.p99, p.p999, p.samples, p.warmup_max);
         }
         return;
     }
@@ -207,7 +213,7 @@ fn main() {
             let p = latency(
                 &bootstrap, &work, run, &tag, guarantee, partitions, keys, rate, seconds,
             );
-            eprintln!("latency {guarantee} at {rate} events/s: p50 {:.1} ms, p99 {:.1} ms, p999 {:.1} ms ({} samples)", p.p50, p.p99, p.p999, p.samples);
+            eprintln!("latency {guarantee} at {rate} events/s: p50 {:.1} ms, p99 {:.1} ms, p999 {:.1} ms ({} samples; warm-up max {:.0} ms)", p.p50, p.p99, p.p999, p.samples, p.warmup_max);
             match (guarantee, low) {
                 ("exactly_once", false) => report.exactly_once_latency_ms = p,
                 ("exactly_once", true) => report.exactly_once_latency_low_ms = p,
@@ -314,9 +320,10 @@ fn latency(
         .expect("the latency watcher reached the end of every output partition");
     // The loader sends each record at once (no linger), so its timestamp is when it left.
     let unbatched: BTreeMap<String, String> = [("linger.ms".to_string(), "0".to_string())].into();
+    let warmup_seconds: u64 = env_or("TALLY_BENCH_WARMUP_SECONDS", 3);
     let spec = LoadSpec {
         flow: Flow::Inventory,
-        events: rate * seconds,
+        events: rate * (warmup_seconds + seconds),
         keys,
         duplicates: 0.0,
         invalid: 0.0,
@@ -359,7 +366,19 @@ fn latency(
     // Each sample as (input timestamp, latency), to see when the slow ones happened.
     let samples: String = timed.iter().map(|(t, l)| format!("{t}\t{l}\n")).collect();
     let _ = std::fs::write(work.join(format!("lat-{tag}.samples")), samples);
-    let mut lat: Vec<i64> = timed.iter().map(|(_, l)| *l).collect();
+    let start = timed.iter().map(|(t, _)| *t).min().unwrap_or(0);
+    let measured_from = start + warmup_seconds as i64 * 1000;
+    let warmup_max = timed
+        .iter()
+        .filter(|(t, _)| *t < measured_from)
+        .map(|(_, l)| *l)
+        .max()
+        .unwrap_or(0) as f64;
+    let mut lat: Vec<i64> = timed
+        .iter()
+        .filter(|(t, _)| *t >= measured_from)
+        .map(|(_, l)| *l)
+        .collect();
     lat.sort_unstable();
     let pct = |q: f64| {
         lat.get(((lat.len() as f64 - 1.0) * q) as usize)
@@ -371,6 +390,8 @@ fn latency(
         p50: pct(0.5),
         p99: pct(0.99),
         p999: pct(0.999),
+        warmup_seconds,
+        warmup_max,
     }
 }
 
