@@ -86,6 +86,11 @@ impl RestoreJob {
         )?;
         let cp = self.store.checkpoint()?;
         let mut full = cp.is_none();
+        if full {
+            // Rows without a checkpoint are from a restore that died before its first chunk
+            // was done: the rebuild starts from an empty store.
+            self.store.clear()?;
+        }
         let mut from = low;
         if let Some(cp) = cp {
             if cp.changelog_offset > high || cp.input_offset > committed {
@@ -108,7 +113,14 @@ impl RestoreJob {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&self.flow.changelog, self.partition, Offset::Offset(from))?;
             consumer.assign(&tpl)?;
-            let mut chunk = RestoreBatch::default();
+            // A store rebuilt from empty leaves out the dedupe entries that the committed
+            // watermark already expired.
+            let expired_below = committed_watermark
+                .filter(|w| full && *w != i64::MIN)
+                .map(|w| w.saturating_sub(self.flow.dedupe_retention_ms));
+            let new_chunk =
+                || expired_below.map_or_else(RestoreBatch::default, RestoreBatch::into_empty_store);
+            let mut chunk = new_chunk();
             let mut eof_at: Option<Instant> = None;
             loop {
                 if self.cancel.load(Ordering::Acquire) {
@@ -137,7 +149,8 @@ impl RestoreJob {
                                 changelog_offset: next,
                                 watermark_ms: watermark,
                             };
-                            self.store.restore(std::mem::take(&mut chunk))?;
+                            self.store
+                                .restore(std::mem::replace(&mut chunk, new_chunk()))?;
                         }
                     }
                 }

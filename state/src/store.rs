@@ -321,11 +321,24 @@ pub struct RestoreBatch {
     max_event_time_ms: Option<i64>,
     /// The first record that is not a changelog record of this build; the chunk is refused.
     invalid: Option<StateError>,
+    /// Dedupe entries older than this are left out (see [`RestoreBatch::into_empty_store`]).
+    expired_below: Option<i64>,
     /// The positions the store reaches once the chunk is applied.
     pub checkpoint: Checkpoint,
 }
 
 impl RestoreBatch {
+    /// A chunk for a store restored from empty whose dedupe entries below `bound` (the committed
+    /// watermark minus the retention) count as expired anyway: lookups ignore them, so they are
+    /// not written. An uncompacted changelog holds many (their tombstones follow later in the
+    /// log). Only for an empty store: in another, the entry may replace an older one of its id.
+    pub fn into_empty_store(bound: i64) -> Self {
+        Self {
+            expired_below: Some(bound),
+            ..Self::default()
+        }
+    }
+
     /// Adds one changelog record; a later record of the same key replaces an earlier one.
     pub fn push(&mut self, key: &[u8], value: Option<&[u8]>) {
         if self.invalid.is_some() {
@@ -338,13 +351,21 @@ impl RestoreBatch {
                 return;
             }
         };
-        if let (RecordKind::Dedupe, Some(v)) = (kind, value) {
+        self.records += 1;
+        if kind == RecordKind::Dedupe {
+            let Some(v) = value else {
+                self.writes.push(None, key, None);
+                return;
+            };
             match DedupeEntry::decode(v) {
                 Ok(e) => {
                     self.max_event_time_ms = Some(
                         self.max_event_time_ms
                             .map_or(e.event_time_ms, |m| m.max(e.event_time_ms)),
                     );
+                    if self.expired_below.is_some_and(|b| e.event_time_ms < b) {
+                        return;
+                    }
                 }
                 Err(e) => {
                     self.invalid = Some(e);
@@ -353,7 +374,6 @@ impl RestoreBatch {
             }
         }
         self.writes.push(None, key, value);
-        self.records += 1;
     }
 
     /// Highest event time among the chunk's dedupe entries: the partition's watermark is at
@@ -362,7 +382,7 @@ impl RestoreBatch {
         self.max_event_time_ms
     }
 
-    /// Number of records pushed.
+    /// Number of records pushed (written or left out).
     pub fn len(&self) -> usize {
         self.records
     }

@@ -210,6 +210,37 @@ fn restore_applies_the_last_record_of_each_key_and_tombstones() {
 }
 
 #[test]
+fn a_restore_into_an_empty_store_leaves_out_entries_already_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let entry = |event_time_ms| {
+        DedupeEntry {
+            fingerprint: 3,
+            event_time_ms,
+            offset: 0,
+        }
+        .encode()
+    };
+    let mut chunk = RestoreBatch::into_empty_store(100);
+    chunk.push(
+        &ChangelogKey::encode(RecordKind::Dedupe, b"old"),
+        Some(&entry(99)),
+    );
+    chunk.push(
+        &ChangelogKey::encode(RecordKind::Dedupe, b"live"),
+        Some(&entry(100)),
+    );
+    chunk.push(&ChangelogKey::encode(RecordKind::State, b"k"), Some(b"s"));
+    chunk.checkpoint = cp(3);
+    assert_eq!(chunk.len(), 3, "every record read counts");
+    assert_eq!(chunk.max_event_time_ms(), Some(100));
+    store.restore(chunk).unwrap();
+    assert_eq!(store.dedupe(b"old").unwrap(), None);
+    assert!(store.dedupe(b"live").unwrap().is_some());
+    assert_eq!(store.state(b"k").unwrap().as_deref(), Some(&b"s"[..]));
+}
+
+#[test]
 fn restore_refuses_a_record_of_unknown_kind() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
