@@ -179,7 +179,9 @@ fn changelog_contents(setup: &Setup) -> HashMap<(i32, Vec<u8>), Vec<u8>> {
 
 /// What a local store holds that differs from the changelog (which the oracle checked against
 /// its own fold): every state value byte for byte, every dedupe id. Empty when they agree.
-/// The processors of `instances` must be stopped (sled holds a lock).
+/// Only for a retention longer than the history: a rebuilt store leaves out expired entries
+/// that the changelog may still hold. The processors of `instances` must be stopped (sled holds
+/// a lock).
 pub fn stores_differ_from_changelog(setup: &Setup, instances: &[&str]) -> Vec<String> {
     let mut want = changelog_contents(setup);
     let flow = match setup.flow {
