@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord};
 use serde::Serialize;
 use tally::kafka::topics::{TopicRole, Topics};
 use tally::workload::{Flow, LoadSpec};
@@ -421,16 +421,19 @@ fn raw_passthrough(bootstrap: &str, input: &str, output: &str, events: u64) -> f
                     Ok(()) => break,
                     Err((_, r)) => {
                         rec = r;
-                        producer.poll(Duration::from_millis(5));
+                        tally::kafka::clients::serve_reports(&producer);
+                        std::thread::sleep(tally::kafka::clients::FLUSH_STEP);
                     }
                 }
             }
             n += 1;
             if n % 1000 == 0 {
-                producer.poll(Duration::ZERO);
+                // Every ready report: `poll(0)` serves one batch, and unserved reports fill the
+                // queue and throttle the passthrough.
+                tally::kafka::clients::serve_reports(&producer);
             }
         }
     }
-    producer.flush(Duration::from_secs(60)).unwrap();
+    tally::kafka::clients::flush(&producer, Duration::from_secs(60)).unwrap();
     events as f64 / started.elapsed().as_secs_f64()
 }
