@@ -14,7 +14,7 @@ use rdkafka::{ClientConfig, ClientContext};
 /// Highest delivered offset per changelog partition, shared by every producer incarnation.
 #[derive(Default)]
 pub struct ChangelogOffsets {
-    topics: HashMap<String, Vec<AtomicI64>>,
+    topics: HashMap<String, Vec<AtomicI64>, super::FastHash>,
 }
 
 impl ChangelogOffsets {

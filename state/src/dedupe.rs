@@ -7,7 +7,8 @@ use crate::error::StateError;
 pub const DEDUPE_VERSION: u8 = 2;
 /// Version 1: fingerprint and event time, without the input offset.
 const V1_LEN: usize = 1 + 8 + 8;
-const ENCODED_LEN: usize = V1_LEN + 8;
+/// Length of an entry of the current format.
+pub(crate) const ENCODED_LEN: usize = V1_LEN + 8;
 /// The input offset of an entry written before format 2, which did not record it.
 pub const UNKNOWN_OFFSET: i64 = -1;
 

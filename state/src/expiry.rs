@@ -4,8 +4,8 @@
 /// The sweep's position and what it learned, shared by a store's handles.
 #[derive(Debug)]
 pub(crate) struct Expiry {
-    /// Key the next scan starts at; empty means the start of the index (a new cycle).
-    cursor: Vec<u8>,
+    /// Position the next scan starts at; 0 is the start of the index (a new cycle).
+    cursor: usize,
     /// Every entry in the store has an event time at or after this (`i64::MIN`: unknown).
     floor: i64,
     /// Oldest event time seen by the current cycle or written since it began.
@@ -15,7 +15,7 @@ pub(crate) struct Expiry {
 impl Default for Expiry {
     fn default() -> Self {
         Self {
-            cursor: Vec::new(),
+            cursor: 0,
             floor: i64::MIN,
             cycle_min: i64::MAX,
         }
@@ -23,16 +23,14 @@ impl Default for Expiry {
 }
 
 impl Expiry {
-    /// Where the next scan starts; empty means the start of the index.
-    pub(crate) fn cursor(&self) -> &[u8] {
-        &self.cursor
+    /// Where the next scan starts; 0 is the start of the index.
+    pub(crate) fn cursor(&self) -> usize {
+        self.cursor
     }
 
-    /// The scan stopped at `key`: the next one resumes just after it.
-    pub(crate) fn stopped_at(&mut self, key: &[u8]) {
-        self.cursor.clear();
-        self.cursor.extend_from_slice(key);
-        self.cursor.push(0);
+    /// The scan stopped before position `next`: the next one resumes there.
+    pub(crate) fn stopped_at(&mut self, next: usize) {
+        self.cursor = next;
     }
 
     /// Whether an entry older than `before_ms` may exist, so a scan is worth its reads.
@@ -48,7 +46,7 @@ impl Expiry {
     /// The scan reached the end of the index: every entry was seen by this cycle or written
     /// during it, so the oldest of them bounds the whole index.
     pub(crate) fn wrapped(&mut self) {
-        self.cursor.clear();
+        self.cursor = 0;
         self.floor = self.cycle_min;
         self.cycle_min = i64::MAX;
     }

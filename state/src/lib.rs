@@ -1,5 +1,6 @@
-//! tally's local state: one sled store per (flow, input partition) holding materialized state,
-//! the dedupe index and the checkpoint, plus the changelog record format that backs it.
+//! tally's local state: one store per (flow, input partition) holding materialized state and the
+//! checkpoint in sled and the dedupe index in memory with its own log file, plus the changelog
+//! record format that backs them.
 //!
 //! No Kafka here. The changelog is the truth and a store is its cache: every value carries a
 //! format version, and a store that cannot be read is wiped and restored by the runtime.
@@ -7,6 +8,7 @@
 pub mod changelog;
 pub mod checkpoint;
 pub mod dedupe;
+mod dedupe_index;
 pub mod error;
 mod expiry;
 pub mod store;
@@ -15,5 +17,6 @@ mod writes;
 pub use changelog::{ChangelogKey, RecordKind};
 pub use checkpoint::{Checkpoint, CommitMetadata};
 pub use dedupe::DedupeEntry;
+pub use dedupe_index::DEDUPE_LOG_VERSION;
 pub use error::StateError;
 pub use store::{CommitBatch, RestoreBatch, Store, StoreOptions, RESTORE_CHUNK};

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use crate::changelog::{ChangelogKey, RecordKind};
 use crate::checkpoint::Checkpoint;
 use crate::dedupe::DedupeEntry;
+use crate::dedupe_index::{Changes, DedupeIndex};
 use crate::error::StateError;
-use crate::expiry::Expiry;
 use crate::writes::Writes;
 
 const CHECKPOINT_KEY: &[u8] = b"m/checkpoint";
@@ -30,13 +30,14 @@ impl Default for StoreOptions {
     }
 }
 
-/// A local cache of one changelog partition, with the dedupe index and checkpoint beside it.
+/// A local cache of one changelog partition: state rows and the checkpoint in sled, the dedupe
+/// index in memory with its own log file beside them (nine in ten keys were dedupe entries,
+/// which made sled most of the memory and of the write cost).
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
-    /// Where the incremental expiry scan of the dedupe index resumes, and what it knows.
-    expiry: std::sync::Arc<std::sync::Mutex<Expiry>>,
+    dedupe: std::sync::Arc<DedupeIndex>,
 }
 
 impl std::fmt::Debug for Store {
@@ -72,10 +73,18 @@ impl Store {
                 path: path.to_owned(),
                 source,
             })?;
+        if db.scan_prefix([RecordKind::Dedupe.tag()]).next().is_some() {
+            return Err(StateError::Corrupt {
+                what: "store",
+                detail: "dedupe entries in sled: the layout of an older tally, whose stores are \
+                         rebuilt from the changelog"
+                    .into(),
+            });
+        }
         let store = Self {
             db,
             path: path.to_owned(),
-            expiry: Default::default(),
+            dedupe: std::sync::Arc::new(DedupeIndex::open(path)?),
         };
         store.checkpoint()?;
         Ok(store)
@@ -118,7 +127,7 @@ impl Store {
 
     /// Removes every row, dedupe entry and the checkpoint (the store is rebuilt from the changelog).
     pub fn clear(&self) -> Result<(), StateError> {
-        self.expiry().forget();
+        self.dedupe.clear()?;
         Ok(self.db.clear()?)
     }
 
@@ -142,19 +151,14 @@ impl Store {
 
     /// The dedupe entry of one event id, if that id was applied and has not expired.
     pub fn dedupe(&self, event_id: &[u8]) -> Result<Option<DedupeEntry>, StateError> {
-        with_key(RecordKind::Dedupe, event_id, |k| self.db.get(k))?
-            .map(|v| DedupeEntry::decode(&v))
-            .transpose()
+        Ok(self.dedupe.get(event_id))
     }
 
     /// Writes one committed batch: its state rows and dedupe changes, then the checkpoint. A
     /// crash in between leaves rows newer than the checkpoint, which a restore from that
     /// checkpoint overwrites with the same values.
     pub fn commit(&self, batch: CommitBatch) -> Result<(), StateError> {
-        // Before the write, so no scan can miss an entry older than the floor it trusts.
-        if let Some(t) = batch.oldest_dedupe_ms {
-            self.expiry().written(t);
-        }
+        self.dedupe.apply(batch.dedupe.iter())?;
         batch.writes.apply_last_per_key(&self.db)?;
         if let Some(cp) = batch.checkpoint {
             self.db.insert(CHECKPOINT_KEY, &cp.encode())?;
@@ -171,38 +175,7 @@ impl Store {
         before_ms: i64,
         scan: usize,
     ) -> Result<Vec<(Vec<u8>, i64)>, StateError> {
-        let mut expiry = self.expiry();
-        if !expiry.may_hold_older_than(before_ms) {
-            return Ok(Vec::new());
-        }
-        let tag = RecordKind::Dedupe.tag();
-        let start = match expiry.cursor() {
-            [] => vec![tag],
-            cursor => cursor.to_vec(),
-        };
-        let mut out = Vec::new();
-        let mut seen = 0;
-        let mut last: Option<sled::IVec> = None;
-        for item in self.db.range(start..vec![tag + 1]).take(scan) {
-            let (k, v) = item?;
-            seen += 1;
-            let entry = DedupeEntry::decode(&v)?;
-            expiry.saw(entry.event_time_ms);
-            if entry.event_time_ms < before_ms {
-                out.push((k[1..].to_vec(), entry.event_time_ms));
-            }
-            last = Some(k);
-        }
-        match last {
-            // Resume just after the last key scanned.
-            Some(k) if seen == scan => expiry.stopped_at(&k),
-            _ => expiry.wrapped(),
-        }
-        Ok(out)
-    }
-
-    fn expiry(&self) -> std::sync::MutexGuard<'_, Expiry> {
-        self.expiry.lock().unwrap_or_else(|p| p.into_inner())
+        Ok(self.dedupe.expired(before_ms, scan))
     }
 
     /// Applies one chunk of changelog records (last value per key wins) and its checkpoint.
@@ -210,7 +183,8 @@ impl Store {
         if let Some(e) = chunk.invalid {
             return Err(e);
         }
-        self.expiry().forget();
+        self.dedupe.forget_expiry();
+        self.dedupe.apply(chunk.dedupe.iter())?;
         chunk.writes.apply_last_per_key(&self.db)?;
         self.db.insert(CHECKPOINT_KEY, &chunk.checkpoint.encode())?;
         Ok(())
@@ -226,8 +200,7 @@ impl Store {
     pub fn dedupe_entries(
         &self,
     ) -> impl Iterator<Item = Result<(Vec<u8>, DedupeEntry), StateError>> {
-        self.prefixed(RecordKind::Dedupe.tag())
-            .map(|r| r.and_then(|(k, v)| Ok((k[1..].to_vec(), DedupeEntry::decode(&v)?))))
+        self.dedupe.entries().into_iter().map(Ok)
     }
 
     /// Waits until everything written so far is on disk (used on clean shutdown).
@@ -238,7 +211,7 @@ impl Store {
 
     /// Bytes the store occupies on disk.
     pub fn size_on_disk(&self) -> Result<u64, StateError> {
-        Ok(self.db.size_on_disk()?)
+        Ok(self.db.size_on_disk()? + self.dedupe.size_on_disk())
     }
 
     fn prefixed(
@@ -274,9 +247,8 @@ pub const RESTORE_CHUNK: usize = 32_768;
 #[derive(Default)]
 pub struct CommitBatch {
     writes: Writes,
+    dedupe: Changes,
     checkpoint: Option<Checkpoint>,
-    /// Oldest event time among the dedupe entries it puts.
-    oldest_dedupe_ms: Option<i64>,
 }
 
 impl CommitBatch {
@@ -288,21 +260,12 @@ impl CommitBatch {
 
     /// Stages a newly applied event id.
     pub fn put_dedupe(&mut self, event_id: &[u8], entry: DedupeEntry) {
-        self.oldest_dedupe_ms = Some(
-            self.oldest_dedupe_ms
-                .map_or(entry.event_time_ms, |t| t.min(entry.event_time_ms)),
-        );
-        self.writes.push(
-            Some(RecordKind::Dedupe.tag()),
-            event_id,
-            Some(&entry.encode()),
-        );
+        self.dedupe.push(event_id, Some(entry));
     }
 
     /// Stages the expiry of an event id.
     pub fn remove_dedupe(&mut self, event_id: &[u8]) {
-        self.writes
-            .push(Some(RecordKind::Dedupe.tag()), event_id, None);
+        self.dedupe.push(event_id, None);
     }
 
     /// Stages the checkpoint that describes the batch; it is written last.
@@ -317,6 +280,7 @@ impl CommitBatch {
 #[derive(Default)]
 pub struct RestoreBatch {
     writes: Writes,
+    dedupe: Changes,
     records: usize,
     max_event_time_ms: Option<i64>,
     /// The first record that is not a changelog record of this build; the chunk is refused.
@@ -353,8 +317,9 @@ impl RestoreBatch {
         };
         self.records += 1;
         if kind == RecordKind::Dedupe {
+            let id = &key[1..];
             let Some(v) = value else {
-                self.writes.push(None, key, None);
+                self.dedupe.push(id, None);
                 return;
             };
             match DedupeEntry::decode(v) {
@@ -363,15 +328,13 @@ impl RestoreBatch {
                         self.max_event_time_ms
                             .map_or(e.event_time_ms, |m| m.max(e.event_time_ms)),
                     );
-                    if self.expired_below.is_some_and(|b| e.event_time_ms < b) {
-                        return;
+                    if !self.expired_below.is_some_and(|b| e.event_time_ms < b) {
+                        self.dedupe.push(id, Some(e));
                     }
                 }
-                Err(e) => {
-                    self.invalid = Some(e);
-                    return;
-                }
+                Err(e) => self.invalid = Some(e),
             }
+            return;
         }
         self.writes.push(None, key, value);
     }

@@ -416,3 +416,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_store_of_the_older_layout_with_dedupe_entries_in_sled_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.insert(ChangelogKey::encode(RecordKind::Dedupe, b"e-1"), &b"x"[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let (store, wiped) = Store::open_or_wipe(dir.path(), StoreOptions::default()).unwrap();
+    let reason = wiped.expect("wiped").to_string();
+    assert!(reason.contains("older tally"), "{reason}");
+    assert_eq!(store.checkpoint().unwrap(), None);
+}

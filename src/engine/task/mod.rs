@@ -14,7 +14,7 @@ use tally_topology::{Invalid, Projection, Reason, SourceRef};
 
 use super::sink::{ChangelogOffsets, Sink};
 use super::writer::{Pending, StoreWriter};
-use super::FlowInfo;
+use super::{FastHash, FlowInfo};
 
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,12 +111,15 @@ struct Staged<S> {
 }
 
 /// States staged in one transaction, in first-touched order.
-type StagedStates<S> = IndexMap<String, Staged<S>>;
+type StagedStates<S> = IndexMap<String, Staged<S>, FastHash>;
+
+/// Event ids applied in one transaction, with their dedupe entries, in applied order.
+type StagedIds = IndexMap<String, DedupeEntry, FastHash>;
 
 /// A committed batch on its way into the store; lookups see it until it is written.
 struct Inflight<P: Projection> {
     states: StagedStates<P::State>,
-    dedupe: IndexMap<String, DedupeEntry>,
+    dedupe: StagedIds,
     pending: Pending,
 }
 
@@ -146,7 +149,7 @@ pub struct Task<P: Projection> {
     states: StagedStates<P::State>,
     /// Indexes into `states` changed since they were last shipped.
     dirty: Vec<usize>,
-    dedupe: IndexMap<String, DedupeEntry>,
+    dedupe: StagedIds,
     /// Entries of `dedupe` before this index are shipped.
     dedupe_shipped: usize,
     /// Shipped entries replaced since (an id applied again after it left the window).
@@ -189,9 +192,9 @@ where
             changelog_from: 0,
             control_committed: 0,
             control_next: 0,
-            states: IndexMap::new(),
+            states: IndexMap::default(),
             dirty: Vec::new(),
-            dedupe: IndexMap::new(),
+            dedupe: IndexMap::default(),
             dedupe_shipped: 0,
             dedupe_reship: Vec::new(),
             dead: Vec::new(),

@@ -1,0 +1,296 @@
+//! The dedupe index of one store: every applied event id in memory, so a lookup is a hash probe,
+//! backed by an append-only log file, so a restart reads it back instead of the changelog.
+
+mod file;
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use indexmap::IndexMap;
+
+use crate::dedupe::DedupeEntry;
+use crate::error::StateError;
+use crate::expiry::Expiry;
+pub use file::DEDUPE_LOG_VERSION;
+use file::{Change, LogFile};
+
+/// The log is rewritten with only its live entries once it is this much larger than they are
+/// (plus [`REWRITE_SLACK`]): removes and replaced puts are then most of it.
+const REWRITE_FACTOR: u64 = 2;
+const REWRITE_SLACK: u64 = if cfg!(test) { 64 } else { 16 * 1024 * 1024 };
+
+/// Ids in insertion order, so the expiry sweep can resume at an index.
+type Ids = IndexMap<Box<[u8]>, DedupeEntry, foldhash::fast::RandomState>;
+
+/// Applied event ids and their entries, shared by a store's handles.
+pub(crate) struct DedupeIndex {
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    ids: Ids,
+    log: LogFile,
+    /// Bytes the live entries would take in a freshly written log.
+    live_bytes: u64,
+    expiry: Expiry,
+    /// Encoded records of the batch being applied, reused across batches.
+    buf: Vec<u8>,
+}
+
+impl DedupeIndex {
+    /// Reads the index back from its log in `dir` (creating an empty one).
+    pub(crate) fn open(dir: &Path) -> Result<Self, StateError> {
+        let mut ids = Ids::default();
+        let mut live_bytes = 0;
+        let log = LogFile::open(dir, |change| match change {
+            Change::Put(id, entry) => {
+                if ids.insert(id.into(), entry).is_none() {
+                    live_bytes += record_len(id);
+                }
+            }
+            Change::Remove(id) => {
+                if ids.swap_remove(id).is_some() {
+                    live_bytes -= record_len(id);
+                }
+            }
+        })?;
+        Ok(Self {
+            inner: Mutex::new(Inner {
+                ids,
+                log,
+                live_bytes,
+                expiry: Expiry::default(),
+                buf: Vec::new(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The entry of `id`, if it was applied and not removed.
+    pub(crate) fn get(&self, id: &[u8]) -> Option<DedupeEntry> {
+        self.lock().ids.get(id).copied()
+    }
+
+    /// Applies puts (`Some`) and removes (`None`) in order: first to the log, with one write,
+    /// then to memory.
+    pub(crate) fn apply<'a>(
+        &self,
+        changes: impl Iterator<Item = (&'a [u8], Option<DedupeEntry>)> + Clone,
+    ) -> Result<(), StateError> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        inner.buf.clear();
+        for (id, entry) in changes.clone() {
+            match entry {
+                Some(e) => file::encode_put(id, &e, &mut inner.buf),
+                None => file::encode_remove(id, &mut inner.buf),
+            }
+        }
+        if inner.buf.is_empty() {
+            return Ok(());
+        }
+        inner.log.append(&inner.buf)?;
+        for (id, entry) in changes {
+            match entry {
+                Some(e) => {
+                    // Before the insert, so no sweep can miss an entry older than its floor.
+                    inner.expiry.written(e.event_time_ms);
+                    if inner.ids.insert(id.into(), e).is_none() {
+                        inner.live_bytes += record_len(id);
+                    }
+                }
+                None => {
+                    if let Some((at, _, _)) = inner.ids.swap_remove_full(id) {
+                        inner.live_bytes -= record_len(id);
+                        // The last entry moved into the hole, maybe behind the sweep's cursor:
+                        // the current cycle counts it as seen.
+                        if let Some((_, moved)) = inner.ids.get_index(at) {
+                            inner.expiry.saw(moved.event_time_ms);
+                        }
+                    }
+                }
+            }
+        }
+        if inner.log.len > REWRITE_FACTOR * inner.live_bytes + REWRITE_SLACK {
+            inner
+                .log
+                .rewrite(inner.ids.iter().map(|(id, e)| (&**id, e)))?;
+        }
+        Ok(())
+    }
+
+    /// Entries whose event time is before `before_ms`, found by examining the next `scan`
+    /// entries (resuming where the last call stopped, wrapping at the end). Once a whole cycle
+    /// showed that no entry is that old, it examines none.
+    pub(crate) fn expired(&self, before_ms: i64, scan: usize) -> Vec<(Vec<u8>, i64)> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        if !inner.expiry.may_hold_older_than(before_ms) {
+            return Vec::new();
+        }
+        let start = inner.expiry.cursor().min(inner.ids.len());
+        let end = start.saturating_add(scan).min(inner.ids.len());
+        let mut out = Vec::new();
+        for (id, e) in inner.ids.get_range(start..end).into_iter().flatten() {
+            inner.expiry.saw(e.event_time_ms);
+            if e.event_time_ms < before_ms {
+                out.push((id.to_vec(), e.event_time_ms));
+            }
+        }
+        if end == inner.ids.len() {
+            inner.expiry.wrapped();
+        } else {
+            inner.expiry.stopped_at(end);
+        }
+        out
+    }
+
+    /// Every entry, in id order.
+    pub(crate) fn entries(&self) -> Vec<(Vec<u8>, DedupeEntry)> {
+        let mut all: Vec<_> = self
+            .lock()
+            .ids
+            .iter()
+            .map(|(id, e)| (id.to_vec(), *e))
+            .collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Removes every entry, on disk too.
+    pub(crate) fn clear(&self) -> Result<(), StateError> {
+        let mut inner = self.lock();
+        inner.ids = Ids::default();
+        inner.live_bytes = 0;
+        inner.expiry.forget();
+        inner.log.clear()
+    }
+
+    /// Entries were written behind the sweep's back (a restore): it knows nothing any more.
+    pub(crate) fn forget_expiry(&self) {
+        self.lock().expiry.forget();
+    }
+
+    /// Bytes of the log on disk.
+    pub(crate) fn size_on_disk(&self) -> u64 {
+        self.lock().log.len
+    }
+}
+
+/// Dedupe puts and removes of one batch, in the order they were staged, packed in one buffer.
+#[derive(Default)]
+pub(crate) struct Changes {
+    ids: Vec<u8>,
+    ops: Vec<(std::ops::Range<usize>, Option<DedupeEntry>)>,
+}
+
+impl Changes {
+    /// Stages a put (`Some`) or a remove (`None`) of `id`.
+    pub(crate) fn push(&mut self, id: &[u8], entry: Option<DedupeEntry>) {
+        let start = self.ids.len();
+        self.ids.extend_from_slice(id);
+        self.ops.push((start..self.ids.len(), entry));
+    }
+
+    /// The staged changes, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], Option<DedupeEntry>)> + Clone {
+        self.ops.iter().map(|(r, e)| (&self.ids[r.clone()], *e))
+    }
+}
+
+/// Bytes of `id`'s put record in the log.
+fn record_len(id: &[u8]) -> u64 {
+    (1 + 2 + id.len() + crate::dedupe::ENCODED_LEN) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(t: i64) -> DedupeEntry {
+        DedupeEntry {
+            fingerprint: 7,
+            event_time_ms: t,
+            offset: t,
+        }
+    }
+
+    fn put(index: &DedupeIndex, id: &str, t: i64) {
+        index
+            .apply(std::iter::once((id.as_bytes(), Some(entry(t)))))
+            .unwrap();
+    }
+
+    fn remove(index: &DedupeIndex, id: &str) {
+        index.apply(std::iter::once((id.as_bytes(), None))).unwrap();
+    }
+
+    #[test]
+    fn a_log_mostly_of_removes_is_rewritten_with_the_live_entries_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = DedupeIndex::open(dir.path()).unwrap();
+        for i in 0..50 {
+            put(&index, &format!("gone-{i}"), i);
+            remove(&index, &format!("gone-{i}"));
+        }
+        put(&index, "kept", 99);
+        let len = index.size_on_disk();
+        assert!(len < 200, "the log was not rewritten: {len} bytes");
+        drop(index);
+        let index = DedupeIndex::open(dir.path()).unwrap();
+        assert_eq!(index.get(b"kept"), Some(entry(99)));
+        assert_eq!(index.entries().len(), 1);
+    }
+
+    #[test]
+    fn a_record_cut_short_by_a_crash_is_dropped_and_appends_go_on_after_the_last_whole_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = DedupeIndex::open(dir.path()).unwrap();
+        put(&index, "a", 1);
+        put(&index, "b", 2);
+        drop(index);
+        let path = dir.path().join(file::FILE_NAME);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[1, 0, 9, b'c', b'u']);
+        std::fs::write(&path, bytes).unwrap();
+        let index = DedupeIndex::open(dir.path()).unwrap();
+        assert_eq!(index.entries().len(), 2);
+        put(&index, "c", 3);
+        drop(index);
+        let index = DedupeIndex::open(dir.path()).unwrap();
+        let ids: Vec<_> = index.entries().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+    }
+
+    #[test]
+    fn a_log_of_a_newer_format_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        put(&DedupeIndex::open(dir.path()).unwrap(), "a", 1);
+        let path = dir.path().join(file::FILE_NAME);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[4] = 9;
+        std::fs::write(&path, bytes).unwrap();
+        let err = DedupeIndex::open(dir.path())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("format version 9"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_record_type_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        put(&DedupeIndex::open(dir.path()).unwrap(), "a", 1);
+        let path = dir.path().join(file::FILE_NAME);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[7, 0, 1, b'x']);
+        std::fs::write(&path, bytes).unwrap();
+        assert!(matches!(
+            DedupeIndex::open(dir.path()),
+            Err(StateError::Corrupt { .. })
+        ));
+    }
+}
