@@ -67,10 +67,33 @@ pub(super) fn high_watermarks(
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
     let mut ends = BTreeMap::new();
     for p in partitions(consumer, topic)? {
-        let (_, high) = consumer.fetch_watermarks(topic, p, TIMEOUT)?;
+        // A topic created moments ago can be in the metadata before its partitions' leaders
+        // are in the client's cache ("unknown partition"); that passes within seconds.
+        let mut tries = 0;
+        let high = loop {
+            match consumer.fetch_watermarks(topic, p, TIMEOUT) {
+                Ok((_, high)) => break high,
+                Err(e) if tries < 20 && is_transient(&e) => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(250));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         ends.insert(p, high);
     }
     Ok(ends)
+}
+
+fn is_transient(e: &rdkafka::error::KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::UnknownPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::NotLeaderForPartition
+        )
+    )
 }
 
 /// The group's committed offset of every partition of `topic` (0 where it committed none).

@@ -86,7 +86,21 @@ impl Store {
             path: path.to_owned(),
             dedupe: std::sync::Arc::new(DedupeIndex::open(path)?),
         };
-        store.checkpoint()?;
+        // The log is written before the checkpoint: one that ends before it lost batches (a
+        // machine crash took its unsynced tail, or it was deleted).
+        if let Some(cp) = store.checkpoint()? {
+            let logged = store.dedupe.last_offset();
+            if !matches!(logged, Some(o) if o >= cp.changelog_offset) {
+                return Err(StateError::Corrupt {
+                    what: "store",
+                    detail: format!(
+                        "the dedupe log ends at changelog offset {logged:?}, before the \
+                         checkpoint's {}",
+                        cp.changelog_offset
+                    ),
+                });
+            }
+        }
         Ok(store)
     }
 
@@ -158,7 +172,8 @@ impl Store {
     /// crash in between leaves rows newer than the checkpoint, which a restore from that
     /// checkpoint overwrites with the same values.
     pub fn commit(&self, batch: CommitBatch) -> Result<(), StateError> {
-        self.dedupe.apply(batch.dedupe.iter())?;
+        let reaches = batch.checkpoint.map(|cp| cp.changelog_offset);
+        self.dedupe.apply(batch.dedupe.iter(), reaches)?;
         batch.writes.apply_last_per_key(&self.db)?;
         if let Some(cp) = batch.checkpoint {
             self.db.insert(CHECKPOINT_KEY, &cp.encode())?;
@@ -184,7 +199,8 @@ impl Store {
             return Err(e);
         }
         self.dedupe.forget_expiry();
-        self.dedupe.apply(chunk.dedupe.iter())?;
+        self.dedupe
+            .apply(chunk.dedupe.iter(), Some(chunk.checkpoint.changelog_offset))?;
         chunk.writes.apply_last_per_key(&self.db)?;
         self.db.insert(CHECKPOINT_KEY, &chunk.checkpoint.encode())?;
         Ok(())
@@ -328,7 +344,8 @@ impl RestoreBatch {
                         self.max_event_time_ms
                             .map_or(e.event_time_ms, |m| m.max(e.event_time_ms)),
                     );
-                    if !self.expired_below.is_some_and(|b| e.event_time_ms < b) {
+                    let expired = self.expired_below.is_some_and(|b| e.event_time_ms < b);
+                    if !expired {
                         self.dedupe.push(id, Some(e));
                     }
                 }

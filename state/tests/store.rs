@@ -431,3 +431,29 @@ fn a_store_of_the_older_layout_with_dedupe_entries_in_sled_is_rebuilt() {
     assert!(reason.contains("older tally"), "{reason}");
     assert_eq!(store.checkpoint().unwrap(), None);
 }
+
+#[test]
+fn a_store_whose_dedupe_log_lost_batches_its_checkpoint_covers_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir);
+        let mut b = CommitBatch::default();
+        b.put_dedupe(
+            b"e-1",
+            DedupeEntry {
+                fingerprint: 1,
+                event_time_ms: 5,
+                offset: 0,
+            },
+        );
+        b.set_checkpoint(cp(4));
+        store.commit(b).unwrap();
+        store.flush().unwrap();
+    }
+    // A machine crash can take the log's unsynced tail while sled kept its checkpoint.
+    std::fs::remove_file(dir.path().join("dedupe.log")).unwrap();
+    let (store, wiped) = Store::open_or_wipe(dir.path(), StoreOptions::default()).unwrap();
+    let reason = wiped.expect("wiped").to_string();
+    assert!(reason.contains("before the checkpoint"), "{reason}");
+    assert_eq!(store.checkpoint().unwrap(), None);
+}

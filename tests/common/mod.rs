@@ -303,9 +303,10 @@ impl Processor {
                 return;
             }
             if started.elapsed() > Duration::from_secs(60) {
+                let stacks = stacks_of(self.child.id(), &self.log);
                 let _ = self.child.kill();
                 panic!(
-                    "tally did not stop within 60 s of SIGTERM; log {}",
+                    "tally did not stop within 60 s of SIGTERM; log {}, thread stacks {stacks}",
                     self.log.display()
                 );
             }
@@ -411,6 +412,28 @@ pub fn send(topic: &str, records: &[(&str, &str)]) {
             .unwrap();
     }
     producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// Writes every thread's stack of a hung process beside its log (with gdb, when installed) and
+/// says where, so a rare hang leaves more than silence.
+fn stacks_of(pid: u32, log: &Path) -> String {
+    let out = log.with_extension("stacks");
+    let dumped = Command::new("gdb")
+        .args([
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-ex",
+            "thread apply all bt",
+        ])
+        .output();
+    match dumped {
+        Ok(o) => match std::fs::write(&out, [o.stdout, o.stderr].concat()) {
+            Ok(()) => out.display().to_string(),
+            Err(e) => format!("not written: {e}"),
+        },
+        Err(e) => format!("not taken: {e}"),
+    }
 }
 
 /// One record read back from a topic.

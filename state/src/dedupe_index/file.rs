@@ -1,5 +1,5 @@
-//! The dedupe index on disk: an append-only log of puts and removes, replayed on open and
-//! rewritten with only the live entries once removes make up most of it.
+//! The dedupe index on disk: an append-only log of frames, one per committed batch, each with
+//! its puts and removes, the changelog offset its checkpoint names, and a checksum.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -14,6 +14,9 @@ pub(crate) const FILE_NAME: &str = "dedupe.log";
 pub const DEDUPE_LOG_VERSION: u8 = 1;
 const MAGIC: &[u8; 4] = b"TLYD";
 const HEADER_LEN: usize = MAGIC.len() + 1;
+/// Frame: payload length (u32), changelog offset (i64), payload, xxh3 of offset and payload.
+const FRAME_HEAD: usize = 4 + 8;
+const FRAME_TAIL: usize = 8;
 const PUT: u8 = 1;
 const REMOVE: u8 = 2;
 const ENTRY_LEN: usize = crate::dedupe::ENCODED_LEN;
@@ -30,11 +33,15 @@ pub(crate) struct LogFile {
     file: File,
     /// Bytes in the file, header included.
     pub(crate) len: u64,
+    /// The changelog offset of the last frame: the log holds every batch up to that checkpoint.
+    pub(crate) last_offset: Option<i64>,
+    frame: Vec<u8>,
 }
 
 impl LogFile {
-    /// Opens (or creates) the log at `dir` and hands every change in it to `apply`, in order.
-    /// A record cut short by a crash while it was appended ends the log and is cut off.
+    /// Opens (or creates) the log in `dir` and hands every change in it to `apply`, in order.
+    /// A frame cut short or failing its checksum makes the whole log unreadable: the store is
+    /// then rebuilt from the changelog, never left with part of its index.
     pub(crate) fn open(dir: &Path, mut apply: impl FnMut(Change<'_>)) -> Result<Self, StateError> {
         let path = dir.join(FILE_NAME);
         let fs_err = |source| StateError::Fs {
@@ -51,40 +58,40 @@ impl LogFile {
         file.read_to_end(&mut bytes).map_err(fs_err)?;
         if bytes.is_empty() {
             file.write_all(&header()).map_err(fs_err)?;
-            return Ok(Self {
-                path,
-                file,
-                len: HEADER_LEN as u64,
-            });
+            bytes.extend_from_slice(&header());
         }
-        let intact = replay(&bytes, &mut apply)?;
-        if intact < bytes.len() {
-            file.set_len(intact as u64).map_err(fs_err)?;
-        }
+        let last_offset = replay(&bytes, &mut apply)?;
         Ok(Self {
             path,
             file,
-            len: intact as u64,
+            len: bytes.len() as u64,
+            last_offset,
+            frame: Vec::new(),
         })
     }
 
-    /// Appends encoded changes (see [`encode_put`], [`encode_remove`]) with one write, so a
-    /// crash after it loses none of them.
-    pub(crate) fn append(&mut self, records: &[u8]) -> Result<(), StateError> {
-        if records.is_empty() {
-            return Ok(());
-        }
+    /// Appends one frame of encoded changes (see [`encode_put`], [`encode_remove`]) for the
+    /// batch whose checkpoint names `changelog_offset`, with one write.
+    pub(crate) fn append(
+        &mut self,
+        records: &[u8],
+        changelog_offset: i64,
+    ) -> Result<(), StateError> {
+        self.frame.clear();
+        encode_frame(records, changelog_offset, &mut self.frame);
         self.file
-            .write_all(records)
+            .write_all(&self.frame)
             .map_err(|source| StateError::Fs {
                 path: self.path.clone(),
                 source,
             })?;
-        self.len += records.len() as u64;
+        self.len += self.frame.len() as u64;
+        self.last_offset = Some(changelog_offset);
         Ok(())
     }
 
-    /// Replaces the log with one holding only `live` puts, through a new file renamed over it.
+    /// Replaces the log with one frame holding only `live` puts, through a new file renamed
+    /// over it.
     pub(crate) fn rewrite<'a>(
         &mut self,
         live: impl Iterator<Item = (&'a [u8], &'a DedupeEntry)>,
@@ -94,9 +101,13 @@ impl LogFile {
             path: tmp.clone(),
             source,
         };
-        let mut out = header().to_vec();
+        let mut records = Vec::new();
         for (id, entry) in live {
-            encode_put(id, entry, &mut out);
+            encode_put(id, entry, &mut records);
+        }
+        let mut out = header().to_vec();
+        if let Some(offset) = self.last_offset {
+            encode_frame(&records, offset, &mut out);
         }
         let mut file = File::create(&tmp).map_err(fs_err)?;
         file.write_all(&out).map_err(fs_err)?;
@@ -111,6 +122,7 @@ impl LogFile {
 
     /// Empties the log (the store is rebuilt from the changelog).
     pub(crate) fn clear(&mut self) -> Result<(), StateError> {
+        self.last_offset = None;
         self.rewrite(std::iter::empty())
     }
 }
@@ -120,6 +132,16 @@ fn header() -> [u8; HEADER_LEN] {
     h[..MAGIC.len()].copy_from_slice(MAGIC);
     h[MAGIC.len()] = DEDUPE_LOG_VERSION;
     h
+}
+
+fn encode_frame(records: &[u8], changelog_offset: i64, out: &mut Vec<u8>) {
+    let len = u32::try_from(records.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    let start = out.len();
+    out.extend_from_slice(&changelog_offset.to_be_bytes());
+    out.extend_from_slice(records);
+    let sum = xxhash_rust::xxh3::xxh3_64(&out[start..]);
+    out.extend_from_slice(&sum.to_be_bytes());
 }
 
 /// Encodes the put of `id` as one log record.
@@ -143,12 +165,15 @@ fn encode_id(id: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&id[..len]);
 }
 
-/// Applies every whole record after the header; returns where the last whole record ends.
-fn replay(bytes: &[u8], apply: &mut impl FnMut(Change<'_>)) -> Result<usize, StateError> {
-    let corrupt = |detail: String| StateError::Corrupt {
+fn corrupt(detail: String) -> StateError {
+    StateError::Corrupt {
         what: "dedupe log",
         detail,
-    };
+    }
+}
+
+/// Applies every frame after the header; returns the changelog offset of the last one.
+fn replay(bytes: &[u8], apply: &mut impl FnMut(Change<'_>)) -> Result<Option<i64>, StateError> {
     if bytes.len() < HEADER_LEN || &bytes[..MAGIC.len()] != MAGIC {
         return Err(corrupt("not a tally dedupe log".into()));
     }
@@ -161,29 +186,48 @@ fn replay(bytes: &[u8], apply: &mut impl FnMut(Change<'_>)) -> Result<usize, Sta
         });
     }
     let mut at = HEADER_LEN;
+    let mut last = None;
     while at < bytes.len() {
-        let Some(head) = bytes.get(at..at + 3) else {
-            break;
-        };
-        let op = head[0];
-        let id_end = at + 3 + usize::from(u16::from_be_bytes([head[1], head[2]]));
-        let Some(id) = bytes.get(at + 3..id_end) else {
-            break;
-        };
+        let cut = || corrupt(format!("frame at byte {at} is cut short"));
+        let len_bytes = bytes.get(at..at + 4).ok_or_else(cut)?;
+        let len = u32::from_be_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]);
+        let body_end = at + FRAME_HEAD + len as usize;
+        let body = bytes.get(at + 4..body_end).ok_or_else(cut)?;
+        let sum = bytes.get(body_end..body_end + FRAME_TAIL).ok_or_else(cut)?;
+        if xxhash_rust::xxh3::xxh3_64(body).to_be_bytes() != sum {
+            return Err(corrupt(format!("frame at byte {at} fails its checksum")));
+        }
+        let mut offset = [0u8; 8];
+        offset.copy_from_slice(&body[..8]);
+        replay_records(&body[8..], apply)
+            .map_err(|e| corrupt(format!("frame at byte {at}: {e}")))?;
+        last = Some(i64::from_be_bytes(offset));
+        at = body_end + FRAME_TAIL;
+    }
+    Ok(last)
+}
+
+fn replay_records(mut rest: &[u8], apply: &mut impl FnMut(Change<'_>)) -> Result<(), String> {
+    while let Some((&op, tail)) = rest.split_first() {
+        let len = tail
+            .get(..2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+            .ok_or("record cut short")?;
+        let id = tail.get(2..2 + len).ok_or("record cut short")?;
+        let after = &tail[2 + len..];
         match op {
             PUT => {
-                let Some(value) = bytes.get(id_end..id_end + ENTRY_LEN) else {
-                    break;
-                };
-                apply(Change::Put(id, DedupeEntry::decode(value)?));
-                at = id_end + ENTRY_LEN;
+                let value = after.get(..ENTRY_LEN).ok_or("record cut short")?;
+                let entry = DedupeEntry::decode(value).map_err(|e| e.to_string())?;
+                apply(Change::Put(id, entry));
+                rest = &after[ENTRY_LEN..];
             }
             REMOVE => {
                 apply(Change::Remove(id));
-                at = id_end;
+                rest = after;
             }
-            other => return Err(corrupt(format!("unknown record type {other} at byte {at}"))),
+            other => return Err(format!("unknown record type {other}")),
         }
     }
-    Ok(at)
+    Ok(())
 }
