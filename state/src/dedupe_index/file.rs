@@ -70,15 +70,16 @@ impl LogFile {
         })
     }
 
-    /// Appends one frame of encoded changes (see [`encode_put`], [`encode_remove`]) for the
-    /// batch whose checkpoint names `changelog_offset`, with one write.
+    /// Appends one frame for the batch whose checkpoint names `changelog_offset`, with one
+    /// write; `records` encodes its changes into the frame (see [`encode_put`],
+    /// [`encode_remove`]).
     pub(crate) fn append(
         &mut self,
-        records: &[u8],
         changelog_offset: i64,
+        records: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), StateError> {
         self.frame.clear();
-        encode_frame(records, changelog_offset, &mut self.frame);
+        encode_frame(changelog_offset, records, &mut self.frame);
         self.file
             .write_all(&self.frame)
             .map_err(|source| StateError::Fs {
@@ -101,13 +102,17 @@ impl LogFile {
             path: tmp.clone(),
             source,
         };
-        let mut records = Vec::new();
-        for (id, entry) in live {
-            encode_put(id, entry, &mut records);
-        }
         let mut out = header().to_vec();
         if let Some(offset) = self.last_offset {
-            encode_frame(&records, offset, &mut out);
+            encode_frame(
+                offset,
+                |records| {
+                    for (id, entry) in live {
+                        encode_put(id, entry, records);
+                    }
+                },
+                &mut out,
+            );
         }
         let mut file = File::create(&tmp).map_err(fs_err)?;
         file.write_all(&out).map_err(fs_err)?;
@@ -134,13 +139,16 @@ fn header() -> [u8; HEADER_LEN] {
     h
 }
 
-fn encode_frame(records: &[u8], changelog_offset: i64, out: &mut Vec<u8>) {
-    let len = u32::try_from(records.len()).unwrap_or(u32::MAX);
-    out.extend_from_slice(&len.to_be_bytes());
-    let start = out.len();
+/// Appends a frame to `out`: the records are encoded in place, then their length is filled in.
+fn encode_frame(changelog_offset: i64, records: impl FnOnce(&mut Vec<u8>), out: &mut Vec<u8>) {
+    let len_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let body = out.len();
     out.extend_from_slice(&changelog_offset.to_be_bytes());
-    out.extend_from_slice(records);
-    let sum = xxhash_rust::xxh3::xxh3_64(&out[start..]);
+    records(out);
+    let len = u32::try_from(out.len() - body - 8).unwrap_or(u32::MAX);
+    out[len_at..body].copy_from_slice(&len.to_be_bytes());
+    let sum = xxhash_rust::xxh3::xxh3_64(&out[body..]);
     out.extend_from_slice(&sum.to_be_bytes());
 }
 

@@ -28,39 +28,48 @@ pub(crate) struct DedupeIndex {
 }
 
 struct Inner {
-    ids: Ids,
+    live: Live,
     log: LogFile,
-    /// Bytes the live entries would take in a freshly written log.
-    live_bytes: u64,
     expiry: Expiry,
-    /// Encoded records of the batch being applied, reused across batches.
-    buf: Vec<u8>,
+}
+
+/// The ids in memory, and the bytes they would take in a freshly written log.
+#[derive(Default)]
+struct Live {
+    ids: Ids,
+    bytes: u64,
+}
+
+impl Live {
+    fn put(&mut self, id: &[u8], entry: DedupeEntry) {
+        if self.ids.insert(id.into(), entry).is_none() {
+            self.bytes += record_len(id);
+        }
+    }
+
+    /// Removes `id`; returns the entry that moved into its place (the last one), if any.
+    fn remove(&mut self, id: &[u8]) -> Option<&DedupeEntry> {
+        let (at, _, _) = self.ids.swap_remove_full(id)?;
+        self.bytes -= record_len(id);
+        self.ids.get_index(at).map(|(_, moved)| moved)
+    }
 }
 
 impl DedupeIndex {
     /// Reads the index back from its log in `dir` (creating an empty one).
     pub(crate) fn open(dir: &Path) -> Result<Self, StateError> {
-        let mut ids = Ids::default();
-        let mut live_bytes = 0;
+        let mut live = Live::default();
         let log = LogFile::open(dir, |change| match change {
-            Change::Put(id, entry) => {
-                if ids.insert(id.into(), entry).is_none() {
-                    live_bytes += record_len(id);
-                }
-            }
+            Change::Put(id, entry) => live.put(id, entry),
             Change::Remove(id) => {
-                if ids.swap_remove(id).is_some() {
-                    live_bytes -= record_len(id);
-                }
+                live.remove(id);
             }
         })?;
         Ok(Self {
             inner: Mutex::new(Inner {
-                ids,
+                live,
                 log,
-                live_bytes,
                 expiry: Expiry::default(),
-                buf: Vec::new(),
             }),
         })
     }
@@ -71,7 +80,7 @@ impl DedupeIndex {
 
     /// The entry of `id`, if it was applied and not removed.
     pub(crate) fn get(&self, id: &[u8]) -> Option<DedupeEntry> {
-        self.lock().ids.get(id).copied()
+        self.lock().live.ids.get(id).copied()
     }
 
     /// Applies puts (`Some`) and removes (`None`) of the batch whose checkpoint names
@@ -84,45 +93,42 @@ impl DedupeIndex {
     ) -> Result<(), StateError> {
         let mut inner = self.lock();
         let inner = &mut *inner;
-        inner.buf.clear();
-        for (id, entry) in changes.clone() {
-            match entry {
-                Some(e) => file::encode_put(id, &e, &mut inner.buf),
-                None => file::encode_remove(id, &mut inner.buf),
-            }
-        }
-        if inner.buf.is_empty() && changelog_offset.is_none() {
+        let mut changes = changes.peekable();
+        if changes.peek().is_none() && changelog_offset.is_none() {
             return Ok(());
         }
         let offset = changelog_offset
             .or(inner.log.last_offset)
             .unwrap_or(i64::MIN);
-        inner.log.append(&inner.buf, offset)?;
+        let logged = changes.clone();
+        inner.log.append(offset, |out| {
+            for (id, entry) in logged {
+                match entry {
+                    Some(e) => file::encode_put(id, &e, out),
+                    None => file::encode_remove(id, out),
+                }
+            }
+        })?;
         for (id, entry) in changes {
             match entry {
                 Some(e) => {
                     // Before the insert, so no sweep can miss an entry older than its floor.
                     inner.expiry.written(e.event_time_ms);
-                    if inner.ids.insert(id.into(), e).is_none() {
-                        inner.live_bytes += record_len(id);
-                    }
+                    inner.live.put(id, e);
                 }
+                // The last entry moved into the hole, maybe behind the sweep's cursor: the
+                // current cycle counts it as seen.
                 None => {
-                    if let Some((at, _, _)) = inner.ids.swap_remove_full(id) {
-                        inner.live_bytes -= record_len(id);
-                        // The last entry moved into the hole, maybe behind the sweep's cursor:
-                        // the current cycle counts it as seen.
-                        if let Some((_, moved)) = inner.ids.get_index(at) {
-                            inner.expiry.saw(moved.event_time_ms);
-                        }
+                    if let Some(moved) = inner.live.remove(id) {
+                        inner.expiry.saw(moved.event_time_ms);
                     }
                 }
             }
         }
-        if inner.log.len > REWRITE_FACTOR * inner.live_bytes + REWRITE_SLACK {
+        if inner.log.len > REWRITE_FACTOR * inner.live.bytes + REWRITE_SLACK {
             inner
                 .log
-                .rewrite(inner.ids.iter().map(|(id, e)| (&**id, e)))?;
+                .rewrite(inner.live.ids.iter().map(|(id, e)| (&**id, e)))?;
         }
         Ok(())
     }
@@ -136,16 +142,16 @@ impl DedupeIndex {
         if !inner.expiry.may_hold_older_than(before_ms) {
             return Vec::new();
         }
-        let start = inner.expiry.cursor().min(inner.ids.len());
-        let end = start.saturating_add(scan).min(inner.ids.len());
+        let start = inner.expiry.cursor().min(inner.live.ids.len());
+        let end = start.saturating_add(scan).min(inner.live.ids.len());
         let mut out = Vec::new();
-        for (id, e) in inner.ids.get_range(start..end).into_iter().flatten() {
+        for (id, e) in inner.live.ids.get_range(start..end).into_iter().flatten() {
             inner.expiry.saw(e.event_time_ms);
             if e.event_time_ms < before_ms {
                 out.push((id.to_vec(), e.event_time_ms));
             }
         }
-        if end == inner.ids.len() {
+        if end == inner.live.ids.len() {
             inner.expiry.wrapped();
         } else {
             inner.expiry.stopped_at(end);
@@ -157,6 +163,7 @@ impl DedupeIndex {
     pub(crate) fn entries(&self) -> Vec<(Vec<u8>, DedupeEntry)> {
         let mut all: Vec<_> = self
             .lock()
+            .live
             .ids
             .iter()
             .map(|(id, e)| (id.to_vec(), *e))
@@ -168,8 +175,7 @@ impl DedupeIndex {
     /// Removes every entry, on disk too.
     pub(crate) fn clear(&self) -> Result<(), StateError> {
         let mut inner = self.lock();
-        inner.ids = Ids::default();
-        inner.live_bytes = 0;
+        inner.live = Live::default();
         inner.expiry.forget();
         inner.log.clear()
     }
