@@ -2,25 +2,22 @@
 //! backed by an append-only log file, so a restart reads it back instead of the changelog.
 
 mod file;
+mod ids;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
-
-use indexmap::IndexMap;
 
 use crate::dedupe::DedupeEntry;
 use crate::error::StateError;
 use crate::expiry::Expiry;
 pub use file::DEDUPE_LOG_VERSION;
 use file::{Change, LogFile};
+use ids::Ids;
 
 /// The log is rewritten with only its live entries once it is this much larger than they are
 /// (plus [`REWRITE_SLACK`]): removes and replaced puts are then most of it.
 const REWRITE_FACTOR: u64 = 2;
 const REWRITE_SLACK: u64 = if cfg!(test) { 64 } else { 16 * 1024 * 1024 };
-
-/// Ids in insertion order, so the expiry sweep can resume at an index.
-type Ids = IndexMap<Box<[u8]>, DedupeEntry, foldhash::fast::RandomState>;
 
 /// Applied event ids and their entries, shared by a store's handles.
 pub(crate) struct DedupeIndex {
@@ -33,7 +30,8 @@ struct Inner {
     expiry: Expiry,
 }
 
-/// The ids in memory, and the bytes they would take in a freshly written log.
+/// The ids in memory (in insertion order, so the expiry sweep can resume at an index), and the
+/// bytes they would take in a freshly written log.
 #[derive(Default)]
 struct Live {
     ids: Ids,
@@ -41,17 +39,18 @@ struct Live {
 }
 
 impl Live {
-    fn put(&mut self, id: &[u8], entry: DedupeEntry) {
-        if self.ids.insert(id.into(), entry).is_none() {
+    fn put(&mut self, id: &[u8], entry: DedupeEntry) -> Result<(), StateError> {
+        if self.ids.insert(id, entry).map_err(|_| StateError::IndexFull)? {
             self.bytes += record_len(id);
         }
+        Ok(())
     }
 
     /// Removes `id`; returns the entry that moved into its place (the last one), if any.
-    fn remove(&mut self, id: &[u8]) -> Option<&DedupeEntry> {
-        let (at, _, _) = self.ids.swap_remove_full(id)?;
+    fn remove(&mut self, id: &[u8]) -> Option<DedupeEntry> {
+        let (_, moved) = self.ids.swap_remove(id)?;
         self.bytes -= record_len(id);
-        self.ids.get_index(at).map(|(_, moved)| moved)
+        moved
     }
 }
 
@@ -59,12 +58,18 @@ impl DedupeIndex {
     /// Reads the index back from its log in `dir` (creating an empty one).
     pub(crate) fn open(dir: &Path) -> Result<Self, StateError> {
         let mut live = Live::default();
+        let mut full = Ok(());
         let log = LogFile::open(dir, |change| match change {
-            Change::Put(id, entry) => live.put(id, entry),
+            Change::Put(id, entry) => {
+                if full.is_ok() {
+                    full = live.put(id, entry);
+                }
+            }
             Change::Remove(id) => {
                 live.remove(id);
             }
         })?;
+        full?;
         Ok(Self {
             inner: Mutex::new(Inner {
                 live,
@@ -114,7 +119,7 @@ impl DedupeIndex {
                 Some(e) => {
                     // Before the insert, so no sweep can miss an entry older than its floor.
                     inner.expiry.written(e.event_time_ms);
-                    inner.live.put(id, e);
+                    inner.live.put(id, e)?;
                 }
                 // The last entry moved into the hole, maybe behind the sweep's cursor: the
                 // current cycle counts it as seen.
@@ -128,7 +133,7 @@ impl DedupeIndex {
         if inner.log.len > REWRITE_FACTOR * inner.live.bytes + REWRITE_SLACK {
             inner
                 .log
-                .rewrite(inner.live.ids.iter().map(|(id, e)| (&**id, e)))?;
+                .rewrite(inner.live.ids.iter())?;
         }
         Ok(())
     }
@@ -145,7 +150,7 @@ impl DedupeIndex {
         let start = inner.expiry.cursor().min(inner.live.ids.len());
         let end = start.saturating_add(scan).min(inner.live.ids.len());
         let mut out = Vec::new();
-        for (id, e) in inner.live.ids.get_range(start..end).into_iter().flatten() {
+        for (id, e) in (start..end).filter_map(|i| inner.live.ids.get_index(i)) {
             inner.expiry.saw(e.event_time_ms);
             if e.event_time_ms < before_ms {
                 out.push((id.to_vec(), e.event_time_ms));
