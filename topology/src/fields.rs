@@ -36,10 +36,15 @@ pub(crate) fn required<'a, T: Deserialize<'a>>(
     })
 }
 
+/// Whether `s` is a valid id: non-empty, at most [`MAX_ID_LEN`] bytes.
+pub(crate) fn is_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_ID_LEN
+}
+
 /// A required non-empty string of at most [`MAX_ID_LEN`] bytes.
 pub(crate) fn id<'a>(name: &str, raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, Invalid> {
     let s: Cow<'a, str> = required(name, raw)?;
-    if s.is_empty() || s.len() > MAX_ID_LEN {
+    if !is_id(&s) {
         return Err(Invalid::new(
             Reason::InvalidField,
             format!("field `{name}` must be 1..={MAX_ID_LEN} bytes"),
