@@ -48,10 +48,13 @@ struct Report {
     state_dir_mib: f64,
     keys_materialized: u64,
     latency_rate_events_per_sec: u64,
+    /// The floor at that rate: a stateless passthrough with tally's client defaults.
+    raw_latency_ms: Percentiles,
     exactly_once_latency_ms: Percentiles,
     at_least_once_latency_ms: Percentiles,
     /// The same at a fifth of the measured maximum, where the 2 cores are not saturated.
     latency_low_rate_events_per_sec: u64,
+    raw_latency_low_ms: Percentiles,
     exactly_once_latency_low_ms: Percentiles,
     at_least_once_latency_low_ms: Percentiles,
     key_replay_seconds: f64,
@@ -99,7 +102,7 @@ fn main() {
         let rate: u64 = rate.parse().expect("TALLY_BENCH_LATENCY_RATE is events/s");
         let seconds: u64 = env_or("TALLY_BENCH_LATENCY_SECONDS", 20);
         let work = std::env::temp_dir().join(format!("tally-bench-{run}"));
-        for guarantee in ["exactly_once", "at_least_once"] {
+        for guarantee in ["raw", "exactly_once", "at_least_once"] {
             let p = latency(
                 &bootstrap, &work, run, guarantee, guarantee, partitions, keys, rate, seconds,
             );
@@ -208,13 +211,15 @@ fn main() {
     let seconds: u64 = env_or("TALLY_BENCH_LATENCY_SECONDS", 20);
     for (share, low) in [(0.5, false), (0.2, true)] {
         let rate = (report.exactly_once_events_per_sec * share).max(1000.0) as u64;
-        for guarantee in ["exactly_once", "at_least_once"] {
+        for guarantee in ["raw", "exactly_once", "at_least_once"] {
             let tag = format!("{guarantee}-{}", if low { "low" } else { "half" });
             let p = latency(
                 &bootstrap, &work, run, &tag, guarantee, partitions, keys, rate, seconds,
             );
             eprintln!("latency {guarantee} at {rate} events/s: p50 {:.1} ms, p99 {:.1} ms, p999 {:.1} ms ({} samples; warm-up max {:.0} ms)", p.p50, p.p99, p.p999, p.samples, p.warmup_max);
             match (guarantee, low) {
+                ("raw", false) => report.raw_latency_ms = p,
+                ("raw", true) => report.raw_latency_low_ms = p,
                 ("exactly_once", false) => report.exactly_once_latency_ms = p,
                 ("exactly_once", true) => report.exactly_once_latency_low_ms = p,
                 (_, false) => report.at_least_once_latency_ms = p,
@@ -258,12 +263,22 @@ fn latency(
         .unwrap()
         .create(&input, partitions, 1, TopicRole::Log)
         .unwrap();
+    std::fs::create_dir_all(work).unwrap();
     let app = format!("bench-{run}-lat-{tag}");
-    let config = write_config(work, &app, bootstrap, &input, guarantee);
-    let mut child = start(&config, &work.join(format!("lat-{tag}.log")));
-    wait_ready(http_port(&config), partitions as usize);
     let output = format!("{app}.out");
     let stop = Arc::new(AtomicBool::new(false));
+    let mut processor = if guarantee == "raw" {
+        Topics::connect(bootstrap, &none)
+            .unwrap()
+            .create(&output, partitions, 1, TopicRole::Log)
+            .unwrap();
+        Processor::Raw(raw_echo(bootstrap, &app, &input, &output, partitions, Arc::clone(&stop)))
+    } else {
+        let config = write_config(work, &app, bootstrap, &input, guarantee);
+        let child = start(&config, &work.join(format!("lat-{tag}.log")));
+        wait_ready(http_port(&config), partitions as usize);
+        Processor::Tally(child)
+    };
     // The watcher reads every output partition by assignment (no group join, so no rebalance
     // delay is charged to the first records) and says when it reached their ends.
     let (reading_tx, reading) = std::sync::mpsc::channel();
@@ -336,7 +351,13 @@ fn latency(
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Release);
     let seen = watcher.join().unwrap();
-    stop_child(&mut child);
+    match &mut processor {
+        Processor::Tally(child) => stop_child(child),
+        Processor::Raw(_) => {}
+    }
+    if let Processor::Raw(echo) = processor {
+        echo.join().unwrap();
+    }
     // Input timestamps by (partition, offset).
     let reader =
         tally::kafka::clients::quiet_reader(bootstrap, &none, &format!("{app}-ts")).unwrap();
@@ -393,6 +414,71 @@ fn latency(
         warmup_seconds,
         warmup_max,
     }
+}
+
+/// What the latency watcher measures: a tally process, or the stateless floor.
+enum Processor {
+    Tally(std::process::Child),
+    Raw(std::thread::JoinHandle<()>),
+}
+
+/// The latency floor of this machine: a passthrough with tally's client defaults (group
+/// consumer, idempotent producer) that answers each input record at once with its source, in
+/// the shape the watcher reads, and commits its offsets every 100 ms; no state, no transaction.
+fn raw_echo(
+    bootstrap: &str,
+    group: &str,
+    input: &str,
+    output: &str,
+    partitions: i32,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    use rdkafka::consumer::CommitMode;
+    let none = BTreeMap::new();
+    let consumer: BaseConsumer = tally::kafka::clients::group_consumer(bootstrap, &none, group)
+        .create()
+        .unwrap();
+    let producer: BaseProducer = tally::kafka::clients::producer(bootstrap, &none, None, 60_000)
+        .create()
+        .unwrap();
+    consumer.subscribe(&[input]).unwrap();
+    // Assigned before the load starts, as tally is (its readiness), so no join is measured.
+    while consumer.assignment().map_or(0, |a| a.count()) < partitions as usize {
+        assert!(consumer.poll(Duration::from_millis(100)).is_none(), "the input is empty");
+    }
+    let output = output.to_string();
+    std::thread::spawn(move || {
+        let mut next_commit = Instant::now();
+        let mut value = String::new();
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(10)) {
+                use std::fmt::Write;
+                value.clear();
+                let _ = write!(
+                    value,
+                    "{{\"source\":{{\"partition\":{},\"offset\":{}}}}}",
+                    m.partition(),
+                    m.offset()
+                );
+                let mut rec = BaseRecord::to(&output)
+                    .partition(m.partition())
+                    .payload(value.as_str())
+                    .key(m.key().unwrap_or_default());
+                while let Err((_, r)) = producer.send(rec) {
+                    rec = r;
+                    tally::kafka::clients::serve_reports(&producer);
+                    std::thread::sleep(tally::kafka::clients::FLUSH_STEP);
+                }
+                let _ = consumer.store_offset_from_message(&m);
+            }
+            tally::kafka::clients::serve_reports(&producer);
+            if Instant::now() >= next_commit {
+                next_commit = Instant::now() + Duration::from_millis(100);
+                let _ = consumer.commit_consumer_state(CommitMode::Async);
+            }
+        }
+        tally::kafka::clients::flush(&producer, Duration::from_secs(60)).unwrap();
+    })
 }
 
 fn raw_passthrough(bootstrap: &str, input: &str, output: &str, events: u64) -> f64 {
