@@ -13,6 +13,8 @@ pub mod projection;
 pub mod time;
 pub mod upcast;
 
+#[cfg(test)]
+mod cases;
 mod codec;
 mod fields;
 

@@ -20,6 +20,20 @@ pub enum EntryType {
 }
 
 impl EntryType {
+    fn parse(s: &str) -> Result<Self, Invalid> {
+        match s {
+            "deposited" => Ok(EntryType::Deposited),
+            "withdrawn" => Ok(EntryType::Withdrawn),
+            "reserved" => Ok(EntryType::Reserved),
+            "released" => Ok(EntryType::Released),
+            "captured" => Ok(EntryType::Captured),
+            other => Err(Invalid::new(
+                Reason::UnknownType,
+                format!("type `{other}` is not deposited, withdrawn, reserved, released or captured"),
+            )),
+        }
+    }
+
     /// The contract's name.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -70,35 +84,103 @@ struct Raw<'a> {
     causation_id: Option<&'a RawValue>,
 }
 
+/// A valid record's fields, read in one typed pass (`null` reads as absent, as in [`Raw`]).
+#[derive(Deserialize)]
+struct Typed<'a> {
+    #[serde(borrow)]
+    event_id: Cow<'a, str>,
+    schema_version: u32,
+    #[serde(borrow)]
+    account_id: Cow<'a, str>,
+    #[serde(borrow, rename = "type")]
+    kind: Cow<'a, str>,
+    #[serde(default)]
+    amount_minor: Option<i64>,
+    #[serde(borrow, default)]
+    amount: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    currency: Cow<'a, str>,
+    #[serde(borrow)]
+    event_time: Cow<'a, str>,
+    #[serde(borrow, default)]
+    correlation_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    causation_id: Option<Cow<'a, str>>,
+}
+
 /// Parses and validates one ledger record.
+///
+/// Nearly every record is valid, and one typed pass decodes it. A record that pass does not
+/// accept as it is (a wrong type, a broken rule) is decoded again field by field, which names
+/// the first problem: the result is always the field-by-field one.
 pub(crate) fn decode(key: Option<&[u8]>, value: &[u8]) -> Result<LedgerEvent, Invalid> {
-    let raw: Raw<'_> = fields::object(value)?;
-    let event_id = fields::id("event_id", raw.event_id)?;
-    let schema_version = fields::schema_version(raw.schema_version, &[1, 2])?;
-    let account_id = fields::id("account_id", raw.account_id)?;
-    let kind_name: Cow<'_, str> = fields::required("type", raw.kind)?;
-    let kind = match kind_name.as_ref() {
-        "deposited" => EntryType::Deposited,
-        "withdrawn" => EntryType::Withdrawn,
-        "reserved" => EntryType::Reserved,
-        "released" => EntryType::Released,
-        "captured" => EntryType::Captured,
-        other => {
-            return Err(Invalid::new(
-                Reason::UnknownType,
-                format!(
-                    "type `{other}` is not deposited, withdrawn, reserved, released or captured"
-                ),
-            ))
-        }
+    match quick(key, value) {
+        Some(ev) => Ok(ev),
+        None => checked(key, value),
+    }
+}
+
+/// The typed pass: the event when the record is valid, else nothing.
+fn quick(key: Option<&[u8]>, value: &[u8]) -> Option<LedgerEvent> {
+    let t: Typed<'_> = serde_json::from_slice(value).ok()?;
+    if !fields::is_id(&t.event_id) || !fields::is_id(&t.account_id) {
+        return None;
+    }
+    let kind = EntryType::parse(&t.kind).ok()?;
+    currency_code(&t.currency).ok()?;
+    let amount_minor = match (t.schema_version, t.amount_minor, &t.amount) {
+        (1, Some(minor), None) => minor,
+        (2, None, Some(amount)) => crate::upcast::minor_units(amount, &t.currency).ok()?,
+        _ => return None,
     };
-    let currency: Cow<'_, str> = fields::required("currency", raw.currency)?;
+    positive(amount_minor).ok()?;
+    let event_time_ms = crate::time::parse_event_time(&t.event_time).ok()?;
+    fields::key_matches(key, "account_id", &t.account_id).ok()?;
+    Some(LedgerEvent {
+        event_id: t.event_id.into_owned(),
+        schema_version: t.schema_version,
+        account_id: t.account_id.into_owned(),
+        kind,
+        amount_minor,
+        currency: t.currency.into_owned(),
+        event_time_ms,
+        correlation_id: t.correlation_id.map(Cow::into_owned),
+        causation_id: t.causation_id.map(Cow::into_owned),
+    })
+}
+
+/// A currency is a 3-letter upper-case code.
+fn currency_code(currency: &str) -> Result<(), Invalid> {
     if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(Invalid::new(
             Reason::InvalidField,
             format!("currency `{currency}` is not a 3-letter upper-case code"),
         ));
     }
+    Ok(())
+}
+
+/// Amounts are positive; the type says which way they move.
+fn positive(amount_minor: i64) -> Result<(), Invalid> {
+    if amount_minor <= 0 {
+        return Err(Invalid::new(
+            Reason::OutOfRange,
+            format!("amount {amount_minor} (minor units) must be > 0"),
+        ));
+    }
+    Ok(())
+}
+
+/// The field-by-field pass: every check in contract order, the first failure named.
+pub(super) fn checked(key: Option<&[u8]>, value: &[u8]) -> Result<LedgerEvent, Invalid> {
+    let raw: Raw<'_> = fields::object(value)?;
+    let event_id = fields::id("event_id", raw.event_id)?;
+    let schema_version = fields::schema_version(raw.schema_version, &[1, 2])?;
+    let account_id = fields::id("account_id", raw.account_id)?;
+    let kind_name: Cow<'_, str> = fields::required("type", raw.kind)?;
+    let kind = EntryType::parse(&kind_name)?;
+    let currency: Cow<'_, str> = fields::required("currency", raw.currency)?;
+    currency_code(&currency)?;
     let amount_minor: i64 = if schema_version == 1 {
         fields::absent("amount", raw.amount, 1)?;
         fields::required("amount_minor", raw.amount_minor)?
@@ -107,12 +189,7 @@ pub(crate) fn decode(key: Option<&[u8]>, value: &[u8]) -> Result<LedgerEvent, In
         let amount: Cow<'_, str> = fields::required("amount", raw.amount)?;
         crate::upcast::minor_units(&amount, &currency)?
     };
-    if amount_minor <= 0 {
-        return Err(Invalid::new(
-            Reason::OutOfRange,
-            format!("amount {amount_minor} (minor units) must be > 0"),
-        ));
-    }
+    positive(amount_minor)?;
     let event_time: Cow<'_, str> = fields::required("event_time", raw.event_time)?;
     let event_time_ms = crate::time::parse_event_time(&event_time)?;
     let correlation_id = fields::optional_str("correlation_id", raw.correlation_id)?;

@@ -112,3 +112,60 @@ fn state_roundtrips() {
     Ledger::encode_state(&s, &mut buf);
     assert_eq!(Ledger::decode_state(&buf).unwrap(), s);
 }
+
+mod one_pass_decoding {
+    use super::super::event;
+    use crate::cases::{changes, render};
+    use proptest::prelude::*;
+
+    prop_compose! {
+        /// A plausible posting (valid more often than not) and its message key, then up to two
+        /// fields made odd, dropped, repeated or added.
+        fn record()(
+            v2 in any::<bool>(),
+            id in prop::sample::select(vec!["\"e-1\"", "\"e\\u002d1\"", "\"\""]),
+            account in prop::sample::select(vec!["\"acc-1\"", "\"acc\\u002d1\"", "\"acc-2\""]),
+            kind in prop::sample::select(vec!["\"deposited\"", "\"withdrawn\"", "\"reserved\"", "\"released\"", "\"captured\""]),
+            minor in prop::sample::select(vec!["250", "250", "0", "-5"]),
+            amount in prop::sample::select(vec!["\"2.50\"", "\"2.50\"", "\"2.505\"", "\"-1\"", "\"0\""]),
+            currency in prop::sample::select(vec!["\"EUR\"", "\"EUR\"", "\"JPY\"", "\"eur\"", "\"XXX\""]),
+            time in prop::sample::select(vec!["\"2026-06-19T18:23:11Z\"", "\"2026-06-19T18:23:11.5+02:00\""]),
+            correlation in prop::sample::select(vec![None, Some("\"c-1\""), Some("null")]),
+            keyed in prop::sample::select(vec![true, true, true, true, false]),
+            changes in changes(),
+        ) -> (Option<&'static str>, String) {
+            let key = keyed.then_some(if account.contains('2') { "acc-2" } else { "acc-1" });
+            let mut fields: Vec<(&str, String)> = vec![
+                ("event_id", id.into()),
+                ("schema_version", if v2 { "2" } else { "1" }.into()),
+                ("account_id", account.into()),
+                ("type", kind.into()),
+                ("currency", currency.into()),
+                ("event_time", time.into()),
+            ];
+            if v2 {
+                fields.push(("amount", amount.into()));
+            } else {
+                fields.push(("amount_minor", minor.into()));
+            }
+            if let Some(c) = correlation {
+                fields.push(("correlation_id", c.into()));
+            }
+            let extra = ["amount_minor", "amount", "correlation_id", "causation_id"];
+            (key, render(fields, &changes, &extra))
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+        /// The one-pass decoder never changes a result: the same event, or the same refusal.
+        #[test]
+        fn decoding_agrees_with_the_field_by_field_decoder((key, json) in record()) {
+            let key = key.map(str::as_bytes);
+            prop_assert_eq!(
+                event::decode(key, json.as_bytes()),
+                event::checked(key, json.as_bytes())
+            );
+        }
+    }
+}
