@@ -272,7 +272,14 @@ fn latency(
             .unwrap()
             .create(&output, partitions, 1, TopicRole::Log)
             .unwrap();
-        Processor::Raw(raw_echo(bootstrap, &app, &input, &output, partitions, Arc::clone(&stop)))
+        Processor::Raw(raw_echo(
+            bootstrap,
+            &app,
+            &input,
+            &output,
+            partitions,
+            Arc::clone(&stop),
+        ))
     } else {
         let config = write_config(work, &app, bootstrap, &input, guarantee);
         let child = start(&config, &work.join(format!("lat-{tag}.log")));
@@ -444,7 +451,10 @@ fn raw_echo(
     consumer.subscribe(&[input]).unwrap();
     // Assigned before the load starts, as tally is (its readiness), so no join is measured.
     while consumer.assignment().map_or(0, |a| a.count()) < partitions as usize {
-        assert!(consumer.poll(Duration::from_millis(100)).is_none(), "the input is empty");
+        assert!(
+            consumer.poll(Duration::from_millis(100)).is_none(),
+            "the input is empty"
+        );
     }
     let output = output.to_string();
     std::thread::spawn(move || {

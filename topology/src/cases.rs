@@ -52,9 +52,6 @@ pub(crate) fn render(
             _ => fields.push((extra[at % extra.len()], odd.into())),
         }
     }
-    let parts: Vec<String> = fields
-        .iter()
-        .map(|(k, v)| format!("\"{k}\":{v}"))
-        .collect();
+    let parts: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
     format!("{{{}}}", parts.join(","))
 }

@@ -112,10 +112,18 @@ impl Ids {
         let at = self.push_bytes(id)?;
         let i = self.len;
         match self.slots.last_mut() {
-            Some(chunk) if chunk.len() < SLOTS_PER_CHUNK => chunk.push(Slot { at, len: id.len() as u32, entry }),
+            Some(chunk) if chunk.len() < SLOTS_PER_CHUNK => chunk.push(Slot {
+                at,
+                len: id.len() as u32,
+                entry,
+            }),
             _ => {
                 let mut chunk = Vec::with_capacity(SLOTS_PER_CHUNK);
-                chunk.push(Slot { at, len: id.len() as u32, entry });
+                chunk.push(Slot {
+                    at,
+                    len: id.len() as u32,
+                    entry,
+                });
                 self.slots.push(chunk);
             }
         }
@@ -124,18 +132,18 @@ impl Ids {
         let (bytes, slots, hasher) = (&self.bytes, &self.slots, &self.hasher);
         self.table.insert_unique(hash, i as u32, |&j| {
             let j = j as usize;
-            hasher.hash_one(Self::id(bytes, &slots[j / SLOTS_PER_CHUNK][j % SLOTS_PER_CHUNK]))
+            hasher.hash_one(Self::id(
+                bytes,
+                &slots[j / SLOTS_PER_CHUNK][j % SLOTS_PER_CHUNK],
+            ))
         });
         Ok(true)
     }
 
     /// Appends `id` to the last chunk with room; its address.
     fn push_bytes(&mut self, id: &[u8]) -> Result<u32, Full> {
-        if self
-            .bytes
-            .last()
-            .map_or(true, |c| CHUNK - c.len() < id.len())
-        {
+        let room = self.bytes.last().map_or(0, |c| CHUNK - c.len());
+        if room < id.len() {
             if self.bytes.len() >= 1 << (32 - CHUNK_BITS) {
                 return Err(Full);
             }
@@ -150,10 +158,7 @@ impl Ids {
 
     /// Removes `id`; the removed entry and, when another id moved into its position (the last
     /// one), that id's entry.
-    pub(crate) fn swap_remove(
-        &mut self,
-        id: &[u8],
-    ) -> Option<(DedupeEntry, Option<DedupeEntry>)> {
+    pub(crate) fn swap_remove(&mut self, id: &[u8]) -> Option<(DedupeEntry, Option<DedupeEntry>)> {
         let id = cut(id);
         let hash = self.hasher.hash_one(id);
         let (bytes, slots) = (&self.bytes, &self.slots);
@@ -260,7 +265,11 @@ mod tests {
         for n in 0..300 {
             ids.swap_remove(&id(n)).unwrap();
         }
-        assert!(ids.bytes.len() < before, "{} chunks, as before", ids.bytes.len());
+        assert!(
+            ids.bytes.len() < before,
+            "{} chunks, as before",
+            ids.bytes.len()
+        );
         for n in 300..400 {
             assert_eq!(ids.get(&id(n)), Some(&entry(n as i64)));
         }

@@ -40,7 +40,11 @@ struct Live {
 
 impl Live {
     fn put(&mut self, id: &[u8], entry: DedupeEntry) -> Result<(), StateError> {
-        if self.ids.insert(id, entry).map_err(|_| StateError::IndexFull)? {
+        if self
+            .ids
+            .insert(id, entry)
+            .map_err(|_| StateError::IndexFull)?
+        {
             self.bytes += record_len(id);
         }
         Ok(())
@@ -131,9 +135,7 @@ impl DedupeIndex {
             }
         }
         if inner.log.len > REWRITE_FACTOR * inner.live.bytes + REWRITE_SLACK {
-            inner
-                .log
-                .rewrite(inner.live.ids.iter())?;
+            inner.log.rewrite(inner.live.ids.iter())?;
         }
         Ok(())
     }

@@ -216,8 +216,7 @@ pub(super) fn checked(key: Option<&[u8]>, value: &[u8]) -> Result<InventoryEvent
     } else {
         fields::absent("quantity", raw.quantity, 2)?;
         let delta: i64 = fields::required("delta", raw.delta)?;
-        let uom: Cow<'_, str> =
-            fields::required("unit_of_measure", raw.unit_of_measure)?;
+        let uom: Cow<'_, str> = fields::required("unit_of_measure", raw.unit_of_measure)?;
         crate::upcast::units(delta, &uom)?
     };
     let event_time: Cow<'_, str> = fields::required("event_time", raw.event_time)?;

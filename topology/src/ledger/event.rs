@@ -29,7 +29,9 @@ impl EntryType {
             "captured" => Ok(EntryType::Captured),
             other => Err(Invalid::new(
                 Reason::UnknownType,
-                format!("type `{other}` is not deposited, withdrawn, reserved, released or captured"),
+                format!(
+                    "type `{other}` is not deposited, withdrawn, reserved, released or captured"
+                ),
             )),
         }
     }
