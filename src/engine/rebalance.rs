@@ -99,8 +99,19 @@ impl ConsumerContext for EngineContext {
             return;
         };
         let mut engine = lock(&self.engine);
-        let added = Self::partitions(&engine, tpl);
-        if let Err(e) = consumer.pause(tpl) {
+        // Only partitions without a task pause for a restore: one already owned keeps running
+        // (pausing it would stop it for good, as nothing restores it to resume it).
+        let mut fresh = TopicPartitionList::new();
+        let mut added = Vec::new();
+        for (f, p) in Self::partitions(&engine, tpl) {
+            if engine.tasks.contains_key(&(f, p)) {
+                tracing::warn!(partition = p, "assigned a partition this instance owns already");
+            } else {
+                fresh.add_partition(&engine.flows[f].input, p);
+                added.push((f, p));
+            }
+        }
+        if let Err(e) = consumer.pause(&fresh) {
             tracing::warn!(error = %e, "cannot pause new partitions");
         }
         for (f, p) in added {
