@@ -1,12 +1,13 @@
 //! Micro-benchmarks of the per-event hot path: decode + validate, projection apply, state
 //! encode/decode, dedupe lookup + insert, and sled batch commits. `cargo bench --bench micro`.
-//! It also counts heap allocations per call and writes them to `benches/report/micro_allocations.md`.
+//! It also counts heap allocations per call, and writes both tables (time and allocations per
+//! call) to `benches/report/micro.md`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use tally_state::{CommitBatch, DedupeEntry, Store, StoreOptions};
 use tally_topology::{Inventory, Ledger, Projection, SourceRef};
 
@@ -162,16 +163,77 @@ fn allocations(_: &mut Criterion) {
     rows.push(format!(
         "| store commit, per event (1 state + 1 dedupe entry, 1,000 per batch) | {commit:.2} |"
     ));
-    let table = format!(
-        "# Heap allocations per call of the hot path\n\n`cargo bench --bench micro`; counted by a \
-         counting global allocator over 10,000 calls (store rows: includes sled's own threads).\n\n\
-         | step | allocations per call |\n|---|---|\n{}\n",
-        rows.join("\n")
+    *ALLOCATION_ROWS.lock().unwrap_or_else(|p| p.into_inner()) = rows;
+}
+
+/// The allocation table's rows, written with the timings once criterion is done.
+static ALLOCATION_ROWS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Mean time per call (and per element, for batches) of every benchmark this run measured, read
+/// back from criterion's estimates.
+fn time_rows(since: std::time::SystemTime) -> Vec<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/criterion");
+    let mut rows = Vec::new();
+    for group in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        for bench in std::fs::read_dir(group.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let dir = bench.path().join("new");
+            let estimates = dir.join("estimates.json");
+            let fresh = std::fs::metadata(&estimates)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= since);
+            let read = |f: &str| -> Option<serde_json::Value> {
+                serde_json::from_slice(&std::fs::read(dir.join(f)).ok()?).ok()
+            };
+            let (Some(est), Some(meta), true) =
+                (read("estimates.json"), read("benchmark.json"), fresh)
+            else {
+                continue;
+            };
+            let Some(ns) = est["mean"]["point_estimate"].as_f64() else {
+                continue;
+            };
+            let elements = meta["throughput"]["Elements"]
+                .as_f64()
+                .unwrap_or(1.0)
+                .max(1.0);
+            let name = meta["full_id"].as_str().unwrap_or_default().to_string();
+            rows.push((name, ns, ns / elements));
+        }
+    }
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    rows.into_iter()
+        .map(|(name, ns, per)| format!("| {name} | {ns:.0} ns | {per:.0} ns |"))
+        .collect()
+}
+
+fn main() {
+    let since = std::time::SystemTime::now();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    // `cargo test --benches` runs each benchmark once, measuring nothing worth a report.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let allocations = ALLOCATION_ROWS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .join("\n");
+    let times = time_rows(since).join("\n");
+    let report = format!(
+        "# Micro-benchmarks of the hot path\n\n`cargo bench --bench micro` (criterion; the system \
+         allocator, counting, not the binary's mimalloc).\n\n## Time per call\n\nMean of \
+         criterion's samples; per element for a batch (a commit of N keys is N elements).\n\n\
+         | benchmark | per call | per element |\n|---|---|---|\n{times}\n\n\
+         ## Heap allocations per call\n\nCounted over 10,000 calls (store rows: includes sled's \
+         own threads).\n\n| step | allocations per call |\n|---|---|\n{allocations}\n"
     );
-    eprintln!("{table}");
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("benches/report/micro_allocations.md");
-    if let Err(e) = std::fs::write(&path, table) {
+    eprintln!("{report}");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/report/micro.md");
+    if let Err(e) = std::fs::write(&path, report) {
         eprintln!("cannot write {}: {e}", path.display());
     }
 }
@@ -252,4 +314,3 @@ fn stores(c: &mut Criterion) {
 }
 
 criterion_group!(benches, allocations, projections, stores);
-criterion_main!(benches);

@@ -105,7 +105,10 @@ impl ConsumerContext for EngineContext {
         let mut added = Vec::new();
         for (f, p) in Self::partitions(&engine, tpl) {
             if engine.tasks.contains_key(&(f, p)) {
-                tracing::warn!(partition = p, "assigned a partition this instance owns already");
+                tracing::warn!(
+                    partition = p,
+                    "assigned a partition this instance owns already"
+                );
             } else {
                 fresh.add_partition(&engine.flows[f].input, p);
                 added.push((f, p));
