@@ -142,8 +142,11 @@ impl Ids {
 
     /// Appends `id` to the last chunk with room; its address.
     fn push_bytes(&mut self, id: &[u8]) -> Result<u32, Full> {
-        let room = self.bytes.last().map_or(0, |c| CHUNK - c.len());
-        if room < id.len() {
+        let fits = self
+            .bytes
+            .last()
+            .is_some_and(|c| CHUNK - c.len() >= id.len());
+        if !fits {
             if self.bytes.len() >= 1 << (32 - CHUNK_BITS) {
                 return Err(Full);
             }
@@ -243,6 +246,14 @@ mod tests {
         assert_eq!(ids.swap_remove(b"b"), Some((entry(1), None)));
         assert_eq!(ids.swap_remove(b"b"), None);
         assert_eq!(ids.len(), 1);
+    }
+
+    #[test]
+    fn an_empty_id_is_an_id_like_any_other() {
+        let mut ids = Ids::default();
+        assert_eq!(ids.insert(b"", entry(1)), Ok(true));
+        assert_eq!(ids.get(b""), Some(&entry(1)));
+        assert_eq!(ids.swap_remove(b""), Some((entry(1), None)));
     }
 
     #[test]
