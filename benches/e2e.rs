@@ -282,7 +282,7 @@ fn latency(
     let app = format!("bench-{run}-lat-{tag}");
     let output = format!("{app}.out");
     let stop = Arc::new(AtomicBool::new(false));
-    let mut processor = if guarantee == "raw" {
+    let processor = if guarantee == "raw" {
         Topics::connect(bootstrap, &none)
             .unwrap()
             .create(&output, partitions, 1, TopicRole::Log)
@@ -373,12 +373,9 @@ fn latency(
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Release);
     let seen = watcher.join().unwrap();
-    match &mut processor {
-        Processor::Tally(child) => stop_child(child),
-        Processor::Raw(_) => {}
-    }
-    if let Processor::Raw(echo) = processor {
-        echo.join().unwrap();
+    match processor {
+        Processor::Tally(mut child) => stop_child(&mut child),
+        Processor::Raw(echo) => echo.join().unwrap(),
     }
     // Input timestamps by (partition, offset).
     let reader =
