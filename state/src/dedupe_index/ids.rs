@@ -34,6 +34,10 @@ struct Slot {
     entry: DedupeEntry,
 }
 
+fn slot_in(slots: &[Vec<Slot>], i: usize) -> &Slot {
+    &slots[i / SLOTS_PER_CHUNK][i % SLOTS_PER_CHUNK]
+}
+
 /// Ids and their entries in insertion order; a removal moves the last id into the hole.
 #[derive(Default)]
 pub(crate) struct Ids {
@@ -53,7 +57,7 @@ impl Ids {
     }
 
     fn slot(&self, i: usize) -> &Slot {
-        &self.slots[i / SLOTS_PER_CHUNK][i % SLOTS_PER_CHUNK]
+        slot_in(&self.slots, i)
     }
 
     fn slot_mut(&mut self, i: usize) -> &mut Slot {
@@ -66,21 +70,24 @@ impl Ids {
         &bytes[chunk][start..start + s.len as usize]
     }
 
-    fn find(&self, id: &[u8]) -> Option<usize> {
-        let id = cut(id);
-        let hash = self.hasher.hash_one(id);
+    /// The id stored at slot `i`.
+    fn id_at<'a>(bytes: &'a [Vec<u8>], slots: &[Vec<Slot>], i: u32) -> &'a [u8] {
+        Self::id(bytes, slot_in(slots, i as usize))
+    }
+
+    /// The slot of `id` (already cut), whose hash is `hash`.
+    fn find(&self, hash: u64, id: &[u8]) -> Option<usize> {
         let (bytes, slots) = (&self.bytes, &self.slots);
         self.table
-            .find(hash, |&i| {
-                let i = i as usize;
-                Self::id(bytes, &slots[i / SLOTS_PER_CHUNK][i % SLOTS_PER_CHUNK]) == id
-            })
+            .find(hash, |&i| Self::id_at(bytes, slots, i) == id)
             .map(|&i| i as usize)
     }
 
     /// The entry of `id`.
     pub(crate) fn get(&self, id: &[u8]) -> Option<&DedupeEntry> {
-        self.find(id).map(|i| &self.slot(i).entry)
+        let id = cut(id);
+        self.find(self.hasher.hash_one(id), id)
+            .map(|i| &self.slot(i).entry)
     }
 
     /// The id and entry at insertion position `i`.
@@ -102,7 +109,8 @@ impl Ids {
     /// Sets the entry of `id`; true when the id is new.
     pub(crate) fn insert(&mut self, id: &[u8], entry: DedupeEntry) -> Result<bool, Full> {
         let id = cut(id);
-        if let Some(i) = self.find(id) {
+        let hash = self.hasher.hash_one(id);
+        if let Some(i) = self.find(hash, id) {
             self.slot_mut(i).entry = entry;
             return Ok(false);
         }
@@ -110,33 +118,22 @@ impl Ids {
             return Err(Full);
         }
         let at = self.push_bytes(id)?;
-        let i = self.len;
-        match self.slots.last_mut() {
-            Some(chunk) if chunk.len() < SLOTS_PER_CHUNK => chunk.push(Slot {
+        let room = self.slots.last().is_some_and(|c| c.len() < SLOTS_PER_CHUNK);
+        if !room {
+            self.slots.push(Vec::with_capacity(SLOTS_PER_CHUNK));
+        }
+        if let Some(chunk) = self.slots.last_mut() {
+            chunk.push(Slot {
                 at,
                 len: id.len() as u32,
                 entry,
-            }),
-            _ => {
-                let mut chunk = Vec::with_capacity(SLOTS_PER_CHUNK);
-                chunk.push(Slot {
-                    at,
-                    len: id.len() as u32,
-                    entry,
-                });
-                self.slots.push(chunk);
-            }
+            });
         }
+        let i = self.len as u32;
         self.len += 1;
-        let hash = self.hasher.hash_one(id);
         let (bytes, slots, hasher) = (&self.bytes, &self.slots, &self.hasher);
-        self.table.insert_unique(hash, i as u32, |&j| {
-            let j = j as usize;
-            hasher.hash_one(Self::id(
-                bytes,
-                &slots[j / SLOTS_PER_CHUNK][j % SLOTS_PER_CHUNK],
-            ))
-        });
+        self.table
+            .insert_unique(hash, i, |&j| hasher.hash_one(Self::id_at(bytes, slots, j)));
         Ok(true)
     }
 
@@ -165,10 +162,9 @@ impl Ids {
         let id = cut(id);
         let hash = self.hasher.hash_one(id);
         let (bytes, slots) = (&self.bytes, &self.slots);
-        let found = self.table.find_entry(hash, |&i| {
-            let i = i as usize;
-            Self::id(bytes, &slots[i / SLOTS_PER_CHUNK][i % SLOTS_PER_CHUNK]) == id
-        });
+        let found = self
+            .table
+            .find_entry(hash, |&i| Self::id_at(bytes, slots, i) == id);
         let (i, _) = found.ok()?.remove();
         let i = i as usize;
         let removed = *self.slot(i);
