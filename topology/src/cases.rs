@@ -55,3 +55,23 @@ pub(crate) fn render(
     let parts: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
     format!("{{{}}}", parts.join(","))
 }
+
+/// The property both contracts' one-pass decoders must hold, over `$records` (a strategy of
+/// `(message key, JSON)`): `event::decode` gives exactly what `event::checked` gives.
+macro_rules! decoding_agrees_with_the_field_by_field_decoder {
+    ($records:expr) => {
+        proptest::proptest! {
+            #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+            /// The one-pass decoder never changes a result: the same event, or the same refusal.
+            #[test]
+            fn decoding_agrees_with_the_field_by_field_decoder((key, json) in $records) {
+                let key = key.map(str::as_bytes);
+                proptest::prop_assert_eq!(
+                    event::decode(key, json.as_bytes()),
+                    event::checked(key, json.as_bytes())
+                );
+            }
+        }
+    };
+}
+pub(crate) use decoding_agrees_with_the_field_by_field_decoder;

@@ -36,6 +36,17 @@ pub(crate) fn required<'a, T: Deserialize<'a>>(
     })
 }
 
+/// A contract's decoding: nearly every record is valid, and one typed pass (`quick`) decodes it.
+/// A record that pass does not accept as it is (a wrong type, a broken rule) is decoded again
+/// field by field (`checked`), which names the first problem: the result is always the
+/// field-by-field one.
+pub(crate) fn quick_or_checked<T>(
+    quick: Option<T>,
+    checked: impl FnOnce() -> Result<T, Invalid>,
+) -> Result<T, Invalid> {
+    quick.map_or_else(checked, Ok)
+}
+
 /// Whether `s` is a valid id: non-empty, at most [`MAX_ID_LEN`] bytes.
 pub(crate) fn is_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_ID_LEN

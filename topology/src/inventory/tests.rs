@@ -205,16 +205,5 @@ mod one_pass_decoding {
         }
     }
 
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(4096))]
-        /// The one-pass decoder never changes a result: the same event, or the same refusal.
-        #[test]
-        fn decoding_agrees_with_the_field_by_field_decoder((key, json) in record()) {
-            let key = key.map(str::as_bytes);
-            prop_assert_eq!(
-                event::decode(key, json.as_bytes()),
-                event::checked(key, json.as_bytes())
-            );
-        }
-    }
+    crate::cases::decoding_agrees_with_the_field_by_field_decoder!(record());
 }

@@ -110,16 +110,9 @@ struct Typed<'a> {
     causation_id: Option<Cow<'a, str>>,
 }
 
-/// Parses and validates one ledger record.
-///
-/// Nearly every record is valid, and one typed pass decodes it. A record that pass does not
-/// accept as it is (a wrong type, a broken rule) is decoded again field by field, which names
-/// the first problem: the result is always the field-by-field one.
+/// Parses and validates one ledger record (see [`fields::quick_or_checked`]).
 pub(crate) fn decode(key: Option<&[u8]>, value: &[u8]) -> Result<LedgerEvent, Invalid> {
-    match quick(key, value) {
-        Some(ev) => Ok(ev),
-        None => checked(key, value),
-    }
+    fields::quick_or_checked(quick(key, value), || checked(key, value))
 }
 
 /// The typed pass: the event when the record is valid, else nothing.
