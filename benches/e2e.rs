@@ -143,31 +143,25 @@ fn main() {
     let load = tally::workload::produce(&bootstrap, &none, &input, &spec).unwrap();
     report.load_events_per_sec = load.records_per_sec;
 
+    // Each pass writes its own fresh output topic.
+    let pass = |name: &str, events: u64, copies: usize| {
+        let output = format!("bench-{run}.{name}");
+        topics
+            .create(&output, partitions, 1, TopicRole::Log)
+            .unwrap();
+        raw_passthrough(&bootstrap, &input, &output, events, copies)
+    };
     // A fresh broker's JVM runs its first passthrough at about half speed (405k against 844k
     // events/s warm): one throwaway pass warms it, so the baseline is not the cold one.
-    let warm_out = format!("bench-{run}.warm");
-    topics
-        .create(&warm_out, partitions, 1, TopicRole::Log)
-        .unwrap();
-    raw_passthrough(&bootstrap, &input, &warm_out, events.min(300_000), 1);
-    let raw_out = format!("bench-{run}.raw");
-    topics
-        .create(&raw_out, partitions, 1, TopicRole::Log)
-        .unwrap();
-    report.raw_passthrough_events_per_sec =
-        raw_passthrough(&bootstrap, &input, &raw_out, events, 1);
+    pass("warm", events.min(300_000), 1);
+    report.raw_passthrough_events_per_sec = pass("raw", events, 1);
     eprintln!(
         "raw passthrough: {:.0} events/s",
         report.raw_passthrough_events_per_sec
     );
     // tally writes three records per applied event (dedupe entry, state, output): the same
     // volume through the same clients, without state, is the ceiling of that layout.
-    let raw3_out = format!("bench-{run}.raw3");
-    topics
-        .create(&raw3_out, partitions, 1, TopicRole::Log)
-        .unwrap();
-    report.raw_passthrough_3_records_events_per_sec =
-        raw_passthrough(&bootstrap, &input, &raw3_out, events, 3);
+    report.raw_passthrough_3_records_events_per_sec = pass("raw3", events, 3);
     eprintln!(
         "raw passthrough writing 3 records per event: {:.0} events/s",
         report.raw_passthrough_3_records_events_per_sec
