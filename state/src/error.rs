@@ -40,3 +40,13 @@ pub enum StateError {
         supported: u8,
     },
 }
+
+impl StateError {
+    /// Whether the store's files are locked by another open handle. sled reports that as an
+    /// `Other` IO error whose message names the lock, so the message is what tells.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, StateError::Open { source: sled::Error::Io(e), .. }
+            if e.kind() == std::io::ErrorKind::WouldBlock
+                || e.to_string().contains("could not acquire lock"))
+    }
+}

@@ -46,6 +46,40 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// How long an open waits for a lock that is being released.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Opens sled at `path`. sled's IO threads let go of a dropped database's file lock a moment
+/// after the drop, so a reopen in that moment waits up to [`LOCK_WAIT`] for it; a lock another
+/// process holds still fails.
+fn open_sled(config: &sled::Config, path: &Path) -> Result<sled::Db, StateError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let config = config.clone();
+        // sled panics on some corrupt files instead of returning an error; either way the
+        // store is unreadable and is rebuilt from the changelog.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()))
+            .map_err(|panic| StateError::OpenPanicked {
+                path: path.to_owned(),
+                message: panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "see the panic message before this line".into()),
+            })?
+            .map_err(|source| StateError::Open {
+                path: path.to_owned(),
+                source,
+            });
+        match opened {
+            Err(e) if e.is_locked() && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Store {
     /// Opens (or creates) the store at `path` and checks that its checkpoint is readable.
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Self, StateError> {
@@ -58,21 +92,7 @@ impl Store {
             .cache_capacity(opts.cache_capacity_bytes)
             .flush_every_ms(opts.flush_every_ms)
             .mode(sled::Mode::HighThroughput);
-        // sled panics on some corrupt files instead of returning an error; either way the store
-        // is unreadable and is rebuilt from the changelog.
-        let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()))
-            .map_err(|panic| StateError::OpenPanicked {
-                path: path.to_owned(),
-                message: panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "see the panic message before this line".into()),
-            })?
-            .map_err(|source| StateError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
+        let db = open_sled(&config, path)?;
         if db.scan_prefix([RecordKind::Dedupe.tag()]).next().is_some() {
             return Err(StateError::Corrupt {
                 what: "store",
@@ -113,13 +133,7 @@ impl Store {
         match Self::open(path, opts) {
             Ok(store) => Ok((store, None)),
             // Another process holds the store: wiping it would destroy live state.
-            Err(StateError::Open {
-                source: sled::Error::Io(e),
-                path,
-            }) if e.kind() == std::io::ErrorKind::WouldBlock => Err(StateError::Open {
-                source: sled::Error::Io(e),
-                path,
-            }),
+            Err(e @ StateError::Open { .. }) if e.is_locked() => Err(e),
             Err(reason) => {
                 Self::wipe(path)?;
                 Ok((Self::open(path, opts)?, Some(reason)))

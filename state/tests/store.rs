@@ -250,6 +250,26 @@ fn restore_refuses_a_record_of_unknown_kind() {
 }
 
 #[test]
+fn a_store_held_open_elsewhere_is_refused_not_wiped() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = open(&dir);
+    let mut b = CommitBatch::default();
+    b.put_state(b"sku-1", b"\x01state");
+    b.set_checkpoint(cp(5));
+    held.commit(b).unwrap();
+    held.flush().unwrap();
+    let err =
+        Store::open_or_wipe(dir.path(), StoreOptions::default()).expect_err("refused while held");
+    assert!(err.is_locked(), "{err}");
+    assert_eq!(held.checkpoint().unwrap(), Some(cp(5)));
+    drop(held);
+    assert_eq!(
+        open(&dir).state(b"sku-1").unwrap().as_deref(),
+        Some(&b"\x01state"[..])
+    );
+}
+
+#[test]
 fn an_unreadable_checkpoint_makes_open_or_wipe_start_empty() {
     let dir = tempfile::tempdir().unwrap();
     {
