@@ -17,6 +17,7 @@ pub mod upcast;
 mod cases;
 mod codec;
 mod fields;
+mod json;
 
 pub use contract::{Contract, ContractError};
 pub use error::{Invalid, Reason};

@@ -65,6 +65,16 @@ pub trait Projection {
         prev: Option<&Self::State>,
         ev: &Self::Event,
         source: SourceRef,
+    ) -> Result<Self::State, Invalid> {
+        Self::apply_owned(prev.cloned(), ev, source)
+    }
+    /// [`Projection::apply`] to a previous state the caller gives away: it is updated in place,
+    /// not copied (the processor's states come fresh from the store, and a copy is most of the
+    /// cost of a fold).
+    fn apply_owned(
+        prev: Option<Self::State>,
+        ev: &Self::Event,
+        source: SourceRef,
     ) -> Result<Self::State, Invalid>;
     /// Renders the materialized output JSON into `out` (cleared first).
     fn render(state: &Self::State, out: &mut Vec<u8>) -> Result<(), Invalid>;

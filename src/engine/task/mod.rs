@@ -400,10 +400,8 @@ where
         let slot = self.states.get_index_of(key);
         let applied = match slot.and_then(|i| self.states.get_index(i)) {
             Some((_, staged)) => P::apply(Some(&staged.state), &event, source),
-            None => {
-                let prev = self.load_state(key)?;
-                P::apply(prev.as_ref(), &event, source)
-            }
+            // A state fresh from the store is this task's own copy: folded in place.
+            None => P::apply_owned(self.load_state(key)?, &event, source),
         };
         match applied {
             Ok(state) => self.stage_at(slot, key, state),

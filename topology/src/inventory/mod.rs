@@ -105,13 +105,13 @@ impl Projection for Inventory {
             .finish()
     }
 
-    fn apply(
-        prev: Option<&Availability>,
+    fn apply_owned(
+        prev: Option<Availability>,
         ev: &InventoryEvent,
         source: SourceRef,
     ) -> Result<Availability, Invalid> {
         let mut s = match prev {
-            Some(p) => p.clone(),
+            Some(p) => p,
             None => Availability {
                 sku: ev.sku.clone(),
                 locations: BTreeMap::new(),

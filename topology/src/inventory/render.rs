@@ -1,16 +1,9 @@
 //! The availability output record: JSON with a fixed field order, written without a DOM.
-//! Strings go through serde_json's escaper; numbers are written directly.
+//! Pieces are appended by [`crate::json`]; nothing is formatted through `fmt`.
 
-use std::io::Write;
-
-use super::Availability;
+use super::{Availability, Buckets};
 use crate::error::Invalid;
-use crate::time::render_event_time;
-
-fn string(out: &mut Vec<u8>, s: &str) {
-    // Writing a &str into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
-}
+use crate::json::{event_time, int, raw, string};
 
 /// Renders `{"sku":..,"stock_on_hand":..,...}` into `out` (cleared first).
 pub(crate) fn availability(s: &Availability, out: &mut Vec<u8>) -> Result<(), Invalid> {
@@ -18,36 +11,42 @@ pub(crate) fn availability(s: &Availability, out: &mut Vec<u8>) -> Result<(), In
     let (t, on_hand) = s
         .totals()
         .ok_or_else(|| Invalid::overflow("stock_on_hand"))?;
-    out.extend_from_slice(b"{\"sku\":");
+    raw(out, "{\"sku\":");
     string(out, &s.sku);
-    let _ = write!(
-        out,
-        ",\"stock_on_hand\":{on_hand},\"sellable\":{},\"damaged\":{},\"return_to_vendor\":{},\"locations\":{{",
-        t.sellable, t.damaged, t.return_to_vendor
-    );
+    raw(out, ",\"stock_on_hand\":");
+    int(out, on_hand);
+    out.push(b',');
+    buckets(out, &t);
+    raw(out, ",\"locations\":{");
     for (i, (loc, b)) in s.locations.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         string(out, loc);
-        let _ = write!(
-            out,
-            ":{{\"sellable\":{},\"damaged\":{},\"return_to_vendor\":{}}}",
-            b.sellable, b.damaged, b.return_to_vendor
-        );
+        raw(out, ":{");
+        buckets(out, b);
+        out.push(b'}');
     }
-    let _ = write!(
-        out,
-        "}},\"events_applied\":{},\"last_event_id\":",
-        s.events_applied
-    );
+    raw(out, "},\"events_applied\":");
+    int(out, s.events_applied);
+    raw(out, ",\"last_event_id\":");
     string(out, &s.last_event_id);
-    out.extend_from_slice(b",\"last_event_time\":");
-    string(out, &render_event_time(s.last_event_time_ms));
-    let _ = write!(
-        out,
-        ",\"source\":{{\"partition\":{},\"offset\":{}}}}}",
-        s.source.partition, s.source.offset
-    );
+    raw(out, ",\"last_event_time\":");
+    event_time(out, s.last_event_time_ms);
+    raw(out, ",\"source\":{\"partition\":");
+    int(out, s.source.partition);
+    raw(out, ",\"offset\":");
+    int(out, s.source.offset);
+    raw(out, "}}");
     Ok(())
+}
+
+/// `"sellable":..,"damaged":..,"return_to_vendor":..`
+fn buckets(out: &mut Vec<u8>, b: &Buckets) {
+    raw(out, "\"sellable\":");
+    int(out, b.sellable);
+    raw(out, ",\"damaged\":");
+    int(out, b.damaged);
+    raw(out, ",\"return_to_vendor\":");
+    int(out, b.return_to_vendor);
 }

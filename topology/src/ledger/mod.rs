@@ -6,14 +6,13 @@ mod event;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 
 pub use event::{EntryType, LedgerEvent};
 
 use crate::codec::{self, Fingerprint};
 use crate::error::Invalid;
 use crate::projection::{FlowKind, Projection, SourceRef, StateDecodeError};
-use crate::time::render_event_time;
+use crate::json::{event_time, int, raw, string};
 
 /// Balances of one currency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bincode::Encode, bincode::Decode)]
@@ -77,13 +76,13 @@ impl Projection for Ledger {
             .finish()
     }
 
-    fn apply(
-        prev: Option<&Balance>,
+    fn apply_owned(
+        prev: Option<Balance>,
         ev: &LedgerEvent,
         source: SourceRef,
     ) -> Result<Balance, Invalid> {
         let mut s = match prev {
-            Some(p) => p.clone(),
+            Some(p) => p,
             None => Balance {
                 account_id: ev.account_id.clone(),
                 balances: BTreeMap::new(),
@@ -120,34 +119,34 @@ impl Projection for Ledger {
 
     fn render(s: &Balance, out: &mut Vec<u8>) -> Result<(), Invalid> {
         out.clear();
-        out.extend_from_slice(b"{\"account_id\":");
-        let _ = serde_json::to_writer(&mut *out, &s.account_id);
-        out.extend_from_slice(b",\"balances\":{");
+        raw(out, "{\"account_id\":");
+        string(out, &s.account_id);
+        raw(out, ",\"balances\":{");
         for (i, (cur, m)) in s.balances.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
             let total = step(m.available, m.reserved, "total")?;
-            let _ = serde_json::to_writer(&mut *out, cur);
-            let _ = write!(
-                out,
-                ":{{\"available\":{},\"reserved\":{},\"total\":{total}}}",
-                m.available, m.reserved
-            );
+            string(out, cur);
+            raw(out, ":{\"available\":");
+            int(out, m.available);
+            raw(out, ",\"reserved\":");
+            int(out, m.reserved);
+            raw(out, ",\"total\":");
+            int(out, total);
+            out.push(b'}');
         }
-        let _ = write!(
-            out,
-            "}},\"events_applied\":{},\"last_event_id\":",
-            s.events_applied
-        );
-        let _ = serde_json::to_writer(&mut *out, &s.last_event_id);
-        out.extend_from_slice(b",\"last_event_time\":");
-        let _ = serde_json::to_writer(&mut *out, &render_event_time(s.last_event_time_ms));
-        let _ = write!(
-            out,
-            ",\"source\":{{\"partition\":{},\"offset\":{}}}}}",
-            s.source.partition, s.source.offset
-        );
+        raw(out, "},\"events_applied\":");
+        int(out, s.events_applied);
+        raw(out, ",\"last_event_id\":");
+        string(out, &s.last_event_id);
+        raw(out, ",\"last_event_time\":");
+        event_time(out, s.last_event_time_ms);
+        raw(out, ",\"source\":{\"partition\":");
+        int(out, s.source.partition);
+        raw(out, ",\"offset\":");
+        int(out, s.source.offset);
+        raw(out, "}}");
         Ok(())
     }
 
