@@ -1,6 +1,7 @@
 //! Output records written piece by piece into a reused buffer, in a fixed field order.
 //! Strings that need no escaping are copied as they are, others go through serde_json's escaper.
 
+use crate::projection::SourceRef;
 use crate::time::write_event_time;
 
 /// Appends a literal piece of the record.
@@ -31,6 +32,28 @@ pub(crate) fn event_time(out: &mut Vec<u8>, ms: i64) {
     out.push(b'"');
     write_event_time(ms, out);
     out.push(b'"');
+}
+
+/// Appends the fields every output record ends with (what was applied last, and where it was
+/// read), and closes the record.
+pub(crate) fn provenance(
+    out: &mut Vec<u8>,
+    events_applied: u64,
+    last_event_id: &str,
+    last_event_time_ms: i64,
+    source: SourceRef,
+) {
+    raw(out, ",\"events_applied\":");
+    int(out, events_applied);
+    raw(out, ",\"last_event_id\":");
+    string(out, last_event_id);
+    raw(out, ",\"last_event_time\":");
+    event_time(out, last_event_time_ms);
+    raw(out, ",\"source\":{\"partition\":");
+    int(out, source.partition);
+    raw(out, ",\"offset\":");
+    int(out, source.offset);
+    raw(out, "}}");
 }
 
 #[cfg(test)]

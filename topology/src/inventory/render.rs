@@ -3,7 +3,7 @@
 
 use super::{Availability, Buckets};
 use crate::error::Invalid;
-use crate::json::{event_time, int, raw, string};
+use crate::json::{int, provenance, raw, string};
 
 /// Renders `{"sku":..,"stock_on_hand":..,...}` into `out` (cleared first).
 pub(crate) fn availability(s: &Availability, out: &mut Vec<u8>) -> Result<(), Invalid> {
@@ -27,17 +27,8 @@ pub(crate) fn availability(s: &Availability, out: &mut Vec<u8>) -> Result<(), In
         buckets(out, b);
         out.push(b'}');
     }
-    raw(out, "},\"events_applied\":");
-    int(out, s.events_applied);
-    raw(out, ",\"last_event_id\":");
-    string(out, &s.last_event_id);
-    raw(out, ",\"last_event_time\":");
-    event_time(out, s.last_event_time_ms);
-    raw(out, ",\"source\":{\"partition\":");
-    int(out, s.source.partition);
-    raw(out, ",\"offset\":");
-    int(out, s.source.offset);
-    raw(out, "}}");
+    out.push(b'}');
+    provenance(out, s.events_applied, &s.last_event_id, s.last_event_time_ms, s.source);
     Ok(())
 }
 

@@ -12,7 +12,7 @@ pub use event::{EntryType, LedgerEvent};
 use crate::codec::{self, Fingerprint};
 use crate::error::Invalid;
 use crate::projection::{FlowKind, Projection, SourceRef, StateDecodeError};
-use crate::json::{event_time, int, raw, string};
+use crate::json::{int, provenance, raw, string};
 
 /// Balances of one currency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bincode::Encode, bincode::Decode)]
@@ -136,17 +136,8 @@ impl Projection for Ledger {
             int(out, total);
             out.push(b'}');
         }
-        raw(out, "},\"events_applied\":");
-        int(out, s.events_applied);
-        raw(out, ",\"last_event_id\":");
-        string(out, &s.last_event_id);
-        raw(out, ",\"last_event_time\":");
-        event_time(out, s.last_event_time_ms);
-        raw(out, ",\"source\":{\"partition\":");
-        int(out, s.source.partition);
-        raw(out, ",\"offset\":");
-        int(out, s.source.offset);
-        raw(out, "}}");
+        out.push(b'}');
+        provenance(out, s.events_applied, &s.last_event_id, s.last_event_time_ms, s.source);
         Ok(())
     }
 
