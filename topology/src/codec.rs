@@ -127,7 +127,11 @@ mod tests {
         streaming.update(field.as_bytes());
         streaming.update(&(-7i64).to_le_bytes());
         streaming.update(&0i64.to_le_bytes());
-        let ours = Fingerprint::new("tag").str(field).int(-7).opt(None).finish();
+        let ours = Fingerprint::new("tag")
+            .str(field)
+            .int(-7)
+            .opt(None)
+            .finish();
         assert_eq!(ours, streaming.digest());
     }
 }

@@ -27,13 +27,6 @@ pub(crate) fn int(out: &mut Vec<u8>, v: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
-/// Appends an event time as a JSON string of its RFC 3339 text (which never needs escaping).
-pub(crate) fn event_time(out: &mut Vec<u8>, ms: i64) {
-    out.push(b'"');
-    write_event_time(ms, out);
-    out.push(b'"');
-}
-
 /// Appends the fields every output record ends with (what was applied last, and where it was
 /// read), and closes the record.
 pub(crate) fn provenance(
@@ -47,9 +40,10 @@ pub(crate) fn provenance(
     int(out, events_applied);
     raw(out, ",\"last_event_id\":");
     string(out, last_event_id);
-    raw(out, ",\"last_event_time\":");
-    event_time(out, last_event_time_ms);
-    raw(out, ",\"source\":{\"partition\":");
+    // RFC 3339 text never needs escaping.
+    raw(out, ",\"last_event_time\":\"");
+    write_event_time(last_event_time_ms, out);
+    raw(out, "\",\"source\":{\"partition\":");
     int(out, source.partition);
     raw(out, ",\"offset\":");
     int(out, source.offset);

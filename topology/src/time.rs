@@ -28,7 +28,7 @@ pub fn render_event_time(ms: i64) -> String {
 
 /// Appends [`render_event_time`]'s text to `out` without an intermediate `String`: the output
 /// of every event renders one, so the common years take a direct path.
-pub fn write_event_time(ms: i64, out: &mut Vec<u8>) {
+pub(crate) fn write_event_time(ms: i64, out: &mut Vec<u8>) {
     let secs = ms.div_euclid(1000);
     let millis = ms.rem_euclid(1000);
     let (year, month, day) = civil_date(secs.div_euclid(86_400));
@@ -52,7 +52,14 @@ pub fn write_event_time(ms: i64, out: &mut Vec<u8>) {
     put(14, sod / 60 % 60, 2);
     put(17, sod % 60, 2);
     put(20, millis, 3);
-    for (at, c) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.')] {
+    for (at, c) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+    ] {
         text[at] = c;
     }
     let end = if millis == 0 { 19 } else { 23 };

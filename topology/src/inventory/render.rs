@@ -28,7 +28,13 @@ pub(crate) fn availability(s: &Availability, out: &mut Vec<u8>) -> Result<(), In
         out.push(b'}');
     }
     out.push(b'}');
-    provenance(out, s.events_applied, &s.last_event_id, s.last_event_time_ms, s.source);
+    provenance(
+        out,
+        s.events_applied,
+        &s.last_event_id,
+        s.last_event_time_ms,
+        s.source,
+    );
     Ok(())
 }
 

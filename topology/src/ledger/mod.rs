@@ -11,8 +11,8 @@ pub use event::{EntryType, LedgerEvent};
 
 use crate::codec::{self, Fingerprint};
 use crate::error::Invalid;
-use crate::projection::{FlowKind, Projection, SourceRef, StateDecodeError};
 use crate::json::{int, provenance, raw, string};
+use crate::projection::{FlowKind, Projection, SourceRef, StateDecodeError};
 
 /// Balances of one currency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bincode::Encode, bincode::Decode)]
@@ -137,7 +137,13 @@ impl Projection for Ledger {
             out.push(b'}');
         }
         out.push(b'}');
-        provenance(out, s.events_applied, &s.last_event_id, s.last_event_time_ms, s.source);
+        provenance(
+            out,
+            s.events_applied,
+            &s.last_event_id,
+            s.last_event_time_ms,
+            s.source,
+        );
         Ok(())
     }
 
