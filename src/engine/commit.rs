@@ -1,5 +1,6 @@
 //! One commit of all staged work: a Kafka transaction (exactly_once) or produce-flush-commit
 //! (at_least_once), and only then the local stores. A failed commit rewinds every task.
+//! The Kafka round trips run on the committer thread while the poll loop stages the next batch.
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,7 @@ use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 use tally_state::CommitMetadata;
 
+use super::committer::{Timings, Work};
 use super::task::ProduceError;
 use super::Engine;
 use crate::config::ProcessingGuarantee;
@@ -18,18 +20,48 @@ use crate::config::ProcessingGuarantee;
 pub enum CommitOutcome {
     /// Nothing was staged.
     Idle,
-    /// Everything staged is committed and written to the stores.
+    /// Everything staged is committed and handed to the stores.
     Committed { events: usize },
     /// The commit failed; staged work was dropped and every task is restoring again.
     RolledBack,
 }
 
+/// The commit the committer thread is working on.
+pub(super) struct Running {
+    events: usize,
+    started: Instant,
+    /// at_least_once: the input offsets, committed once every record is acknowledged.
+    offsets: Option<TopicPartitionList>,
+    /// at_least_once: delivery failures counted before this commit's records.
+    failures: u64,
+}
+
 impl Engine {
-    /// Commits all staged work of every active task.
+    /// Commits all staged work of every active task and waits until it is done (before a
+    /// revoke, at shutdown).
     pub fn commit<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
     ) -> Result<CommitOutcome, super::EngineError> {
+        self.finish_commit(consumer, true)?;
+        self.start_commit(consumer)?;
+        Ok(self
+            .finish_commit(consumer, true)?
+            .unwrap_or(CommitOutcome::Idle))
+    }
+
+    /// Whether a commit is under way (nothing is shipped meanwhile).
+    pub(super) fn committing(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Ships the rest of the staged work, seals it in every task and hands the Kafka round
+    /// trips to the committer thread. A produce error rolls everything back at once.
+    pub(super) fn start_commit<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), super::EngineError> {
+        debug_assert!(self.running.is_none(), "one commit runs at a time");
         self.next_commit = Instant::now() + self.cfg.commit_interval();
         let mut offsets = TopicPartitionList::new();
         let mut events = 0;
@@ -57,101 +89,133 @@ impl Engine {
             // Shipped records always come with progress; a transaction without any has nothing
             // worth committing.
             self.abort_open();
-            return Ok(CommitOutcome::Idle);
+            return Ok(());
         }
         let started = Instant::now();
-        match self.commit_to_kafka(consumer, &offsets) {
-            Ok(()) => {}
-            Err(ProduceError::Task(e)) => return Err(e.into()),
+        let failures = self.sink.failures();
+        match self.produce_rest(consumer, offsets) {
+            Ok((work, offsets)) => {
+                for t in self.tasks.values_mut() {
+                    if t.has_progress() {
+                        t.seal();
+                    }
+                }
+                let timeout = self.sink.timeout;
+                self.committer.submit(self.sink.shared(), work, timeout);
+                self.running = Some(Running {
+                    events,
+                    started,
+                    offsets,
+                    failures,
+                });
+                Ok(())
+            }
+            Err(ProduceError::Task(e)) => Err(e.into()),
             Err(ProduceError::Kafka(e)) => {
                 tracing::warn!(error = %e, "commit failed; rolling back to the committed offsets");
                 self.roll_back(consumer, &e);
-                return Ok(CommitOutcome::RolledBack);
+                Ok(())
             }
         }
-        let kafka_done = started.elapsed();
-        for t in self.tasks.values_mut() {
-            if t.has_progress() {
-                t.after_commit(&self.changelog_offsets)?;
-            }
-        }
-        tracing::debug!(
-            events,
-            kafka_ms = kafka_done.as_millis() as u64,
-            store_ms = (started.elapsed() - kafka_done).as_millis() as u64,
-            "committed"
-        );
-        self.health.broker_reachable(true);
-        metrics::histogram!("tally_commit_latency_seconds").record(started.elapsed().as_secs_f64());
-        Ok(CommitOutcome::Committed { events })
     }
 
-    fn commit_to_kafka<C: ConsumerContext>(
+    /// Produces what is left of the batch (with the dedupe expiry) and says what the committer
+    /// thread waits for.
+    fn produce_rest<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
-        offsets: &TopicPartitionList,
-    ) -> Result<(), ProduceError> {
+        offsets: TopicPartitionList,
+    ) -> Result<(Work, Option<TopicPartitionList>), ProduceError> {
         let retention_ms = i64::try_from(self.cfg.dedupe_retention.as_millis()).unwrap_or(i64::MAX);
-        let timeout = self.sink.timeout;
-        match self.cfg.processing_guarantee {
+        if self.cfg.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
+            self.begin()?;
+        }
+        for t in self.tasks.values_mut() {
+            if t.has_progress() {
+                t.produce(&self.sink, retention_ms)?;
+            }
+        }
+        Ok(match self.cfg.processing_guarantee {
             ProcessingGuarantee::ExactlyOnce => {
-                let t0 = Instant::now();
-                self.begin()?;
-                for t in self.tasks.values_mut() {
-                    if t.has_progress() {
-                        t.produce(&self.sink, retention_ms)?;
-                    }
-                }
                 let group = consumer.group_metadata().ok_or_else(|| {
                     KafkaError::Subscription("no consumer group metadata yet".into())
                 })?;
-                let t1 = Instant::now();
-                self.sink.flush()?;
-                let t2 = Instant::now();
-                super::faults::hit("before_send_offsets");
-                let producer = self.sink.producer();
-                producer.send_offsets_to_transaction(offsets, &group, timeout)?;
-                let t3 = Instant::now();
-                super::faults::hit("before_commit_transaction");
-                producer.commit_transaction(timeout)?;
-                self.txn_open = false;
-                super::faults::hit("after_commit_transaction");
-                tracing::debug!(
-                    produce_us = (t1 - t0).as_micros() as u64,
-                    flush_us = (t2 - t1).as_micros() as u64,
-                    send_offsets_us = (t3 - t2).as_micros() as u64,
-                    commit_us = t3.elapsed().as_micros() as u64,
-                    "transaction"
-                );
+                (Work::Transaction { offsets, group }, None)
             }
-            ProcessingGuarantee::AtLeastOnce => {
-                let failures = self.sink.failures();
-                let started = std::time::Instant::now();
-                for t in self.tasks.values_mut() {
-                    if t.has_progress() {
-                        t.produce(&self.sink, retention_ms)?;
-                    }
-                }
-                let produced = started.elapsed();
-                let unacked = self.sink.producer().in_flight_count();
-                self.sink.flush()?;
-                tracing::debug!(
-                    unacked,
-                    produce_ms = produced.as_millis() as u64,
-                    flush_ms = (started.elapsed() - produced).as_millis() as u64,
-                    "flushed"
-                );
-                if self.sink.failures() != failures {
-                    return Err(KafkaError::MessageProduction(
-                        rdkafka::error::RDKafkaErrorCode::Fail,
-                    )
-                    .into());
-                }
-                super::faults::hit("before_commit_offsets");
-                consumer.commit(offsets, CommitMode::Sync)?;
-            }
+            ProcessingGuarantee::AtLeastOnce => (Work::Flush, Some(offsets)),
+        })
+    }
+
+    /// Ends the running commit, if any, once the committer thread is done with it (`wait`: even
+    /// if that means waiting): the sealed batches go to the store writer, or everything rolls
+    /// back. Returns the outcome of the commit it ended.
+    pub(super) fn finish_commit<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        wait: bool,
+    ) -> Result<Option<CommitOutcome>, super::EngineError> {
+        if self.running.is_none() {
+            return Ok(None);
         }
-        Ok(())
+        let result = if wait {
+            self.committer.wait()
+        } else {
+            match self.committer.try_result() {
+                Some(r) => r,
+                None => return Ok(None),
+            }
+        };
+        let Some(running) = self.running.take() else {
+            return Ok(None);
+        };
+        self.txn_open = false;
+        let committed = result.and_then(|timings| self.commit_offsets(consumer, &running, timings));
+        if let Err(e) = committed {
+            tracing::warn!(error = %e, "commit failed; rolling back to the committed offsets");
+            self.roll_back(consumer, &e);
+            return Ok(Some(CommitOutcome::RolledBack));
+        }
+        let kafka_done = running.started.elapsed();
+        for t in self.tasks.values_mut() {
+            t.after_commit(&self.changelog_offsets)?;
+        }
+        tracing::debug!(
+            events = running.events,
+            kafka_ms = kafka_done.as_millis() as u64,
+            "committed"
+        );
+        self.health.broker_reachable(true);
+        metrics::histogram!("tally_commit_latency_seconds")
+            .record(running.started.elapsed().as_secs_f64());
+        Ok(Some(CommitOutcome::Committed {
+            events: running.events,
+        }))
+    }
+
+    /// at_least_once: commits the input offsets once every record is acknowledged (exactly_once
+    /// committed them in the transaction already).
+    fn commit_offsets<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        running: &Running,
+        timings: Timings,
+    ) -> Result<(), KafkaError> {
+        tracing::debug!(
+            flush_us = timings.flush.as_micros() as u64,
+            send_offsets_us = timings.send_offsets.as_micros() as u64,
+            commit_us = timings.commit.as_micros() as u64,
+            "kafka commit"
+        );
+        let Some(offsets) = &running.offsets else {
+            return Ok(());
+        };
+        if self.sink.failures() != running.failures {
+            return Err(KafkaError::MessageProduction(
+                rdkafka::error::RDKafkaErrorCode::Fail,
+            ));
+        }
+        super::faults::hit("before_commit_offsets");
+        consumer.commit(offsets, CommitMode::Sync)
     }
 
     /// Hands what the tasks staged since the last call to the producer, opening the transaction
@@ -161,7 +225,7 @@ impl Engine {
         &mut self,
         consumer: &BaseConsumer<C>,
     ) -> Result<(), super::EngineError> {
-        if !self.tasks.values().any(|t| t.unshipped()) {
+        if self.committing() || !self.tasks.values().any(|t| t.unshipped()) {
             return Ok(());
         }
         let shipped = self.begin().map_err(ProduceError::from).and_then(|()| {

@@ -2,6 +2,7 @@
 //! `run` owns the poll loop; rebalance callbacks commit or drop work through the same engine.
 
 mod commit;
+mod committer;
 mod control;
 mod faults;
 mod rebalance;
@@ -85,6 +86,9 @@ pub struct Engine {
     sink: Sink,
     /// Whether records were shipped into a transaction that is not committed yet.
     txn_open: bool,
+    committer: committer::Committer,
+    /// The commit the committer thread works on, if any.
+    running: Option<commit::Running>,
     changelog_offsets: Arc<ChangelogOffsets>,
     restores_tx: Sender<RestoreDone>,
     restores_rx: Receiver<RestoreDone>,
@@ -349,6 +353,11 @@ pub fn run(
         })?,
         sink,
         txn_open: false,
+        committer: committer::Committer::start().map_err(|source| tally_state::StateError::Fs {
+            path: cfg.state_dir.clone(),
+            source,
+        })?,
+        running: None,
         changelog_offsets,
         restores_tx,
         restores_rx,
@@ -373,7 +382,12 @@ pub fn run(
         while !shutdown.load(Ordering::Acquire) {
             let wait = {
                 let e = lock(&engine);
-                e.next_commit.saturating_duration_since(Instant::now())
+                if e.committing() {
+                    // The end of a commit is noticed between polls.
+                    COMMIT_CHECK
+                } else {
+                    e.next_commit.saturating_duration_since(Instant::now())
+                }
             };
             let mut polled = 0;
             let t0 = Instant::now();
@@ -403,9 +417,13 @@ pub fn run(
                 e.health.broker_reachable(true);
             }
             let t2 = Instant::now();
-            let committing = t2 >= e.next_commit || e.staged() >= max_events;
+            // A batch as large as a whole commit waits for the running commit: that bounds what
+            // is staged to two commits' worth.
+            let full = e.staged() >= max_events;
+            e.finish_commit(&consumer, full)?;
+            let committing = !e.committing() && (t2 >= e.next_commit || e.staged() >= max_events);
             if committing {
-                e.commit(&consumer)?;
+                e.start_commit(&consumer)?;
             } else {
                 e.ship(&consumer)?;
             }
@@ -433,6 +451,10 @@ pub fn run(
     tracing::info!("processor stopped");
     result
 }
+
+/// How long a poll waits for input while a commit runs, before it looks whether the commit
+/// ended (the committer thread cannot wake a poll).
+const COMMIT_CHECK: Duration = Duration::from_millis(2);
 
 /// Where the poll loop's time goes, logged at debug level every few seconds: waiting for input,
 /// processing it, shipping, committing.

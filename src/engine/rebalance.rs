@@ -72,8 +72,12 @@ impl ConsumerContext for EngineContext {
                 partitions = revoked.len(),
                 "assignment lost; dropping staged work"
             );
+            // A running commit ends first (its outcome is Kafka's, whatever this instance does).
             // Staged work spans every partition: drop it all (with the records already shipped
             // into the open transaction) and restore the survivors.
+            if let Err(e) = engine.finish_commit(consumer, true) {
+                tracing::error!(error = %e, "the running commit failed");
+            }
             engine.abort_open();
             for &(f, p) in &revoked {
                 engine.remove_task(f, p);

@@ -70,7 +70,7 @@ impl ProducerContext for DeliveryTracker {
 
 /// The producer with tally's send discipline (explicit partitions, retry on a full queue).
 pub struct Sink {
-    producer: BaseProducer<DeliveryTracker>,
+    producer: Arc<BaseProducer<DeliveryTracker>>,
     transactional: bool,
     pub(crate) timeout: Duration,
 }
@@ -92,7 +92,7 @@ impl Sink {
             producer.init_transactions(timeout)?;
         }
         Ok(Self {
-            producer,
+            producer: Arc::new(producer),
             transactional,
             timeout,
         })
@@ -106,6 +106,11 @@ impl Sink {
     /// The underlying producer, for transaction calls.
     pub fn producer(&self) -> &BaseProducer<DeliveryTracker> {
         &self.producer
+    }
+
+    /// The producer, for the committer thread that waits on its round trips.
+    pub fn shared(&self) -> Arc<BaseProducer<DeliveryTracker>> {
+        Arc::clone(&self.producer)
     }
 
     /// Deliveries that failed since the producer was created.
@@ -151,6 +156,6 @@ impl Sink {
 
     /// Waits until every produced record is acknowledged (and its delivery report served).
     pub fn flush(&self) -> KafkaResult<()> {
-        crate::kafka::clients::flush(&self.producer, self.timeout)
+        crate::kafka::clients::flush(self.producer.as_ref(), self.timeout)
     }
 }

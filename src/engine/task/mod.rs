@@ -69,7 +69,10 @@ pub trait TaskOps: Send {
     fn ship(&mut self, sink: &Sink) -> Result<(), ProduceError>;
     /// Ships what is left and the dedupe expiry of this commit.
     fn produce(&mut self, sink: &Sink, retention_ms: i64) -> Result<(), ProduceError>;
-    /// Hands the committed work to the store writer.
+    /// Sets everything staged (and shipped) aside as the batch of the commit that starts now;
+    /// processing goes on into a new batch, which sees the sealed one.
+    fn seal(&mut self);
+    /// Hands the sealed batch, now committed, to the store writer.
     fn after_commit(&mut self, offsets: &ChangelogOffsets) -> Result<(), TaskError>;
     /// Waits until every committed batch is in the store.
     fn settle(&mut self) -> Result<(), TaskError>;
@@ -123,6 +126,18 @@ struct Inflight<P: Projection> {
     pending: Pending,
 }
 
+/// A batch whose commit is under way: lookups see it, and the store gets it once Kafka
+/// committed it.
+struct Sealed<P: Projection> {
+    states: StagedStates<P::State>,
+    dedupe: StagedIds,
+    batch: CommitBatch,
+    next: i64,
+    watermark: i64,
+    control_next: i64,
+    counts: Counts,
+}
+
 /// Committed batches a task may have queued at the store writer before it waits for the oldest:
 /// two let sled's writes of one commit overlap the next commit's Kafka round trips.
 const MAX_INFLIGHT: usize = 2;
@@ -135,6 +150,7 @@ pub struct Task<P: Projection> {
     writer: StoreWriter,
     /// Oldest first.
     inflight: VecDeque<Inflight<P>>,
+    sealed: Option<Sealed<P>>,
     status: Status,
     epoch: u64,
     committed: i64,
@@ -183,6 +199,7 @@ where
             store,
             writer,
             inflight: VecDeque::new(),
+            sealed: None,
             status: Status::Restoring,
             epoch: 0,
             committed: 0,
@@ -251,10 +268,12 @@ where
         }
     }
 
-    /// The committed state of `key`: the newest batch still on its way to the store, else the
-    /// store.
+    /// The state of `key` before this batch: the sealed batch, else the newest batch still on
+    /// its way to the store, else the store.
     fn load_state(&self, key: &str) -> Result<Option<P::State>, TaskError> {
-        if let Some(s) = self.inflight.iter().rev().find_map(|i| i.states.get(key)) {
+        let sealed = self.sealed.iter().map(|s| &s.states);
+        let queued = self.inflight.iter().rev().map(|i| &i.states);
+        if let Some(s) = sealed.chain(queued).find_map(|states| states.get(key)) {
             return Ok(Some(s.state.clone()));
         }
         let Some(bytes) = self
@@ -282,12 +301,9 @@ where
         if let Some(e) = self.dedupe.get(event_id) {
             return Ok(live(*e));
         }
-        if let Some(e) = self
-            .inflight
-            .iter()
-            .rev()
-            .find_map(|i| i.dedupe.get(event_id))
-        {
+        let sealed = self.sealed.iter().map(|s| &s.dedupe);
+        let queued = self.inflight.iter().rev().map(|i| &i.dedupe);
+        if let Some(e) = sealed.chain(queued).find_map(|ids| ids.get(event_id)) {
             return Ok(live(*e));
         }
         Ok(self
@@ -315,6 +331,15 @@ where
                     .increment(1);
                 Ok(true)
             }
+        }
+    }
+
+    /// Input and control positions the batch being staged starts at: where the sealed batch
+    /// ends, else the committed ones.
+    fn base(&self) -> (i64, i64) {
+        match &self.sealed {
+            Some(s) => (s.next, s.control_next),
+            None => (self.committed, self.control_committed),
         }
     }
 
@@ -425,12 +450,12 @@ where
     }
 
     fn staged(&self) -> usize {
-        (self.next - self.committed).max(0) as usize
+        (self.next - self.base().0).max(0) as usize
     }
 
     fn has_progress(&self) -> bool {
-        self.status == Status::Active
-            && (self.next > self.committed || self.control_next > self.control_committed)
+        let (next, control_next) = self.base();
+        self.status == Status::Active && (self.next > next || self.control_next > control_next)
     }
 
     fn position(&self) -> i64 {
@@ -458,6 +483,10 @@ where
         self.ship_expiry(sink, retention_ms)
     }
 
+    fn seal(&mut self) {
+        self.seal_staged();
+    }
+
     fn after_commit(&mut self, offsets: &ChangelogOffsets) -> Result<(), TaskError> {
         self.hand_to_writer(offsets)
     }
@@ -475,6 +504,7 @@ where
             tracing::error!(error = %e, "writing a committed batch failed; the restore rebuilds it");
         }
         self.drop_staged();
+        self.sealed = None;
         self.counts = Counts::default();
         self.status = Status::Restoring;
         self.epoch += 1;
@@ -497,7 +527,7 @@ where
     }
 
     fn control_position(&self) -> Option<i64> {
-        (self.status == Status::Active && self.control_next > self.control_committed)
+        (self.status == Status::Active && self.control_next > self.base().1)
             .then_some(self.control_next)
     }
 

@@ -7,7 +7,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use tally_state::{ChangelogKey, Checkpoint, CommitBatch, RecordKind};
 use tally_topology::Projection;
 
-use super::{DeadLetter, Inflight, ProduceError, Task, TaskError, MAX_INFLIGHT};
+use super::{DeadLetter, Inflight, ProduceError, Sealed, Task, TaskError, MAX_INFLIGHT};
 use crate::engine::sink::{ChangelogOffsets, Sink};
 use crate::metrics;
 
@@ -105,8 +105,28 @@ where
         Ok(())
     }
 
-    /// Queues the committed batch at the store writer; lookups see it until it is written.
+    /// Moves everything staged, all of it shipped, into the sealed batch of the commit that
+    /// starts.
+    pub(super) fn seal_staged(&mut self) {
+        debug_assert!(self.sealed.is_none(), "one commit runs at a time");
+        self.sealed = Some(Sealed {
+            states: std::mem::take(&mut self.states),
+            dedupe: std::mem::take(&mut self.dedupe),
+            batch: std::mem::take(&mut self.batch),
+            next: self.next,
+            watermark: self.watermark,
+            control_next: self.control_next,
+            counts: std::mem::take(&mut self.counts),
+        });
+        self.drop_staged();
+    }
+
+    /// Queues the sealed batch, now committed, at the store writer; lookups see it until it is
+    /// written.
     pub(super) fn hand_to_writer(&mut self, offsets: &ChangelogOffsets) -> Result<(), TaskError> {
+        let Some(sealed) = self.sealed.take() else {
+            return Ok(());
+        };
         // Finished batches leave the lookup path; the oldest is waited for when too many queue.
         while let Some(front) = self.inflight.front() {
             let done = match front.pending.try_wait() {
@@ -117,29 +137,27 @@ where
             self.inflight.pop_front();
             done.map_err(|e| self.store_err(e))?;
         }
+        // Nothing is shipped while a commit runs, so every delivered record belongs to it.
         self.changelog_from = self
             .changelog_from
             .max(offsets.next_offset(&self.flow.changelog, self.partition));
-        let mut batch = std::mem::take(&mut self.batch);
+        let mut batch = sealed.batch;
         batch.set_checkpoint(Checkpoint {
-            input_offset: self.next,
+            input_offset: sealed.next,
             changelog_offset: self.changelog_from,
-            watermark_ms: self.watermark,
+            watermark_ms: sealed.watermark,
         });
         let pending = self.writer.submit(self.store.clone(), batch);
         self.inflight.push_back(Inflight {
-            states: std::mem::take(&mut self.states),
-            dedupe: std::mem::take(&mut self.dedupe),
+            states: sealed.states,
+            dedupe: sealed.dedupe,
             pending,
         });
-        self.drop_staged();
-        self.committed = self.next;
-        self.committed_watermark = self.watermark;
-        self.control_committed = self.control_next;
-        let c = std::mem::take(&mut self.counts);
+        self.committed = sealed.next;
+        self.committed_watermark = sealed.watermark;
+        self.control_committed = sealed.control_next;
+        let c = sealed.counts;
         metrics::record_commit(&self.flow, c.applied, c.duplicates, &c.dead, &c.timestamps);
-        self.counts.timestamps = c.timestamps;
-        self.counts.timestamps.clear();
         Ok(())
     }
 

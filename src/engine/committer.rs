@@ -1,0 +1,131 @@
+//! The Kafka half of a commit on a thread of its own: waiting for acknowledgements and the
+//! transaction's round trips, while the poll loop goes on processing the next batch.
+
+use std::sync::mpsc::{channel, Receiver, RecvError, Sender, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::TopicPartitionList;
+
+use super::sink::DeliveryTracker;
+
+/// What the thread waits for.
+pub enum Work {
+    /// exactly_once: every record acknowledged, the input offsets added, the transaction
+    /// committed.
+    Transaction {
+        offsets: TopicPartitionList,
+        group: ConsumerGroupMetadata,
+    },
+    /// at_least_once: every record acknowledged (the poll loop then commits the offsets).
+    Flush,
+}
+
+struct Job {
+    producer: Arc<BaseProducer<DeliveryTracker>>,
+    work: Work,
+    timeout: Duration,
+}
+
+/// How long each step of a finished commit took.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timings {
+    pub flush: Duration,
+    pub send_offsets: Duration,
+    pub commit: Duration,
+}
+
+/// Handle to the committer thread; one commit runs at a time.
+pub struct Committer {
+    jobs: Sender<Job>,
+    results: Receiver<KafkaResult<Timings>>,
+    /// The outcome of a commit run on the poll thread because the committer thread was gone.
+    fallback: Option<KafkaResult<Timings>>,
+}
+
+impl Committer {
+    /// Starts the thread; it ends when the handle is dropped.
+    pub fn start() -> std::io::Result<Self> {
+        let (jobs, rx) = channel::<Job>();
+        let (done, results) = channel();
+        std::thread::Builder::new()
+            .name("tally-committer".into())
+            .spawn(move || {
+                for job in rx {
+                    if done.send(run(job)).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Self {
+            jobs,
+            results,
+            fallback: None,
+        })
+    }
+
+    /// Hands one commit to the thread.
+    pub fn submit(
+        &mut self,
+        producer: Arc<BaseProducer<DeliveryTracker>>,
+        work: Work,
+        timeout: Duration,
+    ) {
+        let job = Job {
+            producer,
+            work,
+            timeout,
+        };
+        if let Err(e) = self.jobs.send(job) {
+            // The thread is gone (it never panics by design): commit here rather than not at all.
+            self.fallback = Some(run(e.0));
+        }
+    }
+
+    /// The outcome of the running commit, if it is over.
+    pub fn try_result(&mut self) -> Option<KafkaResult<Timings>> {
+        if let Some(r) = self.fallback.take() {
+            return Some(r);
+        }
+        match self.results.try_recv() {
+            Ok(r) => Some(r),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => Some(Err(KafkaError::Canceled)),
+        }
+    }
+
+    /// Waits for the outcome of the running commit.
+    pub fn wait(&mut self) -> KafkaResult<Timings> {
+        if let Some(r) = self.fallback.take() {
+            return r;
+        }
+        self.results
+            .recv()
+            .unwrap_or_else(|RecvError| Err(KafkaError::Canceled))
+    }
+}
+
+fn run(job: Job) -> KafkaResult<Timings> {
+    let t0 = Instant::now();
+    crate::kafka::clients::flush(job.producer.as_ref(), job.timeout)?;
+    let t1 = Instant::now();
+    let mut timings = Timings {
+        flush: t1 - t0,
+        ..Timings::default()
+    };
+    if let Work::Transaction { offsets, group } = job.work {
+        super::faults::hit("before_send_offsets");
+        job.producer
+            .send_offsets_to_transaction(&offsets, &group, job.timeout)?;
+        let t2 = Instant::now();
+        timings.send_offsets = t2 - t1;
+        super::faults::hit("before_commit_transaction");
+        job.producer.commit_transaction(job.timeout)?;
+        timings.commit = t2.elapsed();
+        super::faults::hit("after_commit_transaction");
+    }
+    Ok(timings)
+}
