@@ -2,7 +2,7 @@
 //! (at_least_once), and only then the local stores. A failed commit rewinds every task.
 //! The Kafka round trips run on the committer thread while the poll loop stages the next batch.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -32,8 +32,8 @@ pub(super) struct Running {
     started: Instant,
     /// at_least_once: the input offsets, committed once every record is acknowledged.
     offsets: Option<TopicPartitionList>,
-    /// at_least_once: delivery failures counted before this commit's records.
-    failures: u64,
+    /// The slot its records were sent under.
+    slot: usize,
 }
 
 impl Engine {
@@ -92,7 +92,6 @@ impl Engine {
             return Ok(());
         }
         let started = Instant::now();
-        let failures = self.sink.failures();
         match self.produce_rest(consumer, offsets) {
             Ok((work, offsets)) => {
                 for t in self.tasks.values_mut() {
@@ -100,13 +99,15 @@ impl Engine {
                         t.seal();
                     }
                 }
+                let slot = self.sink.switch_slot();
                 let timeout = self.sink.timeout;
-                self.committer.submit(self.sink.shared(), work, timeout);
+                self.committer
+                    .submit(self.sink.shared(), slot, work, timeout);
                 self.running = Some(Running {
                     events,
                     started,
                     offsets,
-                    failures,
+                    slot,
                 });
                 Ok(())
             }
@@ -142,7 +143,7 @@ impl Engine {
                 })?;
                 (Work::Transaction { offsets, group }, None)
             }
-            ProcessingGuarantee::AtLeastOnce => (Work::Flush, Some(offsets)),
+            ProcessingGuarantee::AtLeastOnce => (Work::Acknowledged, Some(offsets)),
         })
     }
 
@@ -177,7 +178,7 @@ impl Engine {
         }
         let kafka_done = running.started.elapsed();
         for t in self.tasks.values_mut() {
-            t.after_commit(&self.changelog_offsets)?;
+            t.after_commit(&self.changelog_offsets, running.slot)?;
         }
         tracing::debug!(
             events = running.events,
@@ -201,19 +202,14 @@ impl Engine {
         timings: Timings,
     ) -> Result<(), KafkaError> {
         tracing::debug!(
-            flush_us = timings.flush.as_micros() as u64,
             send_offsets_us = timings.send_offsets.as_micros() as u64,
+            acknowledged_us = timings.acknowledged.as_micros() as u64,
             commit_us = timings.commit.as_micros() as u64,
             "kafka commit"
         );
         let Some(offsets) = &running.offsets else {
             return Ok(());
         };
-        if self.sink.failures() != running.failures {
-            return Err(KafkaError::MessageProduction(
-                rdkafka::error::RDKafkaErrorCode::Fail,
-            ));
-        }
         super::faults::hit("before_commit_offsets");
         consumer.commit(offsets, CommitMode::Sync)
     }
@@ -225,7 +221,10 @@ impl Engine {
         &mut self,
         consumer: &BaseConsumer<C>,
     ) -> Result<(), super::EngineError> {
-        if self.committing() || !self.tasks.values().any(|t| t.unshipped()) {
+        // A transaction takes no records while it commits; at_least_once ships on, under the
+        // next commit's slot.
+        let held = self.committing() && self.sink.is_transactional();
+        if held || !self.tasks.values().any(|t| t.unshipped()) {
             return Ok(());
         }
         let shipped = self.begin().map_err(ProduceError::from).and_then(|()| {
@@ -261,11 +260,7 @@ impl Engine {
             return;
         }
         self.txn_open = false;
-        if let Err(e) = self
-            .sink
-            .producer()
-            .abort_transaction(Duration::from_secs(30))
-        {
+        if let Err(e) = self.sink.abort() {
             tracing::warn!(error = %e, "cannot abort the open transaction; re-creating the producer");
             self.recreate_sink();
         }
@@ -279,15 +274,15 @@ impl Engine {
         cause: &KafkaError,
     ) {
         metrics::counter!("tally_transactions_aborted_total").increment(1);
+        // A commit still running (at_least_once ships during one) is abandoned: its offsets stay
+        // uncommitted, and its input is read again.
+        if self.running.take().is_some() {
+            let _ = self.committer.wait();
+        }
         self.txn_open = false;
         if self.sink.is_transactional() {
             let abortable = matches!(cause, KafkaError::Transaction(e) if e.txn_requires_abort());
-            let aborted = abortable
-                && self
-                    .sink
-                    .producer()
-                    .abort_transaction(Duration::from_secs(30))
-                    .is_ok();
+            let aborted = abortable && self.sink.abort().is_ok();
             if !aborted {
                 self.recreate_sink();
             }

@@ -6,26 +6,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::ConsumerGroupMetadata;
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::TopicPartitionList;
 
 use super::sink::DeliveryTracker;
 
-/// What the thread waits for.
+/// What the thread waits for once every record sent under the commit's slot is acknowledged.
 pub enum Work {
-    /// exactly_once: every record acknowledged, the input offsets added, the transaction
-    /// committed.
+    /// exactly_once: the input offsets added and the transaction committed.
     Transaction {
         offsets: TopicPartitionList,
         group: ConsumerGroupMetadata,
     },
-    /// at_least_once: every record acknowledged (the poll loop then commits the offsets).
-    Flush,
+    /// at_least_once: nothing more (the poll loop then commits the offsets).
+    Acknowledged,
 }
 
 struct Job {
     producer: Arc<BaseProducer<DeliveryTracker>>,
+    slot: usize,
     work: Work,
     timeout: Duration,
 }
@@ -33,8 +33,9 @@ struct Job {
 /// How long each step of a finished commit took.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Timings {
-    pub flush: Duration,
     pub send_offsets: Duration,
+    /// Waiting for the acknowledgements after the offsets were sent.
+    pub acknowledged: Duration,
     pub commit: Duration,
 }
 
@@ -67,15 +68,17 @@ impl Committer {
         })
     }
 
-    /// Hands one commit to the thread.
+    /// Hands one commit, whose records were sent under `slot`, to the thread.
     pub fn submit(
         &mut self,
         producer: Arc<BaseProducer<DeliveryTracker>>,
+        slot: usize,
         work: Work,
         timeout: Duration,
     ) {
         let job = Job {
             producer,
+            slot,
             work,
             timeout,
         };
@@ -110,22 +113,46 @@ impl Committer {
 
 fn run(job: Job) -> KafkaResult<Timings> {
     let t0 = Instant::now();
-    crate::kafka::clients::flush(job.producer.as_ref(), job.timeout)?;
-    let t1 = Instant::now();
-    let mut timings = Timings {
-        flush: t1 - t0,
-        ..Timings::default()
-    };
-    if let Work::Transaction { offsets, group } = job.work {
+    let mut timings = Timings::default();
+    if let Work::Transaction { offsets, group } = &job.work {
+        // The offsets' round trips overlap the acknowledgements of the last records.
         super::faults::hit("before_send_offsets");
         job.producer
-            .send_offsets_to_transaction(&offsets, &group, job.timeout)?;
-        let t2 = Instant::now();
-        timings.send_offsets = t2 - t1;
+            .send_offsets_to_transaction(offsets, group, job.timeout)?;
+        timings.send_offsets = t0.elapsed();
+    }
+    let t1 = Instant::now();
+    acknowledged(&job.producer, job.slot, t0 + job.timeout)?;
+    let t2 = Instant::now();
+    timings.acknowledged = t2 - t1;
+    if let Work::Transaction { .. } = job.work {
         super::faults::hit("before_commit_transaction");
         job.producer.commit_transaction(job.timeout)?;
         timings.commit = t2.elapsed();
         super::faults::hit("after_commit_transaction");
     }
     Ok(timings)
+}
+
+/// Waits until every record sent under `slot` is acknowledged; any that failed fails the commit.
+fn acknowledged(
+    producer: &BaseProducer<DeliveryTracker>,
+    slot: usize,
+    deadline: Instant,
+) -> KafkaResult<()> {
+    let tracker = producer.context();
+    loop {
+        crate::kafka::clients::serve_reports(producer);
+        if tracker.settled(slot) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut));
+        }
+        std::thread::sleep(crate::kafka::clients::FLUSH_STEP);
+    }
+    match tracker.failures(slot) {
+        0 => Ok(()),
+        _ => Err(KafkaError::MessageProduction(RDKafkaErrorCode::Fail)),
+    }
 }

@@ -409,6 +409,7 @@ pub fn run(
                 }
                 next = consumer.poll(Duration::ZERO);
             }
+            let tp = Instant::now();
             let mut e = lock(&engine);
             e.poll_control();
             e.sink.poll();
@@ -421,11 +422,24 @@ pub fn run(
             // is staged to two commits' worth.
             let full = e.staged() >= max_events;
             e.finish_commit(&consumer, full)?;
+            let t3 = Instant::now();
             let committing = !e.committing() && (t2 >= e.next_commit || e.staged() >= max_events);
             if committing {
                 e.start_commit(&consumer)?;
             } else {
                 e.ship(&consumer)?;
+            }
+            let t4 = Instant::now();
+            if t4 - t1 >= SLOW_TURN {
+                tracing::debug!(
+                    events = polled,
+                    process_us = (tp - t1).as_micros() as u64,
+                    serve_us = (t2 - tp).as_micros() as u64,
+                    finish_commit_us = (t3 - t2).as_micros() as u64,
+                    ship_us = (t4 - t3).as_micros() as u64,
+                    started_commit = committing,
+                    "slow poll-loop turn"
+                );
             }
             times.add(t0, t1, t2, committing, polled);
         }
@@ -451,6 +465,9 @@ pub fn run(
     tracing::info!("processor stopped");
     result
 }
+
+/// A poll-loop turn that works this long (its events wait for it) is logged, by phase.
+const SLOW_TURN: Duration = Duration::from_millis(25);
 
 /// How long a poll waits for input while a commit runs, before it looks whether the commit
 /// ended (the committer thread cannot wake a poll).
