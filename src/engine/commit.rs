@@ -143,7 +143,24 @@ impl Engine {
                 })?;
                 (Work::Transaction { offsets, group }, None)
             }
-            ProcessingGuarantee::AtLeastOnce => (Work::Acknowledged, Some(offsets)),
+            // The committer thread commits the offsets when it has the consumer (always, once
+            // the poll loop runs); the poll loop does otherwise.
+            ProcessingGuarantee::AtLeastOnce => match self.group_consumer.clone() {
+                Some(consumer) => (
+                    Work::Acknowledged {
+                        offsets,
+                        consumer: Some(consumer),
+                    },
+                    None,
+                ),
+                None => (
+                    Work::Acknowledged {
+                        offsets: TopicPartitionList::new(),
+                        consumer: None,
+                    },
+                    Some(offsets),
+                ),
+            },
         })
     }
 

@@ -5,11 +5,12 @@ use std::sync::mpsc::{channel, Receiver, RecvError, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::TopicPartitionList;
 
+use super::rebalance::EngineContext;
 use super::sink::DeliveryTracker;
 
 /// What the thread waits for once every record sent under the commit's slot is acknowledged.
@@ -19,8 +20,12 @@ pub enum Work {
         offsets: TopicPartitionList,
         group: ConsumerGroupMetadata,
     },
-    /// at_least_once: nothing more (the poll loop then commits the offsets).
-    Acknowledged,
+    /// at_least_once: the input offsets committed through the group's consumer (or, without
+    /// one, by the poll loop afterwards).
+    Acknowledged {
+        offsets: TopicPartitionList,
+        consumer: Option<Arc<BaseConsumer<EngineContext>>>,
+    },
 }
 
 struct Job {
@@ -125,12 +130,22 @@ fn run(job: Job) -> KafkaResult<Timings> {
     acknowledged(&job.producer, job.slot, t0 + job.timeout)?;
     let t2 = Instant::now();
     timings.acknowledged = t2 - t1;
-    if let Work::Transaction { .. } = job.work {
-        super::faults::hit("before_commit_transaction");
-        job.producer.commit_transaction(job.timeout)?;
-        timings.commit = t2.elapsed();
-        super::faults::hit("after_commit_transaction");
+    match &job.work {
+        Work::Transaction { .. } => {
+            super::faults::hit("before_commit_transaction");
+            job.producer.commit_transaction(job.timeout)?;
+            super::faults::hit("after_commit_transaction");
+        }
+        Work::Acknowledged {
+            offsets,
+            consumer: Some(consumer),
+        } => {
+            super::faults::hit("before_commit_offsets");
+            consumer.commit(offsets, CommitMode::Sync)?;
+        }
+        Work::Acknowledged { consumer: None, .. } => {}
     }
+    timings.commit = t2.elapsed();
     Ok(timings)
 }
 

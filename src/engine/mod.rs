@@ -89,6 +89,9 @@ pub struct Engine {
     committer: committer::Committer,
     /// The commit the committer thread works on, if any.
     running: Option<commit::Running>,
+    /// The group's consumer, so the committer thread commits at_least_once offsets off the poll
+    /// loop; unset before the loop runs and after it ended (it would keep the consumer alive).
+    group_consumer: Option<Arc<BaseConsumer<EngineContext>>>,
     changelog_offsets: Arc<ChangelogOffsets>,
     restores_tx: Sender<RestoreDone>,
     restores_rx: Receiver<RestoreDone>,
@@ -358,6 +361,7 @@ pub fn run(
             source,
         })?,
         running: None,
+        group_consumer: None,
         changelog_offsets,
         restores_tx,
         restores_rx,
@@ -368,11 +372,13 @@ pub fn run(
         control: control::Control::new(&cfg)?,
     }));
     let context = EngineContext::new(Arc::clone(&engine), Arc::clone(&health));
-    let consumer: BaseConsumer<EngineContext> =
+    let consumer: Arc<BaseConsumer<EngineContext>> = Arc::new(
         clients::group_consumer(&cfg.bootstrap_servers, &cfg.kafka, &cfg.application_id)
-            .create_with_context(context)?;
+            .create_with_context(context)?,
+    );
     let inputs: Vec<&str> = flows.iter().map(|f| f.input.as_str()).collect();
     consumer.subscribe(&inputs)?;
+    lock(&engine).group_consumer = Some(Arc::clone(&consumer));
     health.set_started();
     tracing::info!(application_id = %cfg.application_id, instance = %cfg.instance(),
         guarantee = ?cfg.processing_guarantee, flows = flows.len(), "processor started");
@@ -460,6 +466,7 @@ pub fn run(
         }
     }
     // Leaving the group runs the revoke callback, which commits nothing further and closes tasks.
+    lock(&engine).group_consumer = None;
     consumer.unsubscribe();
     drop(consumer);
     tracing::info!("processor stopped");
