@@ -458,6 +458,11 @@ pub fn run(
     }
     {
         let mut e = lock(&engine);
+        // A commit still running (the loop stopped on an error) ends first: its job holds the
+        // consumer, which must close here.
+        if let Err(err) = e.finish_commit(&consumer, true) {
+            tracing::warn!(error = %err, "the last commit failed; the next start restores");
+        }
         for t in e.tasks.values_mut() {
             if let Err(err) = t.settle() {
                 tracing::warn!(error = %err, "writing the last batch failed; the next start restores it");
