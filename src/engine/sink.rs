@@ -18,8 +18,9 @@ pub struct ChangelogOffsets {
     topics: HashMap<String, Vec<[AtomicI64; SLOTS]>, super::FastHash>,
 }
 
-/// Records are sent under one of two slots, which alternate at each commit, so a commit can
-/// wait for the records sent before it started while later ones are on their way.
+/// Records are sent under one of two slots, which alternate at each commit, so a commit waits
+/// for its own records only, whatever else is on its way (nothing ships during a commit today:
+/// see `Engine::ship`).
 const SLOTS: usize = 2;
 
 impl ChangelogOffsets {
