@@ -30,10 +30,9 @@ pub enum CommitOutcome {
 pub(super) struct Running {
     events: usize,
     started: Instant,
-    /// at_least_once: the input offsets, committed once every record is acknowledged.
+    /// at_least_once without the group's consumer at hand: the input offsets, committed here
+    /// once every record is acknowledged.
     offsets: Option<TopicPartitionList>,
-    /// The slot its records were sent under.
-    slot: usize,
 }
 
 impl Engine {
@@ -99,15 +98,12 @@ impl Engine {
                         t.seal();
                     }
                 }
-                let slot = self.sink.switch_slot();
                 let timeout = self.sink.timeout;
-                self.committer
-                    .submit(self.sink.shared(), slot, work, timeout);
+                self.committer.submit(self.sink.shared(), work, timeout);
                 self.running = Some(Running {
                     events,
                     started,
                     offsets,
-                    slot,
                 });
                 Ok(())
             }
@@ -145,22 +141,20 @@ impl Engine {
             }
             // The committer thread commits the offsets when it has the consumer (always, once
             // the poll loop runs); the poll loop does otherwise.
-            ProcessingGuarantee::AtLeastOnce => match self.group_consumer.clone() {
-                Some(consumer) => (
-                    Work::Acknowledged {
-                        offsets,
-                        consumer: Some(consumer),
-                    },
-                    None,
-                ),
-                None => (
-                    Work::Acknowledged {
-                        offsets: TopicPartitionList::new(),
-                        consumer: None,
-                    },
-                    Some(offsets),
-                ),
-            },
+            ProcessingGuarantee::AtLeastOnce => {
+                let consumer = self.group_consumer.clone();
+                let (offsets, here) = match consumer {
+                    Some(_) => (offsets, None),
+                    None => (TopicPartitionList::new(), Some(offsets)),
+                };
+                let failures = self.failures_before;
+                let work = Work::Acknowledged {
+                    offsets,
+                    consumer,
+                    failures,
+                };
+                (work, here)
+            }
         })
     }
 
@@ -193,9 +187,10 @@ impl Engine {
             self.roll_back(consumer, &e);
             return Ok(Some(CommitOutcome::RolledBack));
         }
+        self.failures_before = self.sink.failures();
         let kafka_done = running.started.elapsed();
         for t in self.tasks.values_mut() {
-            t.after_commit(&self.changelog_offsets, running.slot)?;
+            t.after_commit(&self.changelog_offsets)?;
         }
         tracing::debug!(
             events = running.events,
@@ -282,6 +277,7 @@ impl Engine {
             tracing::warn!(error = %e, "cannot abort the open transaction; re-creating the producer");
             self.recreate_sink();
         }
+        self.failures_before = self.sink.failures();
     }
 
     /// Drops staged work everywhere and restores every task from its changelog: the state that
@@ -292,11 +288,10 @@ impl Engine {
         cause: &KafkaError,
     ) {
         metrics::counter!("tally_transactions_aborted_total").increment(1);
-        // A commit still running (at_least_once ships during one) is abandoned: its offsets stay
-        // uncommitted, and its input is read again.
-        if self.running.take().is_some() {
-            let _ = self.committer.wait();
-        }
+        debug_assert!(
+            self.running.is_none(),
+            "a running commit ends before a rollback"
+        );
         self.txn_open = false;
         if self.sink.is_transactional() {
             let abortable = matches!(cause, KafkaError::Transaction(e) if e.txn_requires_abort());
@@ -307,6 +302,7 @@ impl Engine {
         } else {
             self.recreate_sink();
         }
+        self.failures_before = self.sink.failures();
         self.restart_all(consumer);
     }
 }

@@ -13,7 +13,8 @@ use rdkafka::TopicPartitionList;
 use super::rebalance::EngineContext;
 use super::sink::DeliveryTracker;
 
-/// What the thread waits for once every record sent under the commit's slot is acknowledged.
+/// What the thread does once every record the producer holds is acknowledged (nothing is
+/// produced while a commit runs, so those are the commit's records).
 pub enum Work {
     /// exactly_once: the input offsets added and the transaction committed.
     Transaction {
@@ -25,12 +26,13 @@ pub enum Work {
     Acknowledged {
         offsets: TopicPartitionList,
         consumer: Option<Arc<BaseConsumer<EngineContext>>>,
+        /// Delivery failures counted before the commit's records: any more fail it.
+        failures: u64,
     },
 }
 
 struct Job {
     producer: Arc<BaseProducer<DeliveryTracker>>,
-    slot: usize,
     work: Work,
     timeout: Duration,
 }
@@ -73,17 +75,15 @@ impl Committer {
         })
     }
 
-    /// Hands one commit, whose records were sent under `slot`, to the thread.
+    /// Hands one commit to the thread.
     pub fn submit(
         &mut self,
         producer: Arc<BaseProducer<DeliveryTracker>>,
-        slot: usize,
         work: Work,
         timeout: Duration,
     ) {
         let job = Job {
             producer,
-            slot,
             work,
             timeout,
         };
@@ -127,7 +127,7 @@ fn run(job: Job) -> KafkaResult<Timings> {
         timings.send_offsets = t0.elapsed();
     }
     let t1 = Instant::now();
-    acknowledged(&job.producer, job.slot, t0 + job.timeout)?;
+    crate::kafka::clients::flush(job.producer.as_ref(), job.timeout)?;
     let t2 = Instant::now();
     timings.acknowledged = t2 - t1;
     match &job.work {
@@ -138,36 +138,18 @@ fn run(job: Job) -> KafkaResult<Timings> {
         }
         Work::Acknowledged {
             offsets,
-            consumer: Some(consumer),
+            consumer,
+            failures,
         } => {
-            super::faults::hit("before_commit_offsets");
-            consumer.commit(offsets, CommitMode::Sync)?;
+            if job.producer.context().failures() != *failures {
+                return Err(KafkaError::MessageProduction(RDKafkaErrorCode::Fail));
+            }
+            if let Some(consumer) = consumer {
+                super::faults::hit("before_commit_offsets");
+                consumer.commit(offsets, CommitMode::Sync)?;
+            }
         }
-        Work::Acknowledged { consumer: None, .. } => {}
     }
     timings.commit = t2.elapsed();
     Ok(timings)
-}
-
-/// Waits until every record sent under `slot` is acknowledged; any that failed fails the commit.
-fn acknowledged(
-    producer: &BaseProducer<DeliveryTracker>,
-    slot: usize,
-    deadline: Instant,
-) -> KafkaResult<()> {
-    let tracker = producer.context();
-    loop {
-        crate::kafka::clients::serve_reports(producer);
-        if tracker.settled(slot) {
-            break;
-        }
-        if Instant::now() >= deadline {
-            return Err(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut));
-        }
-        std::thread::sleep(crate::kafka::clients::FLUSH_STEP);
-    }
-    match tracker.failures(slot) {
-        0 => Ok(()),
-        _ => Err(KafkaError::MessageProduction(RDKafkaErrorCode::Fail)),
-    }
 }

@@ -89,6 +89,9 @@ pub struct Engine {
     committer: committer::Committer,
     /// The commit the committer thread works on, if any.
     running: Option<commit::Running>,
+    /// The producer's delivery failures when the last commit or rollback ended: the records
+    /// of the next commit fail it by adding to them.
+    failures_before: u64,
     /// The group's consumer, so the committer thread commits at_least_once offsets off the poll
     /// loop; unset before the loop runs and after it ended (it would keep the consumer alive).
     group_consumer: Option<Arc<BaseConsumer<EngineContext>>>,
@@ -361,6 +364,7 @@ pub fn run(
             source,
         })?,
         running: None,
+        failures_before: 0,
         group_consumer: None,
         changelog_offsets,
         restores_tx,

@@ -72,9 +72,8 @@ pub trait TaskOps: Send {
     /// Sets everything staged (and shipped) aside as the batch of the commit that starts now;
     /// processing goes on into a new batch, which sees the sealed one.
     fn seal(&mut self);
-    /// Hands the sealed batch, now committed, to the store writer; its records were sent under
-    /// `slot`.
-    fn after_commit(&mut self, offsets: &ChangelogOffsets, slot: usize) -> Result<(), TaskError>;
+    /// Hands the sealed batch, now committed, to the store writer.
+    fn after_commit(&mut self, offsets: &ChangelogOffsets) -> Result<(), TaskError>;
     /// Waits until every committed batch is in the store.
     fn settle(&mut self) -> Result<(), TaskError>;
     /// Drops staged work and starts a new restore generation.
@@ -488,8 +487,8 @@ where
         self.seal_staged();
     }
 
-    fn after_commit(&mut self, offsets: &ChangelogOffsets, slot: usize) -> Result<(), TaskError> {
-        self.hand_to_writer(offsets, slot)
+    fn after_commit(&mut self, offsets: &ChangelogOffsets) -> Result<(), TaskError> {
+        self.hand_to_writer(offsets)
     }
 
     fn settle(&mut self) -> Result<(), TaskError> {

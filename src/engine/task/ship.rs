@@ -123,11 +123,7 @@ where
 
     /// Queues the sealed batch, now committed, at the store writer; lookups see it until it is
     /// written.
-    pub(super) fn hand_to_writer(
-        &mut self,
-        offsets: &ChangelogOffsets,
-        slot: usize,
-    ) -> Result<(), TaskError> {
+    pub(super) fn hand_to_writer(&mut self, offsets: &ChangelogOffsets) -> Result<(), TaskError> {
         let Some(sealed) = self.sealed.take() else {
             return Ok(());
         };
@@ -141,13 +137,10 @@ where
             self.inflight.pop_front();
             done.map_err(|e| self.store_err(e))?;
         }
-        // Records shipped while the commit ran went under the other slot: the restore of a
-        // store that lacks them starts before them.
-        self.changelog_from = self.changelog_from.max(offsets.next_offset(
-            &self.flow.changelog,
-            self.partition,
-            slot,
-        ));
+        // Nothing is shipped while a commit runs, so every delivered record belongs to it.
+        self.changelog_from = self
+            .changelog_from
+            .max(offsets.next_offset(&self.flow.changelog, self.partition));
         let mut batch = sealed.batch;
         batch.set_checkpoint(Checkpoint {
             input_offset: sealed.next,
