@@ -98,7 +98,8 @@ pub struct Engine {
     changelog_offsets: Arc<ChangelogOffsets>,
     restores_tx: Sender<RestoreDone>,
     restores_rx: Receiver<RestoreDone>,
-    pending_seeks: Vec<(usize, i32, i64)>,
+    /// Restored tasks to seek: (flow, partition, committed offset, horizon).
+    pending_seeks: Vec<(usize, i32, i64, i64)>,
     next_commit: Instant,
     health: Arc<Health>,
     stores: Arc<StoreRegistry>,
@@ -207,7 +208,7 @@ impl Engine {
             old.store(true, Ordering::Release);
         }
         self.pending_seeks
-            .retain(|(f, p, _)| (*f, *p) != (flow_idx, partition));
+            .retain(|(f, p, _, _)| (*f, *p) != (flow_idx, partition));
         let control = &self.flows[flow_idx].control;
         self.control.release(control, partition);
         RestoreJob {
@@ -292,7 +293,7 @@ impl Engine {
                 Ok(r) => {
                     tracing::debug!(records = r.records, full = r.full, "restore finished");
                     self.pending_seeks
-                        .push((done.flow, done.partition, r.committed));
+                        .push((done.flow, done.partition, r.committed, r.horizon));
                 }
                 Err(e) => {
                     tracing::warn!(flow = %self.flows[done.flow].name, partition = done.partition,
@@ -303,14 +304,14 @@ impl Engine {
             }
         }
         let seeks = std::mem::take(&mut self.pending_seeks);
-        for (f, p, offset) in seeks {
+        for (f, p, offset, horizon) in seeks {
             let topic = self.flows[f].input.clone();
             match consumer.seek(&topic, p, Offset::Offset(offset), Duration::from_secs(10)) {
                 Ok(()) => {
                     let mut tpl = TopicPartitionList::new();
                     tpl.add_partition(&topic, p);
                     if let Some(t) = self.tasks.get_mut(&(f, p)) {
-                        t.activate(offset);
+                        t.activate(offset, horizon);
                         match self.control.take(&self.flows[f].control, p) {
                             Ok(at) => t.activate_control(at),
                             Err(e) => tracing::error!(error = %e, partition = p,
@@ -324,11 +325,29 @@ impl Engine {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "seek not possible yet; retrying");
-                    self.pending_seeks.push((f, p, offset));
+                    self.pending_seeks.push((f, p, offset, horizon));
                 }
             }
         }
         self.update_gauges();
+    }
+
+    /// Hands the consumer's input positions to tasks holding re-sent outputs after a crash.
+    fn release_reemits<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), EngineError> {
+        if !self.tasks.values().any(|t| t.holding()) {
+            return Ok(());
+        }
+        let positions = consumer.position()?;
+        for t in self.tasks.values_mut().filter(|t| t.holding()) {
+            let at = positions.find_partition(&t.flow().input, t.partition());
+            if let Some(Offset::Offset(consumed)) = at.map(|at| at.offset()) {
+                t.consumed(consumed)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -424,6 +443,7 @@ pub fn run(
             e.poll_control();
             e.sink.poll();
             e.finish_restores(&consumer);
+            e.release_reemits(&consumer)?;
             if polled > 0 {
                 e.health.broker_reachable(true);
             }

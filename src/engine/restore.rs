@@ -54,6 +54,8 @@ pub struct Restored {
     pub records: u64,
     /// Whether the store was wiped and rebuilt from the beginning.
     pub full: bool,
+    /// The input partition's end before the restore: a previous owner processed nothing past it.
+    pub horizon: i64,
 }
 
 impl RestoreJob {
@@ -79,6 +81,8 @@ impl RestoreJob {
         let started = Instant::now();
         let consumer = clients::quiet_reader(&self.bootstrap, &self.passthrough, &self.group)?;
         let (committed, committed_watermark) = self.committed_input(&consumer)?;
+        let (_, horizon) =
+            consumer.fetch_watermarks(&self.flow.input, self.partition, Duration::from_secs(30))?;
         let (low, high) = consumer.fetch_watermarks(
             &self.flow.changelog,
             self.partition,
@@ -179,6 +183,7 @@ impl RestoreJob {
             committed,
             records,
             full,
+            horizon,
         })
     }
 

@@ -1,6 +1,7 @@
 //! One task per (flow, input partition): decode, validate, dedupe, project, stage.
 //! Staged work reaches Kafka inside the open transaction; the store sees it only after a commit.
 
+mod reemit;
 mod repair;
 mod ship;
 
@@ -78,8 +79,14 @@ pub trait TaskOps: Send {
     fn settle(&mut self) -> Result<(), TaskError>;
     /// Drops staged work and starts a new restore generation.
     fn restart(&mut self) -> u64;
-    /// Restore finished: process from `committed` on, whose watermark the restore recovered.
-    fn activate(&mut self, committed: i64);
+    /// Restore finished: process from `committed` on, whose watermark the restore recovered;
+    /// `horizon` is the input partition's end when the restore began.
+    fn activate(&mut self, committed: i64, horizon: i64);
+    /// Whether outputs wait for the redelivery to pass the horizon ([`TaskOps::activate`]).
+    fn holding(&self) -> bool;
+    /// The consumer's position in the input partition is `consumed`: held outputs whose
+    /// redelivery is over are staged.
+    fn consumed(&mut self, consumed: i64) -> Result<(), TaskError>;
     /// Stages a corrected row from the control topic (a replay's repair) at control `offset`;
     /// `bound` is the input offset the replay rebuilt up to.
     fn repair(&mut self, key: &[u8], value: Option<&[u8]>, offset: i64, bound: i64);
@@ -133,7 +140,9 @@ struct Sealed<P: Projection> {
     dedupe: StagedIds,
     batch: CommitBatch,
     next: i64,
-    watermark: i64,
+    /// The input offset committed, with the watermark before it: `next` and the watermark,
+    /// unless a re-send is held.
+    resume: (i64, i64),
     control_next: i64,
     counts: Counts,
 }
@@ -172,6 +181,7 @@ pub struct Task<P: Projection> {
     dedupe_reship: Vec<usize>,
     dead: Vec<DeadLetter>,
     dead_shipped: usize,
+    reemits: reemit::Reemits,
     /// The store writes of everything shipped in this transaction.
     batch: CommitBatch,
     counts: Counts,
@@ -216,6 +226,7 @@ where
             dedupe_reship: Vec::new(),
             dead: Vec::new(),
             dead_shipped: 0,
+            reemits: reemit::Reemits::default(),
             batch: CommitBatch::default(),
             counts: Counts::default(),
             buf: Vec::with_capacity(512),
@@ -251,6 +262,7 @@ where
 
     /// [`Task::stage`] for a caller that already looked up `key`'s slot in `states`.
     fn stage_at(&mut self, slot: Option<usize>, key: &str, state: P::State) {
+        self.reemits.superseded(key);
         match slot.and_then(|i| Some((i, self.states.get_index_mut(i)?.1))) {
             Some((i, slot)) => {
                 slot.state = state;
@@ -314,8 +326,8 @@ where
     }
 
     /// Whether the record at `offset`, whose own dedupe entry was found, is missing from its key's
-    /// state (only the entry landed before a crash). When the state has it, the key is staged
-    /// again so its output is sent again: under at_least_once that output may be what was lost.
+    /// state (only the entry landed before a crash). When the state has it, the key's output is
+    /// sent again later ([`Task::hold_reemit`]): under at_least_once it may be what was lost.
     fn lost_in_crash(&mut self, key: &str, offset: i64) -> Result<bool, TaskError> {
         let current = match self.states.get(key) {
             Some(staged) => Some(staged.state.clone()),
@@ -323,7 +335,7 @@ where
         };
         match current {
             Some(state) if P::source(&state).offset >= offset => {
-                self.stage(key, state);
+                self.hold_reemit(key, offset, state);
                 Ok(false)
             }
             _ => {
@@ -459,11 +471,11 @@ where
     }
 
     fn position(&self) -> i64 {
-        self.next
+        self.reemits.resume(self.next, self.watermark).0
     }
 
     fn watermark(&self) -> i64 {
-        self.watermark
+        self.reemits.resume(self.next, self.watermark).1
     }
 
     fn unshipped(&self) -> bool {
@@ -505,13 +517,14 @@ where
         }
         self.drop_staged();
         self.sealed = None;
+        self.reemits.reset(0);
         self.counts = Counts::default();
         self.status = Status::Restoring;
         self.epoch += 1;
         self.epoch
     }
 
-    fn activate(&mut self, committed: i64) {
+    fn activate(&mut self, committed: i64, horizon: i64) {
         if let Ok(Some(cp)) = self.store.checkpoint() {
             self.watermark = cp.watermark_ms;
             self.changelog_from = cp.changelog_offset;
@@ -519,7 +532,16 @@ where
         self.committed_watermark = self.watermark;
         self.committed = committed;
         self.next = committed;
+        self.reemits.reset(horizon);
         self.status = Status::Active;
+    }
+
+    fn holding(&self) -> bool {
+        self.reemits.holding()
+    }
+
+    fn consumed(&mut self, consumed: i64) -> Result<(), TaskError> {
+        self.release_reemits(consumed)
     }
 
     fn repair(&mut self, key: &[u8], value: Option<&[u8]>, offset: i64, bound: i64) {

@@ -114,7 +114,7 @@ where
             dedupe: std::mem::take(&mut self.dedupe),
             batch: std::mem::take(&mut self.batch),
             next: self.next,
-            watermark: self.watermark,
+            resume: self.reemits.resume(self.next, self.watermark),
             control_next: self.control_next,
             counts: std::mem::take(&mut self.counts),
         });
@@ -142,10 +142,11 @@ where
             .changelog_from
             .max(offsets.next_offset(&self.flow.changelog, self.partition));
         let mut batch = sealed.batch;
+        let (resume, resume_watermark) = sealed.resume;
         batch.set_checkpoint(Checkpoint {
-            input_offset: sealed.next,
+            input_offset: resume,
             changelog_offset: self.changelog_from,
-            watermark_ms: sealed.watermark,
+            watermark_ms: resume_watermark,
         });
         let pending = self.writer.submit(self.store.clone(), batch);
         self.inflight.push_back(Inflight {
@@ -154,7 +155,7 @@ where
             pending,
         });
         self.committed = sealed.next;
-        self.committed_watermark = sealed.watermark;
+        self.committed_watermark = resume_watermark;
         self.control_committed = sealed.control_next;
         let c = sealed.counts;
         metrics::record_commit(&self.flow, c.applied, c.duplicates, &c.dead, &c.timestamps);
