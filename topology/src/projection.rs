@@ -66,16 +66,22 @@ pub trait Projection {
         ev: &Self::Event,
         source: SourceRef,
     ) -> Result<Self::State, Invalid> {
-        Self::apply_owned(prev.cloned(), ev, source)
+        let mut s = match prev {
+            Some(p) => p.clone(),
+            None => Self::initial(ev, source),
+        };
+        Self::apply_in_place(&mut s, ev, source)?;
+        Ok(s)
     }
-    /// [`Projection::apply`] to a previous state the caller gives away: it is updated in place,
-    /// not copied (the processor's states come fresh from the store, and a copy is most of the
-    /// cost of a fold).
-    fn apply_owned(
-        prev: Option<Self::State>,
+    /// The state of a key before its first event, which [`Projection::apply_in_place`] folds.
+    fn initial(ev: &Self::Event, source: SourceRef) -> Self::State;
+    /// [`Projection::apply`] into a state the caller holds, so it is updated, not copied (a copy
+    /// is most of the cost of a fold). On error the state is left exactly as it was.
+    fn apply_in_place(
+        state: &mut Self::State,
         ev: &Self::Event,
         source: SourceRef,
-    ) -> Result<Self::State, Invalid>;
+    ) -> Result<(), Invalid>;
     /// Renders the materialized output JSON into `out` (cleared first).
     fn render(state: &Self::State, out: &mut Vec<u8>) -> Result<(), Invalid>;
     /// Versioned binary encoding for stores and changelogs, into `out` (cleared first).

@@ -1,6 +1,7 @@
 //! One task per (flow, input partition): decode, validate, dedupe, project, stage.
 //! Staged work reaches Kafka inside the open transaction; the store sees it only after a commit.
 
+mod fold;
 mod reemit;
 mod repair;
 mod ship;
@@ -434,18 +435,9 @@ where
             partition: self.partition,
             offset,
         };
-        let slot = self.states.get_index_of(key);
-        let applied = match slot.and_then(|i| self.states.get_index(i)) {
-            Some((_, staged)) => P::apply(Some(&staged.state), &event, source),
-            // A state fresh from the store is this task's own copy: folded in place.
-            None => P::apply_owned(self.load_state(key)?, &event, source),
-        };
-        match applied {
-            Ok(state) => self.stage_at(slot, key, state),
-            Err(invalid) => {
-                self.dead_letter(msg, invalid, "project");
-                return Ok(());
-            }
+        if let Err(invalid) = self.fold(key, &event, source)? {
+            self.dead_letter(msg, invalid, "project");
+            return Ok(());
         }
         let event_time_ms = P::event_time_ms(&event);
         self.watermark = self.watermark.max(event_time_ms);

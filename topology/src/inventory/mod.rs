@@ -105,23 +105,28 @@ impl Projection for Inventory {
             .finish()
     }
 
-    fn apply_owned(
-        prev: Option<Availability>,
+    fn initial(ev: &InventoryEvent, source: SourceRef) -> Availability {
+        Availability {
+            sku: ev.sku.clone(),
+            locations: BTreeMap::new(),
+            events_applied: 0,
+            last_event_id: String::new(),
+            last_event_time_ms: 0,
+            source,
+        }
+    }
+
+    fn apply_in_place(
+        s: &mut Availability,
         ev: &InventoryEvent,
         source: SourceRef,
-    ) -> Result<Availability, Invalid> {
-        let mut s = match prev {
-            Some(p) => p,
-            None => Availability {
-                sku: ev.sku.clone(),
-                locations: BTreeMap::new(),
-                events_applied: 0,
-                last_event_id: String::new(),
-                last_event_time_ms: 0,
-                source,
-            },
-        };
-        let at = s.locations.entry(ev.location_id.clone()).or_default();
+    ) -> Result<(), Invalid> {
+        let events_applied = s
+            .events_applied
+            .checked_add(1)
+            .ok_or_else(|| Invalid::overflow("events_applied"))?;
+        let before = s.locations.get(ev.location_id.as_str()).copied();
+        let mut at = before.unwrap_or_default();
         let q = ev.quantity;
         match ev.operation {
             Operation::Adjust => {
@@ -143,17 +148,29 @@ impl Projection for Inventory {
                     .ok_or_else(|| Invalid::overflow("move"))?;
             }
         }
+        match s.locations.get_mut(ev.location_id.as_str()) {
+            Some(slot) => *slot = at,
+            None => {
+                s.locations.insert(ev.location_id.clone(), at);
+            }
+        }
         if s.totals().is_none() {
+            // Undone, so the caller's state is what it was.
+            match before {
+                Some(b) => {
+                    s.locations.insert(ev.location_id.clone(), b);
+                }
+                None => {
+                    s.locations.remove(ev.location_id.as_str());
+                }
+            }
             return Err(Invalid::overflow("stock_on_hand"));
         }
-        s.events_applied = s
-            .events_applied
-            .checked_add(1)
-            .ok_or_else(|| Invalid::overflow("events_applied"))?;
+        s.events_applied = events_applied;
         s.last_event_id.clone_from(&ev.event_id);
         s.last_event_time_ms = ev.event_time_ms;
         s.source = source;
-        Ok(s)
+        Ok(())
     }
 
     fn render(state: &Availability, out: &mut Vec<u8>) -> Result<(), Invalid> {

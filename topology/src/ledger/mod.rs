@@ -76,27 +76,31 @@ impl Projection for Ledger {
             .finish()
     }
 
-    fn apply_owned(
-        prev: Option<Balance>,
-        ev: &LedgerEvent,
-        source: SourceRef,
-    ) -> Result<Balance, Invalid> {
-        let mut s = match prev {
-            Some(p) => p,
-            None => Balance {
-                account_id: ev.account_id.clone(),
-                balances: BTreeMap::new(),
-                events_applied: 0,
-                last_event_id: String::new(),
-                last_event_time_ms: 0,
-                source,
-            },
-        };
+    fn initial(ev: &LedgerEvent, source: SourceRef) -> Balance {
+        Balance {
+            account_id: ev.account_id.clone(),
+            balances: BTreeMap::new(),
+            events_applied: 0,
+            last_event_id: String::new(),
+            last_event_time_ms: 0,
+            source,
+        }
+    }
+
+    fn apply_in_place(s: &mut Balance, ev: &LedgerEvent, source: SourceRef) -> Result<(), Invalid> {
+        let events_applied = s
+            .events_applied
+            .checked_add(1)
+            .ok_or_else(|| Invalid::overflow("events_applied"))?;
         let a = ev.amount_minor;
         let neg = a
             .checked_neg()
             .ok_or_else(|| Invalid::overflow("amount_minor"))?;
-        let m = s.balances.entry(ev.currency.clone()).or_default();
+        let mut m = s
+            .balances
+            .get(ev.currency.as_str())
+            .copied()
+            .unwrap_or_default();
         let (da, dr) = match ev.kind {
             EntryType::Deposited => (a, 0),
             EntryType::Withdrawn => (neg, 0),
@@ -107,14 +111,17 @@ impl Projection for Ledger {
         m.available = step(m.available, da, "available")?;
         m.reserved = step(m.reserved, dr, "reserved")?;
         step(m.available, m.reserved, "total")?;
-        s.events_applied = s
-            .events_applied
-            .checked_add(1)
-            .ok_or_else(|| Invalid::overflow("events_applied"))?;
+        match s.balances.get_mut(ev.currency.as_str()) {
+            Some(slot) => *slot = m,
+            None => {
+                s.balances.insert(ev.currency.clone(), m);
+            }
+        }
+        s.events_applied = events_applied;
         s.last_event_id.clone_from(&ev.event_id);
         s.last_event_time_ms = ev.event_time_ms;
         s.source = source;
-        Ok(s)
+        Ok(())
     }
 
     fn render(s: &Balance, out: &mut Vec<u8>) -> Result<(), Invalid> {

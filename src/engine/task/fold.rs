@@ -1,0 +1,71 @@
+//! The hot path's fold: an event updates its key's state in place, the state taken from the
+//! newest batch holding it (or read from the store), never copied.
+
+use tally_topology::{Invalid, Projection, SourceRef};
+
+use super::{Staged, Task, TaskError};
+
+impl<P: Projection> Task<P>
+where
+    P::State: Send,
+{
+    /// Applies `event` to `key`'s state and stages it; an invalid event (the inner error)
+    /// leaves every state as it was.
+    pub(super) fn fold(
+        &mut self,
+        key: &str,
+        event: &P::Event,
+        source: SourceRef,
+    ) -> Result<Result<(), Invalid>, TaskError> {
+        if let Some(i) = self.states.get_index_of(key) {
+            let Some((_, slot)) = self.states.get_index_mut(i) else {
+                return Ok(Ok(()));
+            };
+            if let Err(invalid) = P::apply_in_place(&mut slot.state, event, source) {
+                return Ok(Err(invalid));
+            }
+            if !slot.dirty {
+                slot.dirty = true;
+                self.dirty.push(i);
+            }
+            self.reemits.superseded(key);
+            return Ok(Ok(()));
+        }
+        let (mut state, from_batch) = match self.take_state(key)? {
+            Some(taken) => taken,
+            None => (P::initial(event, source), false),
+        };
+        match P::apply_in_place(&mut state, event, source) {
+            Ok(()) => {
+                self.stage_at(None, key, state);
+                Ok(Ok(()))
+            }
+            Err(invalid) => {
+                // Taken out of a batch for lookups: it serves them from here now, unchanged and
+                // not sent again.
+                if from_batch {
+                    let unchanged = Staged {
+                        state,
+                        dirty: false,
+                    };
+                    self.states.insert(key.to_owned(), unchanged);
+                }
+                Ok(Err(invalid))
+            }
+        }
+    }
+
+    /// Removes `key`'s newest state from the sealed or a queued batch (lookups find it staged
+    /// from now on, ahead of those batches), else reads it from the store; `true` when it came
+    /// from a batch.
+    fn take_state(&mut self, key: &str) -> Result<Option<(P::State, bool)>, TaskError> {
+        let sealed = self.sealed.iter_mut().map(|s| &mut s.states);
+        let queued = self.inflight.iter_mut().rev().map(|i| &mut i.states);
+        for states in sealed.chain(queued) {
+            if let Some(taken) = states.swap_remove(key) {
+                return Ok(Some((taken.state, true)));
+            }
+        }
+        Ok(self.load_state(key)?.map(|s| (s, false)))
+    }
+}
