@@ -28,6 +28,25 @@ fn disable_transparent_huge_pages() {
     }
 }
 
+extern "C" {
+    /// mimalloc's option setter (linked in by the allocator crate, which does not re-export it).
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// `mi_option_purge_delay` in mimalloc 2 and 3 (the crate names the options around it, not it).
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+/// Hands freed pages back to the OS at once instead of 10 ms later: under load the delayed ones
+/// stayed resident, and the processor's peak RSS on 1M pre-loaded events was 200-208 MiB against
+/// 227-235 with the delay, at the same events/s. `MIMALLOC_PURGE_DELAY` still overrides it.
+fn purge_freed_memory_at_once() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: called first thing in main, before any other thread exists (the setter is not
+        // thread safe); it stores one integer in mimalloc's option table.
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "tally",
@@ -68,6 +87,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    purge_freed_memory_at_once();
     disable_transparent_huge_pages();
     let cli = Cli::parse();
     // The demo narrates itself; the processor's info logs would drown it.

@@ -340,7 +340,13 @@ impl Engine {
         if !self.tasks.values().any(|t| t.holding()) {
             return Ok(());
         }
-        let positions = consumer.position()?;
+        let positions = match consumer.position() {
+            Ok(positions) => positions,
+            Err(e) => {
+                tracing::debug!(error = %e, "no consumer positions yet; held outputs wait");
+                return Ok(());
+            }
+        };
         for t in self.tasks.values_mut().filter(|t| t.holding()) {
             let at = positions.find_partition(&t.flow().input, t.partition());
             if let Some(Offset::Offset(consumed)) = at.map(|at| at.offset()) {
