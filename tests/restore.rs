@@ -61,7 +61,7 @@ fn a_restart_with_a_deleted_store_restores_fully() {
 }
 
 /// The committed offset tells the next owner the watermark of that position, in a transaction
-/// (exactly_once) as well as in a plain offset commit (at_least_once).
+/// (exactly_once) as well as in a plain offset commit (at_least_once, with the output's end).
 #[rstest::rstest]
 #[case::exactly_once("exactly_once")]
 #[case::at_least_once("at_least_once")]
@@ -90,8 +90,17 @@ fn the_committed_offset_carries_the_watermark_of_its_position(#[case] guarantee:
     let at = committed
         .find_partition(&setup.input, 0)
         .expect("partition 0");
+    // at_least_once also records where the output partition ended once the commit's records
+    // were acknowledged; the next owner compares it with the output's end after a crash.
+    let output_end = (guarantee == "at_least_once").then(|| {
+        reader
+            .fetch_watermarks(&setup.output, 0, Duration::from_secs(10))
+            .expect("output watermarks")
+            .1
+    });
     let expected = CommitMetadata {
         watermark_ms: 1_781_865_000_000,
+        output_end,
     };
     assert_eq!(
         CommitMetadata::decode(at.metadata()).expect("tally's metadata"),

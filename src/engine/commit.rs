@@ -69,9 +69,12 @@ impl Engine {
                 events += t.staged();
                 let mut at = offsets.add_partition(&t.flow().input, t.partition());
                 at.set_offset(Offset::Offset(t.position()))?;
+                let at_least_once =
+                    self.cfg.processing_guarantee == ProcessingGuarantee::AtLeastOnce;
                 at.set_metadata(
                     CommitMetadata {
                         watermark_ms: t.watermark(),
+                        output_end: at_least_once.then(|| t.output_end()),
                     }
                     .encode(),
                 );
@@ -152,6 +155,7 @@ impl Engine {
                     offsets,
                     consumer,
                     failures,
+                    ends: self.output_ends.clone(),
                 };
                 (work, here)
             }
@@ -190,7 +194,7 @@ impl Engine {
         self.failures_before = self.sink.failures();
         let kafka_done = running.started.elapsed();
         for t in self.tasks.values_mut() {
-            t.after_commit(&self.changelog_offsets)?;
+            t.after_commit(&self.delivered)?;
         }
         tracing::debug!(
             events = running.events,
@@ -222,6 +226,7 @@ impl Engine {
         let Some(offsets) = &running.offsets else {
             return Ok(());
         };
+        self.output_ends.stamp(offsets);
         super::faults::hit("before_commit_offsets");
         consumer.commit(offsets, CommitMode::Sync)
     }

@@ -1,6 +1,7 @@
 //! The Kafka half of a commit on a thread of its own: waiting for acknowledgements and the
 //! transaction's round trips, while the poll loop goes on processing the next batch.
 
+use std::collections::HashMap;
 use std::sync::mpsc::{channel, Receiver, RecvError, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,9 +10,11 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadat
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::TopicPartitionList;
+use tally_state::CommitMetadata;
 
 use super::rebalance::EngineContext;
-use super::sink::DeliveryTracker;
+use super::sink::{DeliveredOffsets, DeliveryTracker};
+use super::FastHash;
 
 /// What the thread does once every record the producer holds is acknowledged (nothing is
 /// produced while a commit runs, so those are the commit's records).
@@ -28,7 +31,34 @@ pub enum Work {
         consumer: Option<Arc<BaseConsumer<EngineContext>>>,
         /// Delivery failures counted before the commit's records: any more fail it.
         failures: u64,
+        ends: OutputEnds,
     },
+}
+
+/// Writes each input partition's output end, known once the commit's records are acknowledged,
+/// into its offset's metadata (see [`CommitMetadata::output_end`]).
+#[derive(Clone)]
+pub struct OutputEnds {
+    pub delivered: Arc<DeliveredOffsets>,
+    /// Input topic -> its flow's output topic.
+    pub outputs: Arc<HashMap<String, String, FastHash>>,
+}
+
+impl OutputEnds {
+    /// Raises every input offset's `output_end` to what was delivered to its output partition.
+    pub fn stamp(&self, offsets: &TopicPartitionList) {
+        for mut at in offsets.elements() {
+            let Some(output) = self.outputs.get(at.topic()) else {
+                continue;
+            };
+            let Ok(Some(mut m)) = CommitMetadata::decode(at.metadata()) else {
+                continue;
+            };
+            let delivered = self.delivered.next_offset(output, at.partition());
+            m.output_end = Some(m.output_end.unwrap_or(0).max(delivered));
+            at.set_metadata(m.encode());
+        }
+    }
 }
 
 struct Job {
@@ -140,11 +170,13 @@ fn run(job: Job) -> KafkaResult<Timings> {
             offsets,
             consumer,
             failures,
+            ends,
         } => {
             if job.producer.context().failures() != *failures {
                 return Err(KafkaError::MessageProduction(RDKafkaErrorCode::Fail));
             }
             if let Some(consumer) = consumer {
+                ends.stamp(offsets);
                 super::faults::hit("before_commit_offsets");
                 consumer.commit(offsets, CommitMode::Sync)?;
             }

@@ -27,7 +27,7 @@ use tally_topology::{FlowKind, Inventory, Ledger};
 pub use commit::CommitOutcome;
 pub use rebalance::EngineContext;
 use restore::{RestoreDone, RestoreJob};
-pub use sink::ChangelogOffsets;
+pub use sink::DeliveredOffsets;
 use sink::Sink;
 use task::{Status, Task, TaskOps};
 use writer::StoreWriter;
@@ -95,11 +95,13 @@ pub struct Engine {
     /// The group's consumer, so the committer thread commits at_least_once offsets off the poll
     /// loop; unset before the loop runs and after it ended (it would keep the consumer alive).
     group_consumer: Option<Arc<BaseConsumer<EngineContext>>>,
-    changelog_offsets: Arc<ChangelogOffsets>,
+    delivered: Arc<DeliveredOffsets>,
+    /// at_least_once: stamps each commit's output ends (see `OutputEnds`).
+    output_ends: committer::OutputEnds,
     restores_tx: Sender<RestoreDone>,
     restores_rx: Receiver<RestoreDone>,
-    /// Restored tasks to seek: (flow, partition, committed offset, horizon).
-    pending_seeks: Vec<(usize, i32, i64, i64)>,
+    /// Restored tasks to seek: (flow, partition, committed offset, (horizon, output end)).
+    pending_seeks: Vec<(usize, i32, i64, (i64, i64))>,
     next_commit: Instant,
     health: Arc<Health>,
     stores: Arc<StoreRegistry>,
@@ -112,7 +114,7 @@ impl Engine {
             .then(|| format!("{}-{}", cfg.application_id, cfg.instance()))
     }
 
-    fn create_sink(cfg: &Config, offsets: &Arc<ChangelogOffsets>) -> Result<Sink, KafkaError> {
+    fn create_sink(cfg: &Config, offsets: &Arc<DeliveredOffsets>) -> Result<Sink, KafkaError> {
         let tid = Self::transactional_id(cfg);
         let pc = clients::producer(
             &cfg.bootstrap_servers,
@@ -125,7 +127,7 @@ impl Engine {
 
     fn recreate_sink(&mut self) {
         loop {
-            match Self::create_sink(&self.cfg, &self.changelog_offsets) {
+            match Self::create_sink(&self.cfg, &self.delivered) {
                 Ok(s) => {
                     self.sink = s;
                     self.txn_open = false;
@@ -220,6 +222,7 @@ impl Engine {
             passthrough: self.cfg.kafka.clone(),
             group: self.cfg.application_id.clone(),
             cancel,
+            hold_outputs: self.cfg.processing_guarantee == ProcessingGuarantee::AtLeastOnce,
         }
         .spawn(self.restores_tx.clone());
         self.update_gauges();
@@ -292,8 +295,12 @@ impl Engine {
             match done.result {
                 Ok(r) => {
                     tracing::debug!(records = r.records, full = r.full, "restore finished");
-                    self.pending_seeks
-                        .push((done.flow, done.partition, r.committed, r.horizon));
+                    self.pending_seeks.push((
+                        done.flow,
+                        done.partition,
+                        r.committed,
+                        (r.horizon, r.output_end),
+                    ));
                 }
                 Err(e) => {
                     tracing::warn!(flow = %self.flows[done.flow].name, partition = done.partition,
@@ -304,14 +311,14 @@ impl Engine {
             }
         }
         let seeks = std::mem::take(&mut self.pending_seeks);
-        for (f, p, offset, horizon) in seeks {
+        for (f, p, offset, ends) in seeks {
             let topic = self.flows[f].input.clone();
             match consumer.seek(&topic, p, Offset::Offset(offset), Duration::from_secs(10)) {
                 Ok(()) => {
                     let mut tpl = TopicPartitionList::new();
                     tpl.add_partition(&topic, p);
                     if let Some(t) = self.tasks.get_mut(&(f, p)) {
-                        t.activate(offset, horizon);
+                        t.activate(offset, ends.0, ends.1);
                         match self.control.take(&self.flows[f].control, p) {
                             Ok(at) => t.activate_control(at),
                             Err(e) => tracing::error!(error = %e, partition = p,
@@ -325,35 +332,11 @@ impl Engine {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "seek not possible yet; retrying");
-                    self.pending_seeks.push((f, p, offset, horizon));
+                    self.pending_seeks.push((f, p, offset, ends));
                 }
             }
         }
         self.update_gauges();
-    }
-
-    /// Hands the consumer's input positions to tasks holding re-sent outputs after a crash.
-    fn release_reemits<C: ConsumerContext>(
-        &mut self,
-        consumer: &BaseConsumer<C>,
-    ) -> Result<(), EngineError> {
-        if !self.tasks.values().any(|t| t.holding()) {
-            return Ok(());
-        }
-        let positions = match consumer.position() {
-            Ok(positions) => positions,
-            Err(e) => {
-                tracing::debug!(error = %e, "no consumer positions yet; held outputs wait");
-                return Ok(());
-            }
-        };
-        for t in self.tasks.values_mut().filter(|t| t.holding()) {
-            let at = positions.find_partition(&t.flow().input, t.partition());
-            if let Some(Offset::Offset(consumed)) = at.map(|at| at.offset()) {
-                t.consumed(consumed)?;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -366,10 +349,22 @@ pub fn run(
 ) -> Result<(), EngineError> {
     let cfg = Arc::new(cfg);
     let flows = prepare_topics(&cfg)?;
-    let changelog_offsets = Arc::new(ChangelogOffsets::new(
-        flows.iter().map(|f| (f.changelog.clone(), f.partitions)),
-    ));
-    let sink = Engine::create_sink(&cfg, &changelog_offsets)?;
+    let delivered = Arc::new(DeliveredOffsets::new(flows.iter().flat_map(|f| {
+        [
+            (f.changelog.clone(), f.partitions),
+            (f.output.clone(), f.partitions),
+        ]
+    })));
+    let output_ends = committer::OutputEnds {
+        delivered: Arc::clone(&delivered),
+        outputs: Arc::new(
+            flows
+                .iter()
+                .map(|f| (f.input.clone(), f.output.clone()))
+                .collect(),
+        ),
+    };
+    let sink = Engine::create_sink(&cfg, &delivered)?;
     let (restores_tx, restores_rx) = channel();
     let engine = Arc::new(Mutex::new(Engine {
         by_input: flows.iter().map(|f| (f.input.clone(), f.idx)).collect(),
@@ -391,7 +386,8 @@ pub fn run(
         running: None,
         failures_before: 0,
         group_consumer: None,
-        changelog_offsets,
+        delivered,
+        output_ends,
         restores_tx,
         restores_rx,
         pending_seeks: Vec::new(),
@@ -449,7 +445,6 @@ pub fn run(
             e.poll_control();
             e.sink.poll();
             e.finish_restores(&consumer);
-            e.release_reemits(&consumer)?;
             if polled > 0 {
                 e.health.broker_reachable(true);
             }

@@ -35,6 +35,9 @@ pub struct RestoreJob {
     pub passthrough: BTreeMap<String, String>,
     pub group: String,
     pub cancel: Arc<AtomicBool>,
+    /// at_least_once: outputs a crash left ahead of the changelog make the next owner hold its
+    /// own outputs back until it redelivered past them.
+    pub hold_outputs: bool,
 }
 
 /// The outcome reported back to the engine.
@@ -54,8 +57,11 @@ pub struct Restored {
     pub records: u64,
     /// Whether the store was wiped and rebuilt from the beginning.
     pub full: bool,
-    /// The input partition's end before the restore: a previous owner processed nothing past it.
+    /// Outputs wait until processing reaches this input offset: the input partition's end when
+    /// outputs were found past the last commit's, else `committed` (nothing waits).
     pub horizon: i64,
+    /// The output partition's end when the restore began.
+    pub output_end: i64,
 }
 
 impl RestoreJob {
@@ -80,9 +86,9 @@ impl RestoreJob {
     fn run(self) -> Result<Restored, RestoreError> {
         let started = Instant::now();
         let consumer = clients::quiet_reader(&self.bootstrap, &self.passthrough, &self.group)?;
-        let (committed, committed_watermark) = self.committed_input(&consumer)?;
-        let (_, horizon) =
-            consumer.fetch_watermarks(&self.flow.input, self.partition, Duration::from_secs(30))?;
+        let (committed, metadata) = self.committed_input(&consumer)?;
+        let committed_watermark = metadata.map(|m| m.watermark_ms);
+        let (horizon, output_end) = self.horizon(&consumer, committed, metadata)?;
         let (low, high) = consumer.fetch_watermarks(
             &self.flow.changelog,
             self.partition,
@@ -184,6 +190,7 @@ impl RestoreJob {
             records,
             full,
             horizon,
+            output_end,
         })
     }
 
@@ -192,10 +199,36 @@ impl RestoreJob {
     /// changelog's highest event time stands in then). librdkafka asks for stable offsets under
     /// read_committed, so an open transaction of the previous owner is finished (committed or
     /// aborted) before this returns.
+    /// Where held outputs are released, and the output partition's end. A previous owner under
+    /// at_least_once that crashed may have landed outputs (their own partition) whose states and
+    /// dedupe entries were lost: redelivered, those events would send older states after them.
+    /// The output partition ending past the last commit's end says so, and then nothing the
+    /// previous owner can have processed lies past the input's end.
+    fn horizon(
+        &self,
+        consumer: &BaseConsumer<clients::Quiet>,
+        committed: i64,
+        metadata: Option<CommitMetadata>,
+    ) -> Result<(i64, i64), RestoreError> {
+        let timeout = Duration::from_secs(30);
+        let (_, output_end) =
+            consumer.fetch_watermarks(&self.flow.output, self.partition, timeout)?;
+        let committed_end = metadata.and_then(|m| m.output_end).unwrap_or(0);
+        if !self.hold_outputs || output_end <= committed_end {
+            return Ok((committed, output_end));
+        }
+        let (_, input_end) =
+            consumer.fetch_watermarks(&self.flow.input, self.partition, timeout)?;
+        tracing::info!(flow = %self.flow.name, partition = self.partition, committed,
+            horizon = input_end, output_end, committed_end,
+            "outputs past the last commit: outputs wait until the redelivery passes the horizon");
+        Ok((input_end, output_end))
+    }
+
     fn committed_input(
         &self,
         consumer: &BaseConsumer<clients::Quiet>,
-    ) -> Result<(i64, Option<i64>), RestoreError> {
+    ) -> Result<(i64, Option<CommitMetadata>), RestoreError> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&self.flow.input, self.partition);
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -208,8 +241,7 @@ impl RestoreJob {
                     let Offset::Offset(offset) = at.offset() else {
                         return Ok((0, None));
                     };
-                    let watermark = CommitMetadata::decode(at.metadata())?.map(|m| m.watermark_ms);
-                    return Ok((offset, watermark));
+                    return Ok((offset, CommitMetadata::decode(at.metadata())?));
                 }
                 Err(e) if Instant::now() < deadline && !self.cancel.load(Ordering::Acquire) => {
                     tracing::warn!(error = %e, flow = %self.flow.name, partition = self.partition,

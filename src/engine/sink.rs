@@ -11,14 +11,15 @@ use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext};
 
-/// Highest delivered offset per changelog partition, shared by every producer incarnation.
+/// Highest delivered offset per changelog and output partition, shared by every producer
+/// incarnation.
 #[derive(Default)]
-pub struct ChangelogOffsets {
+pub struct DeliveredOffsets {
     topics: HashMap<String, Vec<AtomicI64>, super::FastHash>,
 }
 
-impl ChangelogOffsets {
-    /// Tracks the given changelog topics and their partition counts.
+impl DeliveredOffsets {
+    /// Tracks the given topics and their partition counts.
     pub fn new(topics: impl IntoIterator<Item = (String, i32)>) -> Self {
         Self {
             topics: topics
@@ -28,7 +29,7 @@ impl ChangelogOffsets {
         }
     }
 
-    /// Next changelog offset after everything delivered to that partition (0 when nothing was).
+    /// Next offset after everything delivered to that partition (0 when nothing was).
     pub fn next_offset(&self, topic: &str, partition: i32) -> i64 {
         self.slot(topic, partition)
             .map(|a| a.load(Ordering::Acquire) + 1)
@@ -44,7 +45,7 @@ impl ChangelogOffsets {
 
 /// librdkafka context of the producer: records delivery offsets and failures.
 pub struct DeliveryTracker {
-    offsets: Arc<ChangelogOffsets>,
+    offsets: Arc<DeliveredOffsets>,
     failures: AtomicU64,
 }
 
@@ -86,7 +87,7 @@ impl Sink {
     /// Creates the producer; a transactional one is initialised (fencing older incarnations).
     pub fn create(
         config: &ClientConfig,
-        offsets: Arc<ChangelogOffsets>,
+        offsets: Arc<DeliveredOffsets>,
         timeout: Duration,
     ) -> KafkaResult<Self> {
         let transactional = config.get("transactional.id").is_some();

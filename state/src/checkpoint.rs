@@ -61,8 +61,8 @@ impl Checkpoint {
     }
 }
 
-/// Format version of the offset commit metadata.
-pub const COMMIT_METADATA_VERSION: u8 = 1;
+/// Format version of the offset commit metadata: 2 adds the output partition's end.
+pub const COMMIT_METADATA_VERSION: u8 = 2;
 const COMMIT_METADATA_PREFIX: &str = "tally:";
 
 /// What tally commits beside an input offset, so the next owner resumes with the watermark of
@@ -71,15 +71,23 @@ const COMMIT_METADATA_PREFIX: &str = "tally:";
 pub struct CommitMetadata {
     /// The partition's watermark after every record before the committed offset.
     pub watermark_ms: i64,
+    /// at_least_once: the output partition's end once this commit's records were acknowledged.
+    /// An output partition that ends past it holds outputs a crash may have left ahead of the
+    /// changelog, so the next owner holds its outputs back until it has redelivered them.
+    pub output_end: Option<i64>,
 }
 
 impl CommitMetadata {
-    /// Encodes as the offset commit's metadata string (Kafka keeps up to 4 KiB by default).
+    /// Encodes as the offset commit's metadata string (Kafka keeps up to 4 KiB by default);
+    /// without an output end it stays version 1, which older tallies read.
     pub fn encode(&self) -> String {
-        format!(
-            "{COMMIT_METADATA_PREFIX}{COMMIT_METADATA_VERSION}:wm={}",
-            self.watermark_ms
-        )
+        match self.output_end {
+            Some(out) => format!(
+                "{COMMIT_METADATA_PREFIX}2:wm={},out={out}",
+                self.watermark_ms
+            ),
+            None => format!("{COMMIT_METADATA_PREFIX}1:wm={}", self.watermark_ms),
+        }
     }
 
     /// Decodes a committed offset's metadata: `None` when another writer (an older tally, an
@@ -94,18 +102,29 @@ impl CommitMetadata {
         };
         let (version, fields) = rest.split_once(':').ok_or_else(corrupt)?;
         let version: u8 = version.parse().map_err(|_| corrupt())?;
-        if version != COMMIT_METADATA_VERSION {
-            return Err(StateError::UnsupportedVersion {
-                what: "offset commit metadata",
-                found: version,
-                supported: COMMIT_METADATA_VERSION,
-            });
-        }
-        let watermark_ms = fields
+        let (wm, out) = match version {
+            1 => (fields, None),
+            2 => {
+                let (wm, out) = fields.split_once(',').ok_or_else(corrupt)?;
+                let out = out.strip_prefix("out=").and_then(|v| v.parse().ok());
+                (wm, Some(out.ok_or_else(corrupt)?))
+            }
+            found => {
+                return Err(StateError::UnsupportedVersion {
+                    what: "offset commit metadata",
+                    found,
+                    supported: COMMIT_METADATA_VERSION,
+                })
+            }
+        };
+        let watermark_ms = wm
             .strip_prefix("wm=")
             .and_then(|v| v.parse().ok())
             .ok_or_else(corrupt)?;
-        Ok(Some(Self { watermark_ms }))
+        Ok(Some(Self {
+            watermark_ms,
+            output_end: out,
+        }))
     }
 }
 
@@ -141,12 +160,27 @@ mod tests {
     }
 
     #[rstest::rstest]
-    #[case(1_750_000_000_000)]
-    #[case(i64::MIN)]
-    #[case(-5)]
-    fn commit_metadata_roundtrips(#[case] watermark_ms: i64) {
-        let m = CommitMetadata { watermark_ms };
+    #[case(1_750_000_000_000, None)]
+    #[case(i64::MIN, Some(0))]
+    #[case(-5, Some(123_456))]
+    fn commit_metadata_roundtrips(#[case] watermark_ms: i64, #[case] output_end: Option<i64>) {
+        let m = CommitMetadata {
+            watermark_ms,
+            output_end,
+        };
         assert_eq!(CommitMetadata::decode(&m.encode()).unwrap(), Some(m));
+    }
+
+    #[test]
+    fn version_1_commit_metadata_reads_without_an_output_end() {
+        let m = CommitMetadata::decode("tally:1:wm=42").unwrap();
+        assert_eq!(
+            m,
+            Some(CommitMetadata {
+                watermark_ms: 42,
+                output_end: None
+            })
+        );
     }
 
     #[rstest::rstest]
@@ -167,7 +201,7 @@ mod tests {
     #[test]
     fn garbled_commit_metadata_is_corrupt() {
         assert!(matches!(
-            CommitMetadata::decode("tally:1:wm=soon"),
+            CommitMetadata::decode("tally:2:wm=1,out=later"),
             Err(StateError::Corrupt { .. })
         ));
     }

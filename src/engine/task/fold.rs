@@ -28,7 +28,7 @@ where
                 slot.dirty = true;
                 self.dirty.push(i);
             }
-            self.reemits.superseded(key);
+            self.hold_output(key, source.offset);
             return Ok(Ok(()));
         }
         let (mut state, from_batch) = match self.take_state(key)? {
@@ -38,6 +38,7 @@ where
         match P::apply_in_place(&mut state, event, source) {
             Ok(()) => {
                 self.stage_at(None, key, state);
+                self.hold_output(key, source.offset);
                 Ok(Ok(()))
             }
             Err(invalid) => {

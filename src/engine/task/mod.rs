@@ -14,7 +14,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use tally_state::{CommitBatch, DedupeEntry, StateError, Store};
 use tally_topology::{Invalid, Projection, Reason, SourceRef};
 
-use super::sink::{ChangelogOffsets, Sink};
+use super::sink::{DeliveredOffsets, Sink};
 use super::writer::{Pending, StoreWriter};
 use super::{FastHash, FlowInfo};
 
@@ -75,19 +75,17 @@ pub trait TaskOps: Send {
     /// processing goes on into a new batch, which sees the sealed one.
     fn seal(&mut self);
     /// Hands the sealed batch, now committed, to the store writer.
-    fn after_commit(&mut self, offsets: &ChangelogOffsets) -> Result<(), TaskError>;
+    fn after_commit(&mut self, offsets: &DeliveredOffsets) -> Result<(), TaskError>;
     /// Waits until every committed batch is in the store.
     fn settle(&mut self) -> Result<(), TaskError>;
     /// Drops staged work and starts a new restore generation.
     fn restart(&mut self) -> u64;
     /// Restore finished: process from `committed` on, whose watermark the restore recovered;
-    /// `horizon` is the input partition's end when the restore began.
-    fn activate(&mut self, committed: i64, horizon: i64);
-    /// Whether outputs wait for the redelivery to pass the horizon ([`TaskOps::activate`]).
-    fn holding(&self) -> bool;
-    /// The consumer's position in the input partition is `consumed`: held outputs whose
-    /// redelivery is over are staged.
-    fn consumed(&mut self, consumed: i64) -> Result<(), TaskError>;
+    /// outputs of events before `horizon` wait until processing reaches it, and the output
+    /// partition ended at `output_end`.
+    fn activate(&mut self, committed: i64, horizon: i64, output_end: i64);
+    /// The output partition's end as of the last commit (at_least_once commit metadata).
+    fn output_end(&self) -> i64;
     /// Stages a corrected row from the control topic (a replay's repair) at control `offset`;
     /// `bound` is the input offset the replay rebuilt up to.
     fn repair(&mut self, key: &[u8], value: Option<&[u8]>, offset: i64, bound: i64);
@@ -183,6 +181,8 @@ pub struct Task<P: Projection> {
     dead: Vec<DeadLetter>,
     dead_shipped: usize,
     reemits: reemit::Reemits,
+    /// The output partition's end after the last commit (or when the task became active).
+    output_end: i64,
     /// The store writes of everything shipped in this transaction.
     batch: CommitBatch,
     counts: Counts,
@@ -228,6 +228,7 @@ where
             dead: Vec::new(),
             dead_shipped: 0,
             reemits: reemit::Reemits::default(),
+            output_end: 0,
             batch: CommitBatch::default(),
             counts: Counts::default(),
             buf: Vec::with_capacity(512),
@@ -263,7 +264,6 @@ where
 
     /// [`Task::stage`] for a caller that already looked up `key`'s slot in `states`.
     fn stage_at(&mut self, slot: Option<usize>, key: &str, state: P::State) {
-        self.reemits.superseded(key);
         match slot.and_then(|i| Some((i, self.states.get_index_mut(i)?.1))) {
             Some((i, slot)) => {
                 slot.state = state;
@@ -328,7 +328,7 @@ where
 
     /// Whether the record at `offset`, whose own dedupe entry was found, is missing from its key's
     /// state (only the entry landed before a crash). When the state has it, the key's output is
-    /// sent again later ([`Task::hold_reemit`]): under at_least_once it may be what was lost.
+    /// sent again later ([`Task::reemit`]): under at_least_once it may be what was lost.
     fn lost_in_crash(&mut self, key: &str, offset: i64) -> Result<bool, TaskError> {
         let current = match self.states.get(key) {
             Some(staged) => Some(staged.state.clone()),
@@ -336,7 +336,7 @@ where
         };
         match current {
             Some(state) if P::source(&state).offset >= offset => {
-                self.hold_reemit(key, offset, state);
+                self.reemit(key, offset, state);
                 Ok(false)
             }
             _ => {
@@ -365,28 +365,13 @@ where
     }
 }
 
-impl<P: Projection + 'static> TaskOps for Task<P>
+impl<P: Projection + 'static> Task<P>
 where
     P::State: Send,
     P::Event: Send,
 {
-    fn flow(&self) -> &Arc<FlowInfo> {
-        &self.flow
-    }
-    fn partition(&self) -> i32 {
-        self.partition
-    }
-    fn status(&self) -> Status {
-        self.status
-    }
-    fn epoch(&self) -> u64 {
-        self.epoch
-    }
-    fn store(&self) -> &Store {
-        &self.store
-    }
-
-    fn process(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), TaskError> {
+    /// Decodes, dedupes and folds one input record; a bad one becomes a dead letter.
+    fn process_record(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), TaskError> {
         let offset = msg.offset();
         if self.status != Status::Active || offset < self.next {
             return Ok(());
@@ -452,6 +437,33 @@ where
         self.counts.applied += 1;
         Ok(())
     }
+}
+
+impl<P: Projection + 'static> TaskOps for Task<P>
+where
+    P::State: Send,
+    P::Event: Send,
+{
+    fn flow(&self) -> &Arc<FlowInfo> {
+        &self.flow
+    }
+    fn partition(&self) -> i32 {
+        self.partition
+    }
+    fn status(&self) -> Status {
+        self.status
+    }
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+    fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn process(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), TaskError> {
+        self.process_record(msg)?;
+        self.release_reemits()
+    }
 
     fn staged(&self) -> usize {
         (self.next - self.base().0).max(0) as usize
@@ -491,7 +503,7 @@ where
         self.seal_staged();
     }
 
-    fn after_commit(&mut self, offsets: &ChangelogOffsets) -> Result<(), TaskError> {
+    fn after_commit(&mut self, offsets: &DeliveredOffsets) -> Result<(), TaskError> {
         self.hand_to_writer(offsets)
     }
 
@@ -516,7 +528,7 @@ where
         self.epoch
     }
 
-    fn activate(&mut self, committed: i64, horizon: i64) {
+    fn activate(&mut self, committed: i64, horizon: i64, output_end: i64) {
         if let Ok(Some(cp)) = self.store.checkpoint() {
             self.watermark = cp.watermark_ms;
             self.changelog_from = cp.changelog_offset;
@@ -525,15 +537,12 @@ where
         self.committed = committed;
         self.next = committed;
         self.reemits.reset(horizon);
+        self.output_end = output_end;
         self.status = Status::Active;
     }
 
-    fn holding(&self) -> bool {
-        self.reemits.holding()
-    }
-
-    fn consumed(&mut self, consumed: i64) -> Result<(), TaskError> {
-        self.release_reemits(consumed)
+    fn output_end(&self) -> i64 {
+        self.output_end
     }
 
     fn repair(&mut self, key: &[u8], value: Option<&[u8]>, offset: i64, bound: i64) {

@@ -8,7 +8,7 @@ use tally_state::{ChangelogKey, Checkpoint, CommitBatch, RecordKind};
 use tally_topology::Projection;
 
 use super::{DeadLetter, Inflight, ProduceError, Sealed, Task, TaskError, MAX_INFLIGHT};
-use crate::engine::sink::{ChangelogOffsets, Sink};
+use crate::engine::sink::{DeliveredOffsets, Sink};
 use crate::metrics;
 
 /// Most dedupe entries examined for expiry per commit and task.
@@ -43,6 +43,24 @@ where
             crate::engine::faults::hit_after("between_dedupe_and_states", || {
                 let _ = sink.flush();
             });
+            // Outputs and states are separate partitions: a crash can land an output, not its
+            // state. This lands the round's outputs alone before dying.
+            if crate::engine::faults::armed("outputs_before_states") {
+                let mut outputs = Vec::new();
+                for &i in &self.dirty {
+                    if let Some((key, slot)) = self.states.get_index(i) {
+                        if P::render(&slot.state, &mut self.buf).is_ok() {
+                            outputs.push((key.clone(), self.buf.clone()));
+                        }
+                    }
+                }
+                crate::engine::faults::hit_after("outputs_before_states", || {
+                    for (key, value) in &outputs {
+                        let _ = sink.send(&flow.output, p, key.as_bytes(), Some(value), None);
+                    }
+                    let _ = sink.flush();
+                });
+            }
         }
         for i in self.dirty.drain(..) {
             let Some((key, slot)) = self.states.get_index_mut(i) else {
@@ -53,6 +71,10 @@ where
             ChangelogKey::encode_into(RecordKind::State, key.as_bytes(), &mut self.key);
             sink.send(&flow.changelog, p, &self.key, Some(&self.buf), None)?;
             self.batch.put_state(key.as_bytes(), &self.buf);
+            // A key held after a crash sends its output once the redelivery is over.
+            if self.reemits.holds(key) {
+                continue;
+            }
             P::render(&slot.state, &mut self.buf).map_err(|e| TaskError::State {
                 flow: flow.name.clone(),
                 partition: p,
@@ -123,7 +145,7 @@ where
 
     /// Queues the sealed batch, now committed, at the store writer; lookups see it until it is
     /// written.
-    pub(super) fn hand_to_writer(&mut self, offsets: &ChangelogOffsets) -> Result<(), TaskError> {
+    pub(super) fn hand_to_writer(&mut self, offsets: &DeliveredOffsets) -> Result<(), TaskError> {
         let Some(sealed) = self.sealed.take() else {
             return Ok(());
         };
@@ -141,6 +163,9 @@ where
         self.changelog_from = self
             .changelog_from
             .max(offsets.next_offset(&self.flow.changelog, self.partition));
+        self.output_end = self
+            .output_end
+            .max(offsets.next_offset(&self.flow.output, self.partition));
         let mut batch = sealed.batch;
         let (resume, resume_watermark) = sealed.resume;
         batch.set_checkpoint(Checkpoint {
