@@ -64,13 +64,12 @@ impl Engine {
         self.next_commit = Instant::now() + self.cfg.commit_interval();
         let mut offsets = TopicPartitionList::new();
         let mut events = 0;
+        let at_least_once = self.cfg.processing_guarantee == ProcessingGuarantee::AtLeastOnce;
         for t in self.tasks.values() {
             if t.has_progress() {
                 events += t.staged();
                 let mut at = offsets.add_partition(&t.flow().input, t.partition());
                 at.set_offset(Offset::Offset(t.position()))?;
-                let at_least_once =
-                    self.cfg.processing_guarantee == ProcessingGuarantee::AtLeastOnce;
                 at.set_metadata(
                     CommitMetadata {
                         watermark_ms: t.watermark(),

@@ -194,11 +194,6 @@ impl RestoreJob {
         })
     }
 
-    /// The group's committed offset of the input partition (0 when nothing was committed yet),
-    /// and the watermark committed with it (none from an older tally or another tool; the
-    /// changelog's highest event time stands in then). librdkafka asks for stable offsets under
-    /// read_committed, so an open transaction of the previous owner is finished (committed or
-    /// aborted) before this returns.
     /// Where held outputs are released, and the output partition's end. A previous owner under
     /// at_least_once that crashed may have landed outputs (their own partition) whose states and
     /// dedupe entries were lost: redelivered, those events would send older states after them.
@@ -225,6 +220,11 @@ impl RestoreJob {
         Ok((input_end, output_end))
     }
 
+    /// The group's committed offset of the input partition (0 when nothing was committed yet),
+    /// and the watermark committed with it (none from an older tally or another tool; the
+    /// changelog's highest event time stands in then). librdkafka asks for stable offsets under
+    /// read_committed, so an open transaction of the previous owner is finished (committed or
+    /// aborted) before this returns.
     fn committed_input(
         &self,
         consumer: &BaseConsumer<clients::Quiet>,

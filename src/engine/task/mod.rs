@@ -140,7 +140,7 @@ struct Sealed<P: Projection> {
     batch: CommitBatch,
     next: i64,
     /// The input offset committed, with the watermark before it: `next` and the watermark,
-    /// unless a re-send is held.
+    /// unless an output is held (see `reemit`).
     resume: (i64, i64),
     control_next: i64,
     counts: Counts,
