@@ -85,15 +85,23 @@ fn a_crash_under_at_least_once_loses_nothing_and_applies_nothing_twice(#[case] f
 /// oracle's per-key sequence check over every output record fails if it does.
 ///
 /// The processor starts on a backlog, so each poll-loop turn handles 2,000 events, and dies in
-/// its third turn once that turn's outputs (not its states) landed: the keys of that turn whose
+/// a later turn once that turn's outputs (not its states) landed: the keys of that turn whose
 /// state landed in an earlier turn of the same commit are redelivered across turns again.
-#[test]
-fn a_newer_output_that_landed_without_its_state_is_never_followed_by_an_older_one() {
+/// Before any commit the next owner cannot know which outputs landed and holds them all; after
+/// one it reads the outputs past that commit's and holds only their keys.
+#[rstest::rstest]
+#[case::before_the_first_commit(20_000, "outputs_before_states@3")]
+#[case::after_commits(4_000, "outputs_before_states@5")]
+fn a_newer_output_that_landed_without_its_state_is_never_followed_by_an_older_one(
+    #[case] commit_max_events: usize,
+    #[case] fault: &str,
+) {
     let mut setup = Setup::new("crash-ahead", Flow::Inventory, 2);
     setup.guarantee = "at_least_once";
     setup.commit_interval_ms = 10_000;
+    setup.commit_max_events = commit_max_events;
     setup.load(12_000, 2_000, 0.0, 0.0, 0.0, 5);
-    let mut p = Processor::start(&setup, "a", &[("TALLY_FAULT", "outputs_before_states@3")]);
+    let mut p = Processor::start(&setup, "a", &[("TALLY_FAULT", fault)]);
     let started = std::time::Instant::now();
     while !p.exited() {
         assert!(started.elapsed() < LIMIT, "the fault never fired");

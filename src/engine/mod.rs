@@ -100,8 +100,8 @@ pub struct Engine {
     output_ends: committer::OutputEnds,
     restores_tx: Sender<RestoreDone>,
     restores_rx: Receiver<RestoreDone>,
-    /// Restored tasks to seek: (flow, partition, committed offset, (horizon, output end)).
-    pending_seeks: Vec<(usize, i32, i64, (i64, i64))>,
+    /// Restored tasks to seek: (flow, partition, committed offset, outputs left ahead).
+    pending_seeks: Vec<(usize, i32, i64, restore::Ahead)>,
     next_commit: Instant,
     health: Arc<Health>,
     stores: Arc<StoreRegistry>,
@@ -295,12 +295,8 @@ impl Engine {
             match done.result {
                 Ok(r) => {
                     tracing::debug!(records = r.records, full = r.full, "restore finished");
-                    self.pending_seeks.push((
-                        done.flow,
-                        done.partition,
-                        r.committed,
-                        (r.horizon, r.output_end),
-                    ));
+                    self.pending_seeks
+                        .push((done.flow, done.partition, r.committed, r.ahead));
                 }
                 Err(e) => {
                     tracing::warn!(flow = %self.flows[done.flow].name, partition = done.partition,
@@ -311,14 +307,14 @@ impl Engine {
             }
         }
         let seeks = std::mem::take(&mut self.pending_seeks);
-        for (f, p, offset, ends) in seeks {
+        for (f, p, offset, ahead) in seeks {
             let topic = self.flows[f].input.clone();
             match consumer.seek(&topic, p, Offset::Offset(offset), Duration::from_secs(10)) {
                 Ok(()) => {
                     let mut tpl = TopicPartitionList::new();
                     tpl.add_partition(&topic, p);
                     if let Some(t) = self.tasks.get_mut(&(f, p)) {
-                        t.activate(offset, ends.0, ends.1);
+                        t.activate(offset, ahead);
                         match self.control.take(&self.flows[f].control, p) {
                             Ok(at) => t.activate_control(at),
                             Err(e) => tracing::error!(error = %e, partition = p,
@@ -332,7 +328,7 @@ impl Engine {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "seek not possible yet; retrying");
-                    self.pending_seeks.push((f, p, offset, ends));
+                    self.pending_seeks.push((f, p, offset, ahead));
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! Restores a task's store from its changelog on a thread of its own, so other partitions go on.
 //! It first reads the group's committed input offset (stable, KIP-447), then the changelog to its end.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tally_state::{Checkpoint, CommitMetadata, RestoreBatch, Store};
 
-use super::FlowInfo;
+use super::{FastHash, FlowInfo};
 use crate::kafka::clients;
 
 /// Records per restored chunk, each followed by a checkpoint.
@@ -48,8 +48,23 @@ pub struct RestoreDone {
     pub result: Result<Restored, String>,
 }
 
+/// Outputs a crashed at_least_once owner left past its last commit: the next owner holds the
+/// outputs of those keys until their states caught up with them.
+#[derive(Debug, Default)]
+pub struct Ahead {
+    /// Past this input offset nothing waits any more (the input's end when outputs were found
+    /// past the last commit, else the committed offset).
+    pub horizon: i64,
+    /// The output partition's end when the restore began.
+    pub output_end: i64,
+    /// Key -> the input offset of the newest landed output's last event; `None` when the last
+    /// commit's output end is unknown (no commit yet, an older tally): every output before the
+    /// horizon waits then.
+    pub keys: Option<HashMap<String, i64, FastHash>>,
+}
+
 /// A finished restore.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Restored {
     /// The group's committed input offset: processing resumes there.
     pub committed: i64,
@@ -57,11 +72,7 @@ pub struct Restored {
     pub records: u64,
     /// Whether the store was wiped and rebuilt from the beginning.
     pub full: bool,
-    /// Outputs wait until processing reaches this input offset: the input partition's end when
-    /// outputs were found past the last commit's, else `committed` (nothing waits).
-    pub horizon: i64,
-    /// The output partition's end when the restore began.
-    pub output_end: i64,
+    pub ahead: Ahead,
 }
 
 impl RestoreJob {
@@ -88,7 +99,7 @@ impl RestoreJob {
         let consumer = clients::quiet_reader(&self.bootstrap, &self.passthrough, &self.group)?;
         let (committed, metadata) = self.committed_input(&consumer)?;
         let committed_watermark = metadata.map(|m| m.watermark_ms);
-        let (horizon, output_end) = self.horizon(&consumer, committed, metadata)?;
+        let ahead = self.ahead(&consumer, committed, metadata)?;
         let (low, high) = consumer.fetch_watermarks(
             &self.flow.changelog,
             self.partition,
@@ -189,35 +200,82 @@ impl RestoreJob {
             committed,
             records,
             full,
-            horizon,
-            output_end,
+            ahead,
         })
     }
 
-    /// Where held outputs are released, and the output partition's end. A previous owner under
-    /// at_least_once that crashed may have landed outputs (their own partition) whose states and
-    /// dedupe entries were lost: redelivered, those events would send older states after them.
-    /// The output partition ending past the last commit's end says so, and then nothing the
-    /// previous owner can have processed lies past the input's end.
-    fn horizon(
+    /// Outputs past the last commit's output end. A previous owner under at_least_once that
+    /// crashed may have landed outputs (their own partition) whose states and dedupe entries
+    /// were lost: redelivered, those events would send older states after them. Those outputs
+    /// are read back (at most a few commits' worth); without a recorded end (no commit yet, an
+    /// older tally) every output waits until processing passes the input's end instead.
+    fn ahead(
         &self,
         consumer: &BaseConsumer<clients::Quiet>,
         committed: i64,
         metadata: Option<CommitMetadata>,
-    ) -> Result<(i64, i64), RestoreError> {
+    ) -> Result<Ahead, RestoreError> {
         let timeout = Duration::from_secs(30);
         let (_, output_end) =
             consumer.fetch_watermarks(&self.flow.output, self.partition, timeout)?;
-        let committed_end = metadata.and_then(|m| m.output_end).unwrap_or(0);
-        if !self.hold_outputs || output_end <= committed_end {
-            return Ok((committed, output_end));
+        let committed_end = metadata.and_then(|m| m.output_end);
+        let mut ahead = Ahead {
+            horizon: committed,
+            output_end,
+            keys: Some(HashMap::default()),
+        };
+        if !self.hold_outputs || output_end <= committed_end.unwrap_or(0) {
+            return Ok(ahead);
         }
-        let (_, input_end) =
-            consumer.fetch_watermarks(&self.flow.input, self.partition, timeout)?;
+        ahead.horizon = consumer
+            .fetch_watermarks(&self.flow.input, self.partition, timeout)?
+            .1;
+        ahead.keys = match committed_end {
+            Some(from) => Some(self.landed_outputs(consumer, from, output_end)?),
+            None => None,
+        };
         tracing::info!(flow = %self.flow.name, partition = self.partition, committed,
-            horizon = input_end, output_end, committed_end,
-            "outputs past the last commit: outputs wait until the redelivery passes the horizon");
-        Ok((input_end, output_end))
+            horizon = ahead.horizon, output_end, ?committed_end,
+            keys = ahead.keys.as_ref().map(HashMap::len),
+            "outputs past the last commit: their keys' outputs wait until their states catch up");
+        Ok(ahead)
+    }
+
+    /// Key -> the newest source offset among the output records in `[from, to)`.
+    fn landed_outputs(
+        &self,
+        consumer: &BaseConsumer<clients::Quiet>,
+        from: i64,
+        to: i64,
+    ) -> Result<HashMap<String, i64, FastHash>, RestoreError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.flow.output, self.partition, Offset::Offset(from))?;
+        consumer.assign(&tpl)?;
+        let mut keys: HashMap<String, i64, FastHash> = HashMap::default();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if self.cancel.load(Ordering::Acquire) {
+                return Err(RestoreError::Cancelled);
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                None => continue,
+                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(keys),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(m)) => {
+                    let source = m.payload().and_then(tally_topology::rendered_source);
+                    if let (Some(key), Some(source)) = (m.key(), source) {
+                        let at = keys
+                            .entry(String::from_utf8_lossy(key).into_owned())
+                            .or_insert(source.offset);
+                        *at = (*at).max(source.offset);
+                    }
+                    if m.offset() + 1 >= to {
+                        return Ok(keys);
+                    }
+                }
+            }
+        }
+        Err(KafkaError::Global(rdkafka::types::RDKafkaErrorCode::OperationTimedOut).into())
     }
 
     /// The group's committed offset of the input partition (0 when nothing was committed yet),

@@ -71,6 +71,8 @@ pub struct Setup {
     /// The processors' `dedupe_retention`; the oracle expects expired ids to leave the changelog.
     pub dedupe_retention: Duration,
     pub commit_interval_ms: u64,
+    /// The processors' `commit_max_events`.
+    pub commit_max_events: usize,
 }
 
 impl Setup {
@@ -96,6 +98,7 @@ impl Setup {
             guarantee: "exactly_once",
             dedupe_retention: Duration::from_secs(7 * 86_400),
             commit_interval_ms: 100,
+            commit_max_events: 20_000,
         };
         let topics = tally::kafka::topics::Topics::connect(bootstrap, &BTreeMap::new()).unwrap();
         topics
@@ -134,6 +137,7 @@ bootstrap_servers = "{bootstrap}"
 state_dir = "{state}"
 processing_guarantee = "{guarantee}"
 commit_interval_ms = {commit_interval_ms}
+commit_max_events = {commit_max_events}
 instance_id = "{instance}"
 transaction_timeout_ms = 10000
 dedupe_retention = "{retention}ms"
@@ -151,6 +155,7 @@ listen = "127.0.0.1:{http_port}"
             bootstrap = self.bootstrap,
             retention = self.dedupe_retention.as_millis(),
             commit_interval_ms = self.commit_interval_ms,
+            commit_max_events = self.commit_max_events,
             state = self.state_dir().join(instance).display(),
             guarantee = self.guarantee,
             input = self.input,

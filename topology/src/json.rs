@@ -50,9 +50,40 @@ pub(crate) fn provenance(
     raw(out, "}}");
 }
 
+/// The `source` an output record ends with (see [`provenance`]): the input offset of the
+/// event its state applied last. `None` for a record that is not such an output.
+pub fn rendered_source(record: &[u8]) -> Option<SourceRef> {
+    #[derive(serde::Deserialize)]
+    struct Source {
+        partition: i32,
+        offset: i64,
+    }
+    #[derive(serde::Deserialize)]
+    struct Output {
+        source: Source,
+    }
+    let out: Output = serde_json::from_slice(record).ok()?;
+    Some(SourceRef {
+        partition: out.source.partition,
+        offset: out.source.offset,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_source_of_a_rendered_record_reads_back() {
+        let source = SourceRef {
+            partition: 3,
+            offset: 4_000,
+        };
+        let mut out = b"{\"sku\":\"sku-1\"".to_vec();
+        provenance(&mut out, 7, "e-7", 0, source);
+        assert_eq!(rendered_source(&out), Some(source));
+        assert_eq!(rendered_source(b"not an output"), None);
+    }
 
     proptest::proptest! {
         #[test]

@@ -22,6 +22,7 @@ mod json;
 pub use contract::{Contract, ContractError};
 pub use error::{Invalid, Reason};
 pub use inventory::{Availability, Bucket, Buckets, Inventory, InventoryEvent, Operation};
+pub use json::rendered_source;
 pub use ledger::{Amounts, Balance, EntryType, Ledger, LedgerEvent};
 pub use partitioner::Partitioner;
 pub use projection::{FlowKind, Projection, SourceRef, StateDecodeError};

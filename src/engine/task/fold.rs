@@ -28,7 +28,7 @@ where
                 slot.dirty = true;
                 self.dirty.push(i);
             }
-            self.hold_output(key, source.offset);
+            self.hold_output(key, source.offset, source.offset);
             return Ok(Ok(()));
         }
         let (mut state, from_batch) = match self.take_state(key)? {
@@ -38,7 +38,7 @@ where
         match P::apply_in_place(&mut state, event, source) {
             Ok(()) => {
                 self.stage_at(None, key, state);
-                self.hold_output(key, source.offset);
+                self.hold_output(key, source.offset, source.offset);
                 Ok(Ok(()))
             }
             Err(invalid) => {

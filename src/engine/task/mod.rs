@@ -80,10 +80,9 @@ pub trait TaskOps: Send {
     fn settle(&mut self) -> Result<(), TaskError>;
     /// Drops staged work and starts a new restore generation.
     fn restart(&mut self) -> u64;
-    /// Restore finished: process from `committed` on, whose watermark the restore recovered;
-    /// outputs of events before `horizon` wait until processing reaches it, and the output
-    /// partition ended at `output_end`.
-    fn activate(&mut self, committed: i64, horizon: i64, output_end: i64);
+    /// Restore finished: process from `committed` on, whose watermark the restore recovered,
+    /// holding back the outputs of the keys whose newer outputs a crash left `ahead`.
+    fn activate(&mut self, committed: i64, ahead: super::restore::Ahead);
     /// The output partition's end as of the last commit (at_least_once commit metadata).
     fn output_end(&self) -> i64;
     /// Stages a corrected row from the control topic (a replay's repair) at control `offset`;
@@ -521,14 +520,14 @@ where
         }
         self.drop_staged();
         self.sealed = None;
-        self.reemits.reset(0);
+        self.reemits.reset(0, None);
         self.counts = Counts::default();
         self.status = Status::Restoring;
         self.epoch += 1;
         self.epoch
     }
 
-    fn activate(&mut self, committed: i64, horizon: i64, output_end: i64) {
+    fn activate(&mut self, committed: i64, ahead: super::restore::Ahead) {
         if let Ok(Some(cp)) = self.store.checkpoint() {
             self.watermark = cp.watermark_ms;
             self.changelog_from = cp.changelog_offset;
@@ -536,8 +535,8 @@ where
         self.committed_watermark = self.watermark;
         self.committed = committed;
         self.next = committed;
-        self.reemits.reset(horizon);
-        self.output_end = output_end;
+        self.output_end = ahead.output_end;
+        self.reemits.reset(ahead.horizon, ahead.keys);
         self.status = Status::Active;
     }
 

@@ -1,5 +1,7 @@
-//! Outputs held back after an at_least_once crash: until the redelivery has passed everything
-//! the previous owner may have sent, a key's output could be older than one that landed.
+//! Outputs held back after an at_least_once crash: a key whose newer output landed while its
+//! state was lost sends no output until its state has caught up with that one again.
+
+use std::collections::HashMap;
 
 use indexmap::IndexMap;
 use tally_topology::Projection;
@@ -7,22 +9,25 @@ use tally_topology::Projection;
 use super::{Task, TaskError};
 use crate::engine::FastHash;
 
-/// Keys whose output waits, and how far the redelivery must get before they are sent.
+/// Keys whose output waits, and until when.
 #[derive(Default)]
 pub(super) struct Reemits {
-    /// Outputs of events before this input offset wait. It is the input partition's end when
-    /// the restore found outputs past the last commit (the previous owner processed nothing
-    /// beyond it), else the committed offset: nothing waits.
+    /// Past this input offset nothing waits: the input's end when the restore found outputs
+    /// past the last commit (the previous owner processed nothing beyond it), else the
+    /// committed offset.
     horizon: i64,
-    /// Key -> (offset of its first event since the restore, the watermark before it), oldest
-    /// first.
+    /// Key -> the source offset of its newest output past the last commit; `None` when the
+    /// last commit's output end was unknown, so every output before the horizon waits.
+    ahead: Option<HashMap<String, i64, FastHash>>,
+    /// Key -> (offset of the event that first held it, the watermark before it), oldest first.
     held: IndexMap<String, (i64, i64), FastHash>,
 }
 
 impl Reemits {
-    /// Starts over for a redelivery that ends at `horizon`.
-    pub(super) fn reset(&mut self, horizon: i64) {
+    /// Starts over for a redelivery that ends at `horizon`, with the outputs left `ahead`.
+    pub(super) fn reset(&mut self, horizon: i64, ahead: Option<HashMap<String, i64, FastHash>>) {
         self.horizon = horizon;
+        self.ahead = ahead;
         self.held.clear();
     }
 
@@ -39,33 +44,53 @@ impl Reemits {
             _ => (next, watermark),
         }
     }
+
+    /// Whether `key`, at an event of `offset` whose state now ends at input offset `source`, is
+    /// behind an output that landed before the crash. A key that caught up is let go.
+    fn behind(&mut self, key: &str, offset: i64, source: i64) -> bool {
+        if offset >= self.horizon {
+            return false;
+        }
+        // Unknown which keys are ahead: every key waits for the horizon.
+        let Some(ahead) = &mut self.ahead else {
+            return true;
+        };
+        match ahead.get(key) {
+            Some(&landed) if source < landed => true,
+            Some(_) => {
+                ahead.remove(key);
+                self.held.shift_remove(key);
+                false
+            }
+            None => false,
+        }
+    }
 }
 
 impl<P: Projection> Task<P>
 where
     P::State: Send,
 {
-    /// The event at `offset` changed `key` (or, redelivered, found its state already has it).
+    /// The event at `offset` changed `key`, whose state now ends at input offset `source`.
     ///
-    /// Before the horizon its output waits: outputs and changelog are separate partitions, so
-    /// a crash can land a newer output of the key while its state and dedupe entries are lost,
-    /// and sending the restored or a re-folded older state now would put it after that output.
-    /// Past the horizon the key's state includes every event the previous owner processed.
-    pub(super) fn hold_output(&mut self, key: &str, offset: i64) {
-        if offset >= self.reemits.horizon || self.reemits.held.contains_key(key) {
-            return;
+    /// Outputs and changelog are separate partitions, so a crash can land a key's newer output
+    /// while its state and dedupe entries are lost; until the redelivery brought the state back
+    /// to that output, sending the restored or a re-folded older state would put it after it.
+    pub(super) fn hold_output(&mut self, key: &str, offset: i64, source: i64) {
+        if self.reemits.behind(key, offset, source) && !self.reemits.held.contains_key(key) {
+            let before = (offset, self.watermark);
+            self.reemits.held.insert(key.to_owned(), before);
         }
-        let before = (offset, self.watermark);
-        self.reemits.held.insert(key.to_owned(), before);
     }
 
     /// A redelivered event whose state already landed: its key's output may be what the crash
-    /// lost, so it is sent again (after the horizon, as every output of that stretch).
+    /// lost, so it is sent again, unless the key is behind a newer output.
     pub(super) fn reemit(&mut self, key: &str, offset: i64, state: P::State) {
-        if offset >= self.reemits.horizon {
-            self.stage(key, state);
+        let source = P::source(&state).offset;
+        if self.reemits.behind(key, offset, source) {
+            self.hold_output(key, offset, source);
         } else {
-            self.hold_output(key, offset);
+            self.stage(key, state);
         }
     }
 
@@ -76,6 +101,7 @@ where
         if self.reemits.held.is_empty() || self.next < self.reemits.horizon {
             return Ok(());
         }
+        self.reemits.ahead = Some(HashMap::default());
         let held = std::mem::take(&mut self.reemits.held);
         tracing::debug!(flow = %self.flow.name, partition = self.partition, keys = held.len(),
             horizon = self.reemits.horizon, "redelivery passed the horizon; sending held outputs");
