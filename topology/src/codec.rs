@@ -7,6 +7,10 @@ fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
+/// Most bytes a decoded state may claim: a corrupt length prefix is refused with an error
+/// instead of an allocation that aborts the process. No key's state comes near it.
+const DECODE_LIMIT: usize = 64 << 20;
+
 /// Writes `version` then the bincode encoding of `state` into `out` (cleared first).
 pub(crate) fn encode<S: bincode::Encode>(version: u8, state: &S, out: &mut Vec<u8>) {
     out.clear();
@@ -30,7 +34,7 @@ pub(crate) fn decode<S: bincode::Decode<()>>(
             "{what} state has format version {found}; this tally reads version {version}"
         )));
     }
-    let (state, used) = bincode::decode_from_slice(body, config())
+    let (state, used) = bincode::decode_from_slice(body, config().with_limit::<DECODE_LIMIT>())
         .map_err(|e| StateDecodeError(format!("{what} state is unreadable: {e}")))?;
     if used != body.len() {
         return Err(StateDecodeError(format!(
@@ -115,6 +119,15 @@ mod tests {
         assert_eq!(out, expected);
         let back: (String, i64, Vec<u8>) = decode("test", 3, &out).unwrap();
         assert_eq!(back, value);
+    }
+
+    #[test]
+    fn a_corrupt_length_prefix_is_an_error_not_an_abort() {
+        // Version 3, then a string whose length (varint marker 253: a u64 follows) claims 2^62
+        // bytes: without the limit, the allocation alone aborts the process.
+        let bytes = [3u8, 253, 0, 0, 0, 0, 0, 0, 0, 0x40, b'x'];
+        let err = decode::<String>("test", 3, &bytes).unwrap_err();
+        assert!(err.0.contains("unreadable"), "{}", err.0);
     }
 
     #[rstest::rstest]
