@@ -28,11 +28,6 @@ fn fault() -> Option<&'static Fault> {
         .as_ref()
 }
 
-/// Whether a test asked for a fault at `point` (so a hook that must prepare work does it only then).
-pub fn armed(point: &str) -> bool {
-    fault().is_some_and(|f| f.point == point)
-}
-
 /// Marks that execution reached `point`; dies abruptly if a test asked for it here.
 pub fn hit(point: &str) {
     hit_after(point, || {});

@@ -83,7 +83,8 @@ pub trait TaskOps: Send {
     /// Restore finished: process from `committed` on, whose watermark the restore recovered,
     /// holding back the outputs of the keys whose newer outputs a crash left `ahead`.
     fn activate(&mut self, committed: i64, ahead: super::restore::Ahead);
-    /// The output partition's end as of the last commit (at_least_once commit metadata).
+    /// The output partition's end when the task became active: the at_least_once commit
+    /// metadata's floor, raised to what this process delivered (`OutputEnds::stamp`).
     fn output_end(&self) -> i64;
     /// Stages a corrected row from the control topic (a replay's repair) at control `offset`;
     /// `bound` is the input offset the replay rebuilt up to.
@@ -180,7 +181,7 @@ pub struct Task<P: Projection> {
     dead: Vec<DeadLetter>,
     dead_shipped: usize,
     reemits: reemit::Reemits,
-    /// The output partition's end after the last commit (or when the task became active).
+    /// The output partition's end when the task became active.
     output_end: i64,
     /// The store writes of everything shipped in this transaction.
     batch: CommitBatch,

@@ -77,20 +77,26 @@ where
     /// while its state and dedupe entries are lost; until the redelivery brought the state back
     /// to that output, sending the restored or a re-folded older state would put it after it.
     pub(super) fn hold_output(&mut self, key: &str, offset: i64, source: i64) {
-        if self.reemits.behind(key, offset, source) && !self.reemits.held.contains_key(key) {
-            let before = (offset, self.watermark);
-            self.reemits.held.insert(key.to_owned(), before);
+        if self.reemits.behind(key, offset, source) {
+            self.hold(key, offset);
         }
     }
 
     /// A redelivered event whose state already landed: its key's output may be what the crash
     /// lost, so it is sent again, unless the key is behind a newer output.
     pub(super) fn reemit(&mut self, key: &str, offset: i64, state: P::State) {
-        let source = P::source(&state).offset;
-        if self.reemits.behind(key, offset, source) {
-            self.hold_output(key, offset, source);
+        if self.reemits.behind(key, offset, P::source(&state).offset) {
+            self.hold(key, offset);
         } else {
             self.stage(key, state);
+        }
+    }
+
+    /// Holds `key`'s output from the event at `offset` on, unless it is held already.
+    fn hold(&mut self, key: &str, offset: i64) {
+        if !self.reemits.held.contains_key(key) {
+            let before = (offset, self.watermark);
+            self.reemits.held.insert(key.to_owned(), before);
         }
     }
 

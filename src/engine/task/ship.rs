@@ -45,22 +45,17 @@ where
             });
             // Outputs and states are separate partitions: a crash can land an output, not its
             // state. This lands the round's outputs alone before dying.
-            if crate::engine::faults::armed("outputs_before_states") {
-                let mut outputs = Vec::new();
+            crate::engine::faults::hit_after("outputs_before_states", || {
                 for &i in &self.dirty {
                     if let Some((key, slot)) = self.states.get_index(i) {
                         if P::render(&slot.state, &mut self.buf).is_ok() {
-                            outputs.push((key.clone(), self.buf.clone()));
+                            let _ =
+                                sink.send(&flow.output, p, key.as_bytes(), Some(&self.buf), None);
                         }
                     }
                 }
-                crate::engine::faults::hit_after("outputs_before_states", || {
-                    for (key, value) in &outputs {
-                        let _ = sink.send(&flow.output, p, key.as_bytes(), Some(value), None);
-                    }
-                    let _ = sink.flush();
-                });
-            }
+                let _ = sink.flush();
+            });
         }
         for i in self.dirty.drain(..) {
             let Some((key, slot)) = self.states.get_index_mut(i) else {
@@ -163,9 +158,6 @@ where
         self.changelog_from = self
             .changelog_from
             .max(offsets.next_offset(&self.flow.changelog, self.partition));
-        self.output_end = self
-            .output_end
-            .max(offsets.next_offset(&self.flow.output, self.partition));
         let mut batch = sealed.batch;
         let (resume, resume_watermark) = sealed.resume;
         batch.set_checkpoint(Checkpoint {
