@@ -17,10 +17,7 @@ where
         event: &P::Event,
         source: SourceRef,
     ) -> Result<Result<(), Invalid>, TaskError> {
-        if let Some(i) = self.states.get_index_of(key) {
-            let Some((_, slot)) = self.states.get_index_mut(i) else {
-                return Ok(Ok(()));
-            };
+        if let Some((i, _, slot)) = self.states.get_full_mut(key) {
             if let Err(invalid) = P::apply_in_place(&mut slot.state, event, source) {
                 return Ok(Err(invalid));
             }
