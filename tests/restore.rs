@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{assert_trusted, bootstrap, send, Processor, Setup};
+use common::{assert_trusted, bootstrap, read_all, send, Processor, Setup};
 use rdkafka::consumer::Consumer;
 use rdkafka::TopicPartitionList;
 use tally::workload::Flow;
@@ -60,12 +60,15 @@ fn a_restart_with_a_deleted_store_restores_fully() {
     assert_eq!(p.metric("tally_events_processed_total"), 0.0);
 }
 
-/// The committed offset tells the next owner the watermark of that position, in a transaction
-/// (exactly_once) as well as in a plain offset commit (at_least_once, with the output's end).
+/// The committed offset tells the next owner the watermark of that position and how far the
+/// changelog holds its records, in a transaction (exactly_once) as well as in a plain offset
+/// commit (at_least_once, with the output's end).
 #[rstest::rstest]
 #[case::exactly_once("exactly_once")]
 #[case::at_least_once("at_least_once")]
-fn the_committed_offset_carries_the_watermark_of_its_position(#[case] guarantee: &'static str) {
+fn the_committed_offset_carries_the_watermark_and_changelog_end_of_its_position(
+    #[case] guarantee: &'static str,
+) {
     let mut setup = Setup::new("commit-wm", Flow::Inventory, 1);
     setup.guarantee = guarantee;
     let _p = Processor::start(&setup, "a", &[]);
@@ -98,8 +101,14 @@ fn the_committed_offset_carries_the_watermark_of_its_position(#[case] guarantee:
             .expect("output watermarks")
             .1
     });
+    let last_changelog_record = read_all(&setup.changelog())
+        .iter()
+        .map(|r| r.offset)
+        .max()
+        .expect("changelog records");
     let expected = CommitMetadata {
         watermark_ms: 1_781_865_000_000,
+        changelog_end: Some(last_changelog_record + 1),
         output_end,
     };
     assert_eq!(
@@ -108,4 +117,51 @@ fn the_committed_offset_carries_the_watermark_of_its_position(#[case] guarantee:
         "metadata `{}`",
         at.metadata()
     );
+}
+
+/// A committed transaction's changelog records can stay unreadable (read_committed) after its
+/// offsets are stable: its markers wait for a bounced leader, or another producer's transaction
+/// opened before them holds the partition's stable end. The restore waits for the records the
+/// committed offset stands for instead of taking the end it can read for the end.
+#[test]
+fn a_restore_waits_for_committed_changelog_records_held_behind_an_open_transaction() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    let setup = Setup::new("restore-lso", Flow::Inventory, 1);
+    let p = Processor::start(&setup, "a", &[]);
+    setup.load(1_000, 50, 0.0, 0.0, 0.0, 11);
+    setup.wait_caught_up(LIMIT);
+    p.terminate();
+
+    // Another producer opens a transaction on the changelog partition and leaves it open.
+    let foreign: BaseProducer = tally::kafka::clients::base(bootstrap(), &BTreeMap::new())
+        .set("transactional.id", format!("{}-foreign", setup.app))
+        .create()
+        .expect("foreign producer");
+    let timeout = Duration::from_secs(30);
+    foreign.init_transactions(timeout).expect("init");
+    foreign.begin_transaction().expect("begin");
+    let changelog = setup.changelog();
+    let stray = BaseRecord::to(&changelog)
+        .partition(0)
+        .key("stray")
+        .payload("never committed");
+    foreign.send(stray).map_err(|(e, _)| e).expect("send");
+    foreign.flush(timeout).expect("flush");
+
+    // The processor commits more changelog records behind it, then loses its store.
+    let p = Processor::start(&setup, "a", &[]);
+    setup.load(1_000, 50, 0.0, 0.0, 0.0, 12);
+    setup.wait_caught_up(LIMIT);
+    p.terminate();
+    std::fs::remove_dir_all(setup.state_dir()).unwrap();
+
+    // The rebuild can read only up to the open transaction until it is aborted.
+    let p = Processor::start(&setup, "a", &[]);
+    std::thread::sleep(Duration::from_secs(6));
+    foreign.abort_transaction(timeout).expect("abort");
+    p.wait_ready(1, LIMIT);
+    setup.load(1_000, 50, 0.0, 0.0, 0.0, 13);
+    setup.wait_caught_up(LIMIT);
+    assert_trusted(&setup.oracle());
 }

@@ -62,39 +62,15 @@ impl Engine {
     ) -> Result<(), super::EngineError> {
         debug_assert!(self.running.is_none(), "one commit runs at a time");
         self.next_commit = Instant::now() + self.cfg.commit_interval();
-        let mut offsets = TopicPartitionList::new();
-        let mut events = 0;
-        let at_least_once = self.cfg.processing_guarantee == ProcessingGuarantee::AtLeastOnce;
-        for t in self.tasks.values() {
-            if t.has_progress() {
-                events += t.staged();
-                let mut at = offsets.add_partition(&t.flow().input, t.partition());
-                at.set_offset(Offset::Offset(t.position()))?;
-                at.set_metadata(
-                    CommitMetadata {
-                        watermark_ms: t.watermark(),
-                        output_end: at_least_once.then(|| t.output_end()),
-                    }
-                    .encode(),
-                );
-                if let Some(at) = t.control_position() {
-                    offsets.add_partition_offset(
-                        &t.flow().control,
-                        t.partition(),
-                        Offset::Offset(at),
-                    )?;
-                }
-            }
-        }
-        if offsets.count() == 0 {
+        if !self.tasks.values().any(|t| t.has_progress()) {
             // Shipped records always come with progress; a transaction without any has nothing
             // worth committing.
             self.abort_open();
             return Ok(());
         }
         let started = Instant::now();
-        match self.produce_rest(consumer, offsets) {
-            Ok((work, offsets)) => {
+        match self.produce_rest(consumer) {
+            Ok((work, events, offsets)) => {
                 for t in self.tasks.values_mut() {
                     if t.has_progress() {
                         t.seal();
@@ -119,12 +95,11 @@ impl Engine {
     }
 
     /// Produces what is left of the batch (with the dedupe expiry) and says what the committer
-    /// thread waits for.
+    /// thread waits for, and how many events the commit holds.
     fn produce_rest<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
-        offsets: TopicPartitionList,
-    ) -> Result<(Work, Option<TopicPartitionList>), ProduceError> {
+    ) -> Result<(Work, usize, Option<TopicPartitionList>), ProduceError> {
         let retention_ms = i64::try_from(self.cfg.dedupe_retention.as_millis()).unwrap_or(i64::MAX);
         if self.cfg.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
             self.begin()?;
@@ -134,12 +109,19 @@ impl Engine {
                 t.produce(&self.sink, retention_ms)?;
             }
         }
+        let (offsets, events) = self.positions()?;
+        let ends = self.ends.clone();
         Ok(match self.cfg.processing_guarantee {
             ProcessingGuarantee::ExactlyOnce => {
                 let group = consumer.group_metadata().ok_or_else(|| {
                     KafkaError::Subscription("no consumer group metadata yet".into())
                 })?;
-                (Work::Transaction { offsets, group }, None)
+                let work = Work::Transaction {
+                    offsets,
+                    group,
+                    ends,
+                };
+                (work, events, None)
             }
             // The committer thread commits the offsets when it has the consumer (always, once
             // the poll loop runs); the poll loop does otherwise.
@@ -154,11 +136,38 @@ impl Engine {
                     offsets,
                     consumer,
                     failures,
-                    ends: self.output_ends.clone(),
+                    ends,
                 };
-                (work, here)
+                (work, events, here)
             }
         })
+    }
+
+    /// The input (and control) offsets to commit, with tally's metadata, and the events they
+    /// move past; after the last records of the batch were produced.
+    fn positions(&self) -> Result<(TopicPartitionList, usize), KafkaError> {
+        let mut offsets = TopicPartitionList::new();
+        let mut events = 0;
+        let at_least_once = self.cfg.processing_guarantee == ProcessingGuarantee::AtLeastOnce;
+        for t in self.tasks.values().filter(|t| t.has_progress()) {
+            events += t.staged();
+            let mut at = offsets.add_partition(&t.flow().input, t.partition());
+            at.set_offset(Offset::Offset(t.position()))?;
+            let metadata = CommitMetadata {
+                watermark_ms: t.watermark(),
+                changelog_end: t.changelog_end(),
+                output_end: at_least_once.then(|| t.output_end()),
+            };
+            at.set_metadata(metadata.encode());
+            if let Some(at) = t.control_position() {
+                offsets.add_partition_offset(
+                    &t.flow().control,
+                    t.partition(),
+                    Offset::Offset(at),
+                )?;
+            }
+        }
+        Ok((offsets, events))
     }
 
     /// Ends the running commit, if any, once the committer thread is done with it (`wait`: even
@@ -225,7 +234,7 @@ impl Engine {
         let Some(offsets) = &running.offsets else {
             return Ok(());
         };
-        self.output_ends.stamp(offsets);
+        self.ends.stamp(offsets);
         super::faults::hit("before_commit_offsets");
         consumer.commit(offsets, CommitMode::Sync)
     }

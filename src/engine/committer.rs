@@ -23,6 +23,7 @@ pub enum Work {
     Transaction {
         offsets: TopicPartitionList,
         group: ConsumerGroupMetadata,
+        ends: Ends,
     },
     /// at_least_once: the input offsets committed through the group's consumer (or, without
     /// one, by the poll loop afterwards).
@@ -31,31 +32,37 @@ pub enum Work {
         consumer: Option<Arc<BaseConsumer<EngineContext>>>,
         /// Delivery failures counted before the commit's records: any more fail it.
         failures: u64,
-        ends: OutputEnds,
+        ends: Ends,
     },
 }
 
-/// Writes each input partition's output end, known once the commit's records are acknowledged,
-/// into its offset's metadata (see [`CommitMetadata::output_end`]).
+/// Writes the partition ends known only once the commit's records are acknowledged into each
+/// input offset's metadata (see [`CommitMetadata`]).
 #[derive(Clone)]
-pub struct OutputEnds {
+pub struct Ends {
     pub delivered: Arc<DeliveredOffsets>,
-    /// Input topic -> its flow's output topic.
-    pub outputs: Arc<HashMap<String, String, FastHash>>,
+    /// Input topic -> its flow's changelog and output topics.
+    pub topics: Arc<HashMap<String, (String, String), FastHash>>,
 }
 
-impl OutputEnds {
-    /// Raises every input offset's `output_end` to what was delivered to its output partition.
+impl Ends {
+    /// Fills in the changelog end of every partition whose batch wrote its changelog, and
+    /// raises an `output_end` (at_least_once) to what was delivered to its output partition.
     pub fn stamp(&self, offsets: &TopicPartitionList) {
         for mut at in offsets.elements() {
-            let Some(output) = self.outputs.get(at.topic()) else {
+            let Some((changelog, output)) = self.topics.get(at.topic()) else {
                 continue;
             };
             let Ok(Some(mut m)) = CommitMetadata::decode(at.metadata()) else {
                 continue;
             };
-            let delivered = self.delivered.next_offset(output, at.partition());
-            m.output_end = Some(m.output_end.unwrap_or(0).max(delivered));
+            let p = at.partition();
+            if m.changelog_end.is_none() {
+                m.changelog_end = Some(self.delivered.next_offset(changelog, p));
+            }
+            if let Some(end) = m.output_end {
+                m.output_end = Some(end.max(self.delivered.next_offset(output, p)));
+            }
             at.set_metadata(m.encode());
         }
     }
@@ -71,7 +78,7 @@ struct Job {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Timings {
     pub send_offsets: Duration,
-    /// Waiting for the acknowledgements after the offsets were sent.
+    /// Waiting for the acknowledgements of the commit's records.
     pub acknowledged: Duration,
     pub commit: Duration,
 }
@@ -147,21 +154,24 @@ impl Committer {
 }
 
 fn run(job: Job) -> KafkaResult<Timings> {
-    let t0 = Instant::now();
-    let mut timings = Timings::default();
-    if let Work::Transaction { offsets, group } = &job.work {
-        // The offsets' round trips overlap the acknowledgements of the last records.
-        super::faults::hit("before_send_offsets");
-        job.producer
-            .send_offsets_to_transaction(offsets, group, job.timeout)?;
-        timings.send_offsets = t0.elapsed();
-    }
     let t1 = Instant::now();
+    let mut timings = Timings::default();
     crate::kafka::clients::flush(job.producer.as_ref(), job.timeout)?;
     let t2 = Instant::now();
     timings.acknowledged = t2 - t1;
     match &job.work {
-        Work::Transaction { .. } => {
+        Work::Transaction {
+            offsets,
+            group,
+            ends,
+        } => {
+            // The changelog ends go into the offsets' metadata, so they are sent after the
+            // acknowledgements.
+            ends.stamp(offsets);
+            super::faults::hit("before_send_offsets");
+            job.producer
+                .send_offsets_to_transaction(offsets, group, job.timeout)?;
+            timings.send_offsets = t2.elapsed();
             super::faults::hit("before_commit_transaction");
             job.producer.commit_transaction(job.timeout)?;
             super::faults::hit("after_commit_transaction");

@@ -96,12 +96,12 @@ pub struct Engine {
     /// loop; unset before the loop runs and after it ended (it would keep the consumer alive).
     group_consumer: Option<Arc<BaseConsumer<EngineContext>>>,
     delivered: Arc<DeliveredOffsets>,
-    /// at_least_once: stamps each commit's output ends (see `OutputEnds`).
-    output_ends: committer::OutputEnds,
+    /// Stamps each commit's changelog (and at_least_once output) ends, see `Ends`.
+    ends: committer::Ends,
     restores_tx: Sender<RestoreDone>,
     restores_rx: Receiver<RestoreDone>,
-    /// Restored tasks to seek: (flow, partition, committed offset, outputs left ahead).
-    pending_seeks: Vec<(usize, i32, i64, restore::Ahead)>,
+    /// Restored tasks to seek: (flow, partition, what the restore found).
+    pending_seeks: Vec<(usize, i32, restore::Restored)>,
     next_commit: Instant,
     health: Arc<Health>,
     stores: Arc<StoreRegistry>,
@@ -210,7 +210,7 @@ impl Engine {
             old.store(true, Ordering::Release);
         }
         self.pending_seeks
-            .retain(|(f, p, _, _)| (*f, *p) != (flow_idx, partition));
+            .retain(|(f, p, _)| (*f, *p) != (flow_idx, partition));
         let control = &self.flows[flow_idx].control;
         self.control.release(control, partition);
         RestoreJob {
@@ -295,8 +295,7 @@ impl Engine {
             match done.result {
                 Ok(r) => {
                     tracing::debug!(records = r.records, full = r.full, "restore finished");
-                    self.pending_seeks
-                        .push((done.flow, done.partition, r.committed, r.ahead));
+                    self.pending_seeks.push((done.flow, done.partition, r));
                 }
                 Err(e) => {
                     tracing::warn!(flow = %self.flows[done.flow].name, partition = done.partition,
@@ -307,14 +306,15 @@ impl Engine {
             }
         }
         let seeks = std::mem::take(&mut self.pending_seeks);
-        for (f, p, offset, ahead) in seeks {
+        for (f, p, restored) in seeks {
+            let offset = restored.committed;
             let topic = self.flows[f].input.clone();
             match consumer.seek(&topic, p, Offset::Offset(offset), Duration::from_secs(10)) {
                 Ok(()) => {
                     let mut tpl = TopicPartitionList::new();
                     tpl.add_partition(&topic, p);
                     if let Some(t) = self.tasks.get_mut(&(f, p)) {
-                        t.activate(offset, ahead);
+                        t.activate(restored);
                         match self.control.take(&self.flows[f].control, p) {
                             Ok(at) => t.activate_control(at),
                             Err(e) => tracing::error!(error = %e, partition = p,
@@ -328,7 +328,7 @@ impl Engine {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "seek not possible yet; retrying");
-                    self.pending_seeks.push((f, p, offset, ahead));
+                    self.pending_seeks.push((f, p, restored));
                 }
             }
         }
@@ -351,12 +351,12 @@ pub fn run(
             (f.output.clone(), f.partitions),
         ]
     })));
-    let output_ends = committer::OutputEnds {
+    let ends = committer::Ends {
         delivered: Arc::clone(&delivered),
-        outputs: Arc::new(
+        topics: Arc::new(
             flows
                 .iter()
-                .map(|f| (f.input.clone(), f.output.clone()))
+                .map(|f| (f.input.clone(), (f.changelog.clone(), f.output.clone())))
                 .collect(),
         ),
     };
@@ -383,7 +383,7 @@ pub fn run(
         failures_before: 0,
         group_consumer: None,
         delivered,
-        output_ends,
+        ends,
         restores_tx,
         restores_rx,
         pending_seeks: Vec::new(),

@@ -22,8 +22,11 @@ const CHUNK: usize = tally_state::RESTORE_CHUNK;
 /// threads than cores only add memory (a fetch queue and a chunk each) and contention.
 const CONCURRENT_RESTORES: usize = 2;
 /// How long end-of-partition below the high watermark may stay unexplained before restore
-/// accepts it (the tail is then transaction markers or aborted records).
+/// accepts it (the tail is then transaction markers or aborted records), once it read every
+/// record the committed offset stands for.
 const SETTLE: Duration = Duration::from_millis(1500);
+/// How often a restore waiting for committed records it cannot read yet says so.
+const WAITING_LOG: Duration = Duration::from_secs(10);
 
 /// Everything a restore needs, owned, so it can run on its own thread.
 pub struct RestoreJob {
@@ -72,6 +75,9 @@ pub struct Restored {
     pub records: u64,
     /// Whether the store was wiped and rebuilt from the beginning.
     pub full: bool,
+    /// The changelog's end after every committed record the store now holds (a lower bound:
+    /// 0 when unknown), committed beside the input offset until the task writes more.
+    pub changelog_end: i64,
     pub ahead: Ahead,
 }
 
@@ -99,6 +105,8 @@ impl RestoreJob {
         let consumer = clients::quiet_reader(&self.bootstrap, &self.passthrough, &self.group)?;
         let (committed, metadata) = self.committed_input(&consumer)?;
         let committed_watermark = metadata.map(|m| m.watermark_ms);
+        // The committed offset stands for changelog records up to here, readable or not yet.
+        let required = metadata.and_then(|m| m.changelog_end).unwrap_or(0);
         let ahead = self.ahead(&consumer, committed, metadata)?;
         let (low, high) = consumer.fetch_watermarks(
             &self.flow.changelog,
@@ -114,7 +122,7 @@ impl RestoreJob {
         }
         let mut from = low;
         if let Some(cp) = cp {
-            if cp.changelog_offset > high || cp.input_offset > committed {
+            if cp.changelog_offset > high.max(required) || cp.input_offset > committed {
                 tracing::warn!(flow = %self.flow.name, partition = self.partition,
                     checkpoint = ?cp, changelog_end = high, committed,
                     "store is ahead of the changelog or the committed offsets; rebuilding it");
@@ -127,10 +135,10 @@ impl RestoreJob {
         let mut watermark = cp.filter(|_| !full).map_or(i64::MIN, |c| c.watermark_ms);
         let mut next = from;
         let mut records = 0u64;
-        let _permit = (from < high)
+        let _permit = (from < high.max(required))
             .then(|| permits::acquire(&self.cancel))
             .transpose()?;
-        if from < high {
+        if from < high.max(required) {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&self.flow.changelog, self.partition, Offset::Offset(from))?;
             consumer.assign(&tpl)?;
@@ -143,15 +151,30 @@ impl RestoreJob {
                 || expired_below.map_or_else(RestoreBatch::default, RestoreBatch::into_empty_store);
             let mut chunk = new_chunk();
             let mut eof_at: Option<Instant> = None;
+            let mut waiting_logged = Instant::now();
+            // Committed records are not read yet: at the end of what is readable
+            // (read_committed), their transaction's markers are still on their way.
+            let mut missing = from < required;
             loop {
                 if self.cancel.load(Ordering::Acquire) {
                     return Err(RestoreError::Cancelled);
                 }
                 match consumer.poll(Duration::from_millis(100)) {
+                    None if missing && eof_at.is_some() => {
+                        if waiting_logged.elapsed() > WAITING_LOG {
+                            waiting_logged = Instant::now();
+                            tracing::warn!(flow = %self.flow.name, partition = self.partition,
+                                read_to = next, required, "restore waits for committed changelog \
+                                records that are not readable yet (transaction markers pending)");
+                        }
+                    }
                     None if eof_at.is_some_and(|t| t.elapsed() > SETTLE) => break,
                     None => continue,
                     Some(Err(KafkaError::PartitionEOF(_))) => {
-                        if next >= high || self.settled(&consumer, high)? {
+                        // Past records compaction removed, the position is ahead of `next`.
+                        let at = next.max(self.position(&consumer)?);
+                        missing = at < required;
+                        if !missing && at >= high {
                             break;
                         }
                         eof_at = Some(Instant::now());
@@ -161,6 +184,7 @@ impl RestoreJob {
                         eof_at = None;
                         records += 1;
                         next = m.offset() + 1;
+                        missing = next < required;
                         chunk.push(m.key().unwrap_or_default(), m.payload());
                         if chunk.len() >= CHUNK {
                             watermark =
@@ -200,6 +224,7 @@ impl RestoreJob {
             committed,
             records,
             full,
+            changelog_end: required.max(if records > 0 { next } else { 0 }),
             ahead,
         })
     }
@@ -311,18 +336,14 @@ impl RestoreJob {
         }
     }
 
-    /// After end-of-partition below the high watermark: whether the consumer's position already
-    /// passed the markers and aborted records that remain.
-    fn settled(
-        &self,
-        consumer: &BaseConsumer<clients::Quiet>,
-        high: i64,
-    ) -> Result<bool, RestoreError> {
+    /// The consumer's position in the changelog at end-of-partition: past the markers and
+    /// aborted records it skipped, when it already passed them (else where it stands).
+    fn position(&self, consumer: &BaseConsumer<clients::Quiet>) -> Result<i64, RestoreError> {
         let pos = consumer
             .position()?
             .find_partition(&self.flow.changelog, self.partition)
             .and_then(|e| e.offset().to_raw());
-        Ok(pos.is_some_and(|p| p >= high))
+        Ok(pos.unwrap_or(i64::MIN))
     }
 }
 

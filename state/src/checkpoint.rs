@@ -61,8 +61,9 @@ impl Checkpoint {
     }
 }
 
-/// Format version of the offset commit metadata: 2 adds the output partition's end.
-pub const COMMIT_METADATA_VERSION: u8 = 2;
+/// Format version of the offset commit metadata: 2 adds the output partition's end, 3 the
+/// changelog partition's end.
+pub const COMMIT_METADATA_VERSION: u8 = 3;
 const COMMIT_METADATA_PREFIX: &str = "tally:";
 
 /// What tally commits beside an input offset, so the next owner resumes with the watermark of
@@ -71,6 +72,10 @@ const COMMIT_METADATA_PREFIX: &str = "tally:";
 pub struct CommitMetadata {
     /// The partition's watermark after every record before the committed offset.
     pub watermark_ms: i64,
+    /// The changelog partition's end after the records of every commit up to this one. A
+    /// committed transaction's records can stay unreadable for a while after its offsets are
+    /// (their markers wait for a partition leader), so a restore reads at least this far.
+    pub changelog_end: Option<i64>,
     /// at_least_once: the output partition's end once this commit's records were acknowledged.
     /// An output partition that ends past it holds outputs a crash may have left ahead of the
     /// changelog, so the next owner holds its outputs back until it has redelivered them.
@@ -78,20 +83,24 @@ pub struct CommitMetadata {
 }
 
 impl CommitMetadata {
-    /// Encodes as the offset commit's metadata string (Kafka keeps up to 4 KiB by default);
-    /// without an output end it stays version 1, which older tallies read.
+    /// Encodes as the offset commit's metadata string (Kafka keeps up to 4 KiB by default):
+    /// `tally:3:wm=<ms>[,cl=<offset>][,out=<offset>]`.
     pub fn encode(&self) -> String {
-        match self.output_end {
-            Some(out) => format!(
-                "{COMMIT_METADATA_PREFIX}2:wm={},out={out}",
-                self.watermark_ms
-            ),
-            None => format!("{COMMIT_METADATA_PREFIX}1:wm={}", self.watermark_ms),
+        let mut text = format!(
+            "{COMMIT_METADATA_PREFIX}{COMMIT_METADATA_VERSION}:wm={}",
+            self.watermark_ms
+        );
+        if let Some(cl) = self.changelog_end {
+            text.push_str(&format!(",cl={cl}"));
         }
+        if let Some(out) = self.output_end {
+            text.push_str(&format!(",out={out}"));
+        }
+        text
     }
 
-    /// Decodes a committed offset's metadata: `None` when another writer (an older tally, an
-    /// offset reset tool) left none of tally's.
+    /// Decodes a committed offset's metadata of any version this build knows: `None` when
+    /// another writer (an offset reset tool) left none of tally's.
     pub fn decode(text: &str) -> Result<Option<Self>, StateError> {
         let Some(rest) = text.strip_prefix(COMMIT_METADATA_PREFIX) else {
             return Ok(None);
@@ -102,27 +111,33 @@ impl CommitMetadata {
         };
         let (version, fields) = rest.split_once(':').ok_or_else(corrupt)?;
         let version: u8 = version.parse().map_err(|_| corrupt())?;
-        let (wm, out) = match version {
-            1 => (fields, None),
-            2 => {
-                let (wm, out) = fields.split_once(',').ok_or_else(corrupt)?;
-                let out = out.strip_prefix("out=").and_then(|v| v.parse().ok());
-                (wm, Some(out.ok_or_else(corrupt)?))
+        if !(1..=COMMIT_METADATA_VERSION).contains(&version) {
+            return Err(StateError::UnsupportedVersion {
+                what: "offset commit metadata",
+                found: version,
+                supported: COMMIT_METADATA_VERSION,
+            });
+        }
+        let (mut wm, mut cl, mut out) = (None, None, None);
+        for field in fields.split(',') {
+            let (name, value) = field.split_once('=').ok_or_else(corrupt)?;
+            let slot = match (version, name) {
+                (_, "wm") => &mut wm,
+                (2 | 3, "out") => &mut out,
+                (3, "cl") => &mut cl,
+                _ => return Err(corrupt()),
+            };
+            let value = value.parse::<i64>().map_err(|_| corrupt())?;
+            if slot.replace(value).is_some() {
+                return Err(corrupt());
             }
-            found => {
-                return Err(StateError::UnsupportedVersion {
-                    what: "offset commit metadata",
-                    found,
-                    supported: COMMIT_METADATA_VERSION,
-                })
-            }
-        };
-        let watermark_ms = wm
-            .strip_prefix("wm=")
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(corrupt)?;
+        }
+        if version == 2 && out.is_none() {
+            return Err(corrupt());
+        }
         Ok(Some(Self {
-            watermark_ms,
+            watermark_ms: wm.ok_or_else(corrupt)?,
+            changelog_end: cl,
             output_end: out,
         }))
     }
@@ -160,27 +175,38 @@ mod tests {
     }
 
     #[rstest::rstest]
-    #[case(1_750_000_000_000, None)]
-    #[case(i64::MIN, Some(0))]
-    #[case(-5, Some(123_456))]
-    fn commit_metadata_roundtrips(#[case] watermark_ms: i64, #[case] output_end: Option<i64>) {
+    #[case(1_750_000_000_000, None, None)]
+    #[case(i64::MIN, Some(0), Some(0))]
+    #[case(-5, Some(77), Some(123_456))]
+    #[case(-5, None, Some(123_456))]
+    #[case(9, Some(77), None)]
+    fn commit_metadata_roundtrips(
+        #[case] watermark_ms: i64,
+        #[case] changelog_end: Option<i64>,
+        #[case] output_end: Option<i64>,
+    ) {
         let m = CommitMetadata {
             watermark_ms,
+            changelog_end,
             output_end,
         };
         assert_eq!(CommitMetadata::decode(&m.encode()).unwrap(), Some(m));
     }
 
-    #[test]
-    fn version_1_commit_metadata_reads_without_an_output_end() {
-        let m = CommitMetadata::decode("tally:1:wm=42").unwrap();
-        assert_eq!(
-            m,
-            Some(CommitMetadata {
-                watermark_ms: 42,
-                output_end: None
-            })
-        );
+    #[rstest::rstest]
+    #[case::version_1("tally:1:wm=42", None)]
+    #[case::version_2("tally:2:wm=42,out=7", Some(7))]
+    fn older_commit_metadata_reads_without_a_changelog_end(
+        #[case] text: &str,
+        #[case] output_end: Option<i64>,
+    ) {
+        let m = CommitMetadata::decode(text).unwrap();
+        let expected = CommitMetadata {
+            watermark_ms: 42,
+            changelog_end: None,
+            output_end,
+        };
+        assert_eq!(m, Some(expected));
     }
 
     #[rstest::rstest]
@@ -198,10 +224,16 @@ mod tests {
         assert!(err.contains("format version 7"), "{err}");
     }
 
-    #[test]
-    fn garbled_commit_metadata_is_corrupt() {
+    #[rstest::rstest]
+    #[case("tally:2:wm=1,out=later")]
+    #[case("tally:2:wm=1")]
+    #[case("tally:1:wm=1,cl=4")]
+    #[case("tally:3:cl=4")]
+    #[case("tally:3:wm=1,cl=4,cl=5")]
+    #[case("tally:3:wm=1,size=4")]
+    fn garbled_commit_metadata_is_corrupt(#[case] text: &str) {
         assert!(matches!(
-            CommitMetadata::decode("tally:2:wm=1,out=later"),
+            CommitMetadata::decode(text),
             Err(StateError::Corrupt { .. })
         ));
     }

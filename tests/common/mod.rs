@@ -220,13 +220,45 @@ listen = "127.0.0.1:{http_port}"
             if lag == 0 {
                 return;
             }
-            assert!(
-                started.elapsed() < limit,
-                "group {} still lags by {lag} after {limit:?}",
-                self.app
-            );
+            if started.elapsed() >= limit {
+                panic!(
+                    "group {} still lags by {lag} after {limit:?}; thread stacks of its \
+                     processors: {}",
+                    self.app,
+                    self.stacks_of_processors()
+                );
+            }
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// Dumps the thread stacks of every running processor of this setup beside its log, and
+    /// says where: a stalled group leaves more than its lag.
+    fn stacks_of_processors(&self) -> String {
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return "none (no /proc)".into();
+        };
+        let mut dumped = Vec::new();
+        for entry in procs.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let Some(config) = args.iter().skip_while(|a| *a != "--config").nth(1) else {
+                continue;
+            };
+            let config = Path::new(config);
+            if config.parent() == Some(self.dir.as_path()) {
+                dumped.push(stacks_of(pid, &config.with_extension("log")));
+            }
+        }
+        dumped.join(", ")
     }
 
     /// The independent recomputation of every key, compared with the output topic.

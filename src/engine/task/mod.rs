@@ -80,12 +80,16 @@ pub trait TaskOps: Send {
     fn settle(&mut self) -> Result<(), TaskError>;
     /// Drops staged work and starts a new restore generation.
     fn restart(&mut self) -> u64;
-    /// Restore finished: process from `committed` on, whose watermark the restore recovered,
-    /// holding back the outputs of the keys whose newer outputs a crash left `ahead`.
-    fn activate(&mut self, committed: i64, ahead: super::restore::Ahead);
+    /// Restore finished: process from its committed offset on, whose watermark the restore
+    /// recovered, holding back the outputs of the keys whose newer outputs a crash left ahead.
+    fn activate(&mut self, restored: super::restore::Restored);
     /// The output partition's end when the task became active: the at_least_once commit
     /// metadata's floor, raised to what this process delivered (`OutputEnds::stamp`).
     fn output_end(&self) -> i64;
+    /// The changelog partition's end after this task's committed records, for the commit
+    /// metadata; `None` when the batch being committed wrote records there (their end is
+    /// known once they are acknowledged, `Ends::stamp`).
+    fn changelog_end(&self) -> Option<i64>;
     /// Stages a corrected row from the control topic (a replay's repair) at control `offset`;
     /// `bound` is the input offset the replay rebuilt up to.
     fn repair(&mut self, key: &[u8], value: Option<&[u8]>, offset: i64, bound: i64);
@@ -144,6 +148,7 @@ struct Sealed<P: Projection> {
     resume: (i64, i64),
     control_next: i64,
     counts: Counts,
+    wrote_changelog: bool,
 }
 
 /// Committed batches a task may have queued at the store writer before it waits for the oldest:
@@ -183,6 +188,10 @@ pub struct Task<P: Projection> {
     reemits: reemit::Reemits,
     /// The output partition's end when the task became active.
     output_end: i64,
+    /// The changelog partition's end after the records of the last commit that wrote any.
+    changelog_end: i64,
+    /// Whether the batch being staged sent changelog records.
+    wrote_changelog: bool,
     /// The store writes of everything shipped in this transaction.
     batch: CommitBatch,
     counts: Counts,
@@ -229,6 +238,8 @@ where
             dead_shipped: 0,
             reemits: reemit::Reemits::default(),
             output_end: 0,
+            changelog_end: 0,
+            wrote_changelog: false,
             batch: CommitBatch::default(),
             counts: Counts::default(),
             buf: Vec::with_capacity(512),
@@ -528,14 +539,16 @@ where
         self.epoch
     }
 
-    fn activate(&mut self, committed: i64, ahead: super::restore::Ahead) {
+    fn activate(&mut self, restored: super::restore::Restored) {
         if let Ok(Some(cp)) = self.store.checkpoint() {
             self.watermark = cp.watermark_ms;
             self.changelog_from = cp.changelog_offset;
         }
         self.committed_watermark = self.watermark;
-        self.committed = committed;
-        self.next = committed;
+        self.committed = restored.committed;
+        self.next = restored.committed;
+        self.changelog_end = restored.changelog_end;
+        let ahead = restored.ahead;
         self.output_end = ahead.output_end;
         self.reemits.reset(ahead.horizon, ahead.keys);
         self.status = Status::Active;
@@ -543,6 +556,10 @@ where
 
     fn output_end(&self) -> i64 {
         self.output_end
+    }
+
+    fn changelog_end(&self) -> Option<i64> {
+        (!self.wrote_changelog).then_some(self.changelog_end)
     }
 
     fn repair(&mut self, key: &[u8], value: Option<&[u8]>, offset: i64, bound: i64) {

@@ -37,6 +37,7 @@ where
             ChangelogKey::encode_into(RecordKind::Dedupe, id.as_bytes(), &mut self.key);
             sink.send(&flow.changelog, p, &self.key, Some(&entry.encode()), None)?;
             self.batch.put_dedupe(id.as_bytes(), *entry);
+            self.wrote_changelog = true;
         }
         self.dedupe_shipped = self.dedupe.len();
         if !self.dirty.is_empty() {
@@ -66,6 +67,7 @@ where
             ChangelogKey::encode_into(RecordKind::State, key.as_bytes(), &mut self.key);
             sink.send(&flow.changelog, p, &self.key, Some(&self.buf), None)?;
             self.batch.put_state(key.as_bytes(), &self.buf);
+            self.wrote_changelog = true;
             // A key held after a crash sends its output once the redelivery is over.
             if self.reemits.holds(key) {
                 continue;
@@ -118,6 +120,7 @@ where
             ChangelogKey::encode_into(RecordKind::Dedupe, id, &mut self.key);
             sink.send(&self.flow.changelog, self.partition, &self.key, None, None)?;
             self.batch.remove_dedupe(id);
+            self.wrote_changelog = true;
         }
         Ok(())
     }
@@ -134,6 +137,7 @@ where
             resume: self.reemits.resume(self.next, self.watermark),
             control_next: self.control_next,
             counts: std::mem::take(&mut self.counts),
+            wrote_changelog: self.wrote_changelog,
         });
         self.drop_staged();
     }
@@ -155,9 +159,11 @@ where
             done.map_err(|e| self.store_err(e))?;
         }
         // Nothing is shipped while a commit runs, so every delivered record belongs to it.
-        self.changelog_from = self
-            .changelog_from
-            .max(offsets.next_offset(&self.flow.changelog, self.partition));
+        let delivered = offsets.next_offset(&self.flow.changelog, self.partition);
+        self.changelog_from = self.changelog_from.max(delivered);
+        if sealed.wrote_changelog {
+            self.changelog_end = delivered;
+        }
         let mut batch = sealed.batch;
         let (resume, resume_watermark) = sealed.resume;
         batch.set_checkpoint(Checkpoint {
@@ -188,6 +194,7 @@ where
         self.dedupe_reship.clear();
         self.dead.clear();
         self.dead_shipped = 0;
+        self.wrote_changelog = false;
         self.batch = CommitBatch::default();
     }
 }
