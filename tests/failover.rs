@@ -104,7 +104,11 @@ fn a_newer_output_that_landed_without_its_state_is_never_followed_by_an_older_on
     let mut p = Processor::start(&setup, "a", &[("TALLY_FAULT", fault)]);
     let started = std::time::Instant::now();
     while !p.exited() {
-        assert!(started.elapsed() < LIMIT, "the fault never fired");
+        assert!(
+            started.elapsed() < LIMIT,
+            "the fault never fired; thread stacks {}",
+            p.stacks()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let _p = Processor::start(&setup, "a", &[]);
@@ -122,7 +126,11 @@ fn crash_and_recover(setup: Setup, fault: &str, keys: u64) {
     let started = std::time::Instant::now();
     let mut seed = 10;
     while !p.exited() {
-        assert!(started.elapsed() < LIMIT, "the fault never fired");
+        assert!(
+            started.elapsed() < LIMIT,
+            "the fault never fired; thread stacks {}",
+            p.stacks()
+        );
         setup.load_at(400, keys, 0.05, 0.0, 0.0, seed, 2_000);
         seed += 1;
     }

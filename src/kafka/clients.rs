@@ -177,6 +177,9 @@ pub fn serve_reports<C: rdkafka::producer::ProducerContext>(
 /// How long a producer waiting for acknowledgements sleeps between serving delivery reports.
 pub const FLUSH_STEP: std::time::Duration = std::time::Duration::from_micros(200);
 
+/// How often a flush that keeps waiting says so.
+const SLOW_FLUSH: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Waits until every record `producer` holds is acknowledged and its delivery report served.
 /// rdkafka's own `flush` serves reports in 100 ms steps, and its `poll(t)` spins on the clock
 /// until `t` is over even after reports arrived (a fifth of the poll thread's CPU went there);
@@ -186,13 +189,22 @@ pub fn flush<C: rdkafka::producer::ProducerContext>(
     timeout: std::time::Duration,
 ) -> rdkafka::error::KafkaResult<()> {
     use rdkafka::producer::Producer;
-    let deadline = std::time::Instant::now() + timeout;
+    let started = std::time::Instant::now();
+    let deadline = started + timeout;
+    let mut warned = started;
     loop {
         serve_reports(producer);
-        if producer.in_flight_count() == 0 {
+        let left = producer.in_flight_count();
+        if left == 0 {
             return Ok(());
         }
-        if std::time::Instant::now() >= deadline {
+        let now = std::time::Instant::now();
+        if now - warned >= SLOW_FLUSH {
+            warned = now;
+            tracing::warn!(left, waited_ms = (now - started).as_millis() as u64,
+                "still waiting for acknowledgements");
+        }
+        if now >= deadline {
             return Err(rdkafka::error::KafkaError::Flush(
                 rdkafka::error::RDKafkaErrorCode::MessageTimedOut,
             ));

@@ -351,6 +351,11 @@ impl Processor {
         }
     }
 
+    /// Dumps the thread stacks of the running process beside its log, and says where.
+    pub fn stacks(&self) -> String {
+        stacks_of(self.child.id(), &self.log)
+    }
+
     /// SIGSTOP: the process freezes (a zombie in the making) until [`Processor::resume`].
     pub fn freeze(&self) {
         unsafe {
