@@ -84,7 +84,7 @@ pub trait TaskOps: Send {
     /// recovered, holding back the outputs of the keys whose newer outputs a crash left ahead.
     fn activate(&mut self, restored: super::restore::Restored);
     /// The output partition's end when the task became active: the at_least_once commit
-    /// metadata's floor, raised to what this process delivered (`OutputEnds::stamp`).
+    /// metadata's floor, raised to what this process delivered (`Ends::stamp`).
     fn output_end(&self) -> i64;
     /// The changelog partition's end after this task's committed records, for the commit
     /// metadata; `None` when the batch being committed wrote records there (their end is
