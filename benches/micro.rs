@@ -86,6 +86,7 @@ fn projection_allocations<P: Projection>(name: &str, key: &[u8], value: &[u8]) -
     let (mut buf, mut out) = (Vec::new(), Vec::new());
     P::encode_state(&state, &mut buf);
     let encoded = buf.clone();
+    let mut folded = state.clone();
     let n = 10_000;
     [
         (
@@ -95,9 +96,15 @@ fn projection_allocations<P: Projection>(name: &str, key: &[u8], value: &[u8]) -
             }),
         ),
         (
-            "apply",
+            "apply (copy of the state)",
             allocations_per_call(n, || {
                 black_box(P::apply(Some(&state), black_box(&ev), src).unwrap());
+            }),
+        ),
+        (
+            "apply_in_place (the hot path)",
+            allocations_per_call(n, || {
+                P::apply_in_place(&mut folded, black_box(&ev), src).unwrap();
             }),
         ),
         (
@@ -247,6 +254,11 @@ fn projection<P: Projection>(c: &mut Criterion, name: &str, key: &[u8], value: &
     let (ev, src, state) = fixture::<P>(key, value);
     g.bench_function("apply", |b| {
         b.iter(|| P::apply(Some(black_box(&state)), black_box(&ev), src).unwrap())
+    });
+    // The task folds into the state it holds: the same event applied again, no copy.
+    let mut folded = state.clone();
+    g.bench_function("apply_in_place", |b| {
+        b.iter(|| P::apply_in_place(black_box(&mut folded), black_box(&ev), src).unwrap())
     });
     g.bench_function("fingerprint", |b| b.iter(|| P::fingerprint(black_box(&ev))));
     let mut buf = Vec::new();
