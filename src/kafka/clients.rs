@@ -201,8 +201,11 @@ pub fn flush<C: rdkafka::producer::ProducerContext>(
         let now = std::time::Instant::now();
         if now - warned >= SLOW_FLUSH {
             warned = now;
-            tracing::warn!(left, waited_ms = (now - started).as_millis() as u64,
-                "still waiting for acknowledgements");
+            tracing::warn!(
+                left,
+                waited_ms = (now - started).as_millis() as u64,
+                "still waiting for acknowledgements"
+            );
         }
         if now >= deadline {
             return Err(rdkafka::error::KafkaError::Flush(
