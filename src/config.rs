@@ -323,6 +323,14 @@ impl Config {
     pub fn commit_interval(&self) -> Duration {
         Duration::from_millis(self.commit_interval_ms)
     }
+
+    /// How long a commit's Kafka calls may run before they are abandoned and the producer is
+    /// replaced: three transaction timeouts (the broker aborted an open transaction after one),
+    /// at least 30 s.
+    pub fn commit_stall_limit(&self) -> Duration {
+        Duration::from_millis(self.transaction_timeout_ms.saturating_mul(3))
+            .max(Duration::from_secs(30))
+    }
 }
 
 impl FlowConfig {

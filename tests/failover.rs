@@ -116,6 +116,32 @@ fn a_newer_output_that_landed_without_its_state_is_never_followed_by_an_older_on
     assert_trusted(&setup.oracle());
 }
 
+/// A Kafka client call of a commit that never returns (librdkafka's `send_offsets_to_transaction`
+/// can block past its timeout while the group coordinator moves) is abandoned after the stall
+/// limit (three transaction timeouts, 30 s here): the producer is replaced and the processor
+/// rolls back and goes on, without a restart, losing nothing and applying nothing twice.
+#[test]
+fn a_commit_whose_kafka_call_never_returns_is_abandoned_and_the_processor_goes_on() {
+    let setup = Setup::new("commit-hang", Flow::Inventory, 2);
+    let mut p = Processor::start(&setup, "a", &[("TALLY_FAULT", "send_offsets_hangs@3")]);
+    p.wait_ready(2, LIMIT);
+    let started = std::time::Instant::now();
+    let mut seed = 30;
+    while p.metric("tally_commits_stalled_total") < 1.0 {
+        assert!(
+            started.elapsed() < LIMIT && !p.exited(),
+            "the stalled commit was not abandoned; thread stacks {}",
+            p.stacks()
+        );
+        setup.load_at(400, 300, 0.05, 0.0, 0.0, seed, 2_000);
+        seed += 1;
+    }
+    setup.load_at(2_000, 300, 0.05, 0.0, 0.0, seed, 2_000);
+    setup.wait_caught_up(LIMIT);
+    assert!(!p.exited(), "the processor went on without a restart");
+    assert_trusted(&setup.oracle());
+}
+
 /// Runs one processor with `fault` under paced input (over `keys` keys) until the fault killed
 /// it, then a plain one until it caught up, and checks the outputs against the oracle.
 fn crash_and_recover(setup: Setup, fault: &str, keys: u64) {

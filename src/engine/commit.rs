@@ -178,16 +178,30 @@ impl Engine {
         consumer: &BaseConsumer<C>,
         wait: bool,
     ) -> Result<Option<CommitOutcome>, super::EngineError> {
-        if self.running.is_none() {
+        let Some(started) = self.running.as_ref().map(|r| r.started) else {
             return Ok(None);
-        }
-        let result = if wait {
-            self.committer.wait()
-        } else {
-            match self.committer.try_result() {
+        };
+        let limit = self.cfg.commit_stall_limit();
+        let result = match self.committer.try_result() {
+            Some(r) => r,
+            None if !wait && started.elapsed() < limit => return Ok(None),
+            None => match self.committer.wait(limit.saturating_sub(started.elapsed())) {
                 Some(r) => r,
-                None => return Ok(None),
-            }
+                None => {
+                    let limit_s = limit.as_secs();
+                    tracing::error!(limit_s, "commit stuck in the Kafka client; abandoning it");
+                    metrics::counter!("tally_commits_stalled_total").increment(1);
+                    self.committer
+                        .abandon()
+                        .map_err(|source| tally_state::StateError::Fs {
+                            path: self.cfg.state_dir.clone(),
+                            source,
+                        })?;
+                    // Not an error a transaction can abort: the producer is replaced, which
+                    // fences whatever the abandoned thread still does with the old one.
+                    Err(KafkaError::Canceled)
+                }
+            },
         };
         let Some(running) = self.running.take() else {
             return Ok(None);

@@ -2,7 +2,7 @@
 //! transaction's round trips, while the poll loop goes on processing the next batch.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{channel, Receiver, RecvError, Sender, TryRecvError};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -142,14 +142,25 @@ impl Committer {
         }
     }
 
-    /// Waits for the outcome of the running commit.
-    pub fn wait(&mut self) -> KafkaResult<Timings> {
+    /// Waits up to `limit` for the outcome of the running commit.
+    pub fn wait(&mut self, limit: Duration) -> Option<KafkaResult<Timings>> {
         if let Some(r) = self.fallback.take() {
-            return r;
+            return Some(r);
         }
-        self.results
-            .recv()
-            .unwrap_or_else(|RecvError| Err(KafkaError::Canceled))
+        match self.results.recv_timeout(limit) {
+            Ok(r) => Some(r),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => Some(Err(KafkaError::Canceled)),
+        }
+    }
+
+    /// Leaves the running commit to its thread and starts another: a client call that ignores
+    /// its timeout (librdkafka's `send_offsets_to_transaction` while the group coordinator
+    /// moves, confluentinc/librdkafka#5456) must not stop the processor for good. The old
+    /// thread ends once that call returns, if ever; its outcome is ignored.
+    pub fn abandon(&mut self) -> std::io::Result<()> {
+        *self = Self::start()?;
+        Ok(())
     }
 }
 
@@ -169,6 +180,7 @@ fn run(job: Job) -> KafkaResult<Timings> {
             // acknowledgements.
             ends.stamp(offsets);
             super::faults::hit("before_send_offsets");
+            super::faults::hang("send_offsets_hangs");
             job.producer
                 .send_offsets_to_transaction(offsets, group, job.timeout)?;
             timings.send_offsets = t2.elapsed();

@@ -1,5 +1,5 @@
 //! Fault-injection points for the proof suite: `TALLY_FAULT=point[@n]` kills the process
-//! (as kill -9 would) the n-th time `point` is reached. Inert when the variable is unset.
+//! (as kill -9 would), or hangs the thread, the n-th time `point` is reached. Inert when unset.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -31,6 +31,19 @@ fn fault() -> Option<&'static Fault> {
 /// Marks that execution reached `point`; dies abruptly if a test asked for it here.
 pub fn hit(point: &str) {
     hit_after(point, || {});
+}
+
+/// Marks that execution reached `point`; blocks the calling thread for good if a test asked for
+/// it here, as a Kafka client call that ignores its timeout does.
+pub fn hang(point: &str) {
+    if let Some(f) = fault() {
+        if f.point == point && f.hits.fetch_add(1, Ordering::AcqRel) + 1 == f.at {
+            tracing::error!(point, "TALLY_FAULT: this thread hangs");
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+    }
 }
 
 /// [`hit`], but runs `first` before dying (e.g. a flush, so what was sent has landed); `first`
