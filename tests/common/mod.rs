@@ -109,6 +109,21 @@ impl Setup {
                 tally::kafka::topics::TopicRole::Log,
             )
             .unwrap();
+        // Every broker learns of a new topic on its own time: a processor started at once once
+        // asked one that did not know it yet, and refused to start ("input topic does not
+        // exist"). Wait until each broker of the cluster knows it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for broker in bootstrap.split(',') {
+            let one = tally::kafka::topics::Topics::connect(broker, &BTreeMap::new()).unwrap();
+            while one.partitions(&s.input).ok().flatten() != Some(partitions) {
+                assert!(
+                    Instant::now() < deadline,
+                    "broker {broker} never saw {}",
+                    s.input
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         s
     }
 
