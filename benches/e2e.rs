@@ -1,6 +1,7 @@
 //! End-to-end benchmark on a real local broker: tally (exactly_once, at_least_once) against a raw
 //! rdkafka consume -> produce passthrough of the same events, plus restore speed and resources.
-//! Run: `cargo bench --bench e2e` (env TALLY_BENCH_EVENTS, _KEYS, _PARTITIONS, _KAFKA_PORT).
+//! Run: `cargo bench --bench e2e` (env TALLY_BENCH_EVENTS, _KEYS, _PARTITIONS, _KAFKA_PORT;
+//! _LATENCY_RATE for a latency probe alone, _LOADER_LINGER_MS to batch its loader).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -356,8 +357,12 @@ fn latency(
     reading
         .recv_timeout(Duration::from_secs(60))
         .expect("the latency watcher reached the end of every output partition");
-    // The loader sends each record at once (no linger), so its timestamp is when it left.
-    let unbatched: BTreeMap<String, String> = [("linger.ms".to_string(), "0".to_string())].into();
+    // The loader sends each record at once (no linger), so its timestamp is when it left;
+    // `TALLY_BENCH_LOADER_LINGER_MS` batches it instead (its records wait up to that long in the
+    // loader, which counts in their latency), to see what one request per record costs the host.
+    let linger: u64 = env_or("TALLY_BENCH_LOADER_LINGER_MS", 0);
+    let unbatched: BTreeMap<String, String> =
+        [("linger.ms".to_string(), linger.to_string())].into();
     // The broker keeps warming up on the fresh topics well after the processor's first seconds:
     // a probe's transaction flush averaged 80 ms in the first second, 20-30 ms at ten and 6 ms
     // after twenty. A running processor lives on warm topics, so 10 s are left out.
