@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -121,6 +121,10 @@ pub fn read(
                 }
                 done(p, &mut open)?;
             }
+            // The client reconnects by itself; a read that stays cut off ends as stalled.
+            Some(Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure,
+            ))) if progress.elapsed() <= STALL => {}
             Some(Err(e)) => return Err(e.into()),
             None if progress.elapsed() > STALL => {
                 return Err(ScanError::Stalled {
