@@ -36,12 +36,10 @@ pub fn hit(point: &str) {
 /// Marks that execution reached `point`; blocks the calling thread for good if a test asked for
 /// it here, as a Kafka client call that ignores its timeout does.
 pub fn hang(point: &str) {
-    if let Some(f) = fault() {
-        if f.point == point && f.hits.fetch_add(1, Ordering::AcqRel) + 1 == f.at {
-            tracing::error!(point, "TALLY_FAULT: this thread hangs");
-            loop {
-                std::thread::sleep(std::time::Duration::from_secs(3600));
-            }
+    if fires(point) {
+        tracing::error!(point, "TALLY_FAULT: this thread hangs");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
         }
     }
 }
@@ -49,14 +47,17 @@ pub fn hang(point: &str) {
 /// [`hit`], but runs `first` before dying (e.g. a flush, so what was sent has landed); `first`
 /// runs only when the fault fires.
 pub fn hit_after(point: &str, first: impl FnOnce()) {
-    if let Some(f) = fault() {
-        if f.point == point && f.hits.fetch_add(1, Ordering::AcqRel) + 1 == f.at {
-            first();
-            tracing::error!(point, "TALLY_FAULT: killing the process");
-            // SAFETY: raising SIGKILL on ourselves has no memory-safety preconditions.
-            unsafe {
-                libc::kill(libc::getpid(), libc::SIGKILL);
-            }
+    if fires(point) {
+        first();
+        tracing::error!(point, "TALLY_FAULT: killing the process");
+        // SAFETY: raising SIGKILL on ourselves has no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
         }
     }
+}
+
+/// Counts a visit of `point`: whether this is the visit the fault asked for.
+fn fires(point: &str) -> bool {
+    fault().is_some_and(|f| f.point == point && f.hits.fetch_add(1, Ordering::AcqRel) + 1 == f.at)
 }

@@ -120,9 +120,12 @@ impl RestoreJob {
             // was done: the rebuild starts from an empty store.
             self.store.clear()?;
         }
+        // The end to read to: what was there when the restore began, or further, up to the
+        // committed records the stable end still hides.
+        let end = high.max(required);
         let mut from = low;
         if let Some(cp) = cp {
-            if cp.changelog_offset > high.max(required) || cp.input_offset > committed {
+            if cp.changelog_offset > end || cp.input_offset > committed {
                 tracing::warn!(flow = %self.flow.name, partition = self.partition,
                     checkpoint = ?cp, changelog_end = high, committed,
                     "store is ahead of the changelog or the committed offsets; rebuilding it");
@@ -135,10 +138,10 @@ impl RestoreJob {
         let mut watermark = cp.filter(|_| !full).map_or(i64::MIN, |c| c.watermark_ms);
         let mut next = from;
         let mut records = 0u64;
-        let _permit = (from < high.max(required))
+        let _permit = (from < end)
             .then(|| permits::acquire(&self.cancel))
             .transpose()?;
-        if from < high.max(required) {
+        if from < end {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&self.flow.changelog, self.partition, Offset::Offset(from))?;
             consumer.assign(&tpl)?;

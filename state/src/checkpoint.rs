@@ -1,6 +1,8 @@
 //! The checkpoint of a store: how far its contents reflect the input and the changelog.
 //! Written in the same atomic batch as the state it describes, so the two never disagree.
 
+use std::fmt::Write;
+
 use crate::error::StateError;
 
 /// Format version of an encoded checkpoint.
@@ -91,10 +93,10 @@ impl CommitMetadata {
             self.watermark_ms
         );
         if let Some(cl) = self.changelog_end {
-            text.push_str(&format!(",cl={cl}"));
+            let _ = write!(text, ",cl={cl}");
         }
         if let Some(out) = self.output_end {
-            text.push_str(&format!(",out={out}"));
+            let _ = write!(text, ",out={out}");
         }
         text
     }

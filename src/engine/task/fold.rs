@@ -25,7 +25,7 @@ where
                 slot.dirty = true;
                 self.dirty.push(i);
             }
-            self.hold_output(key, source.offset, source.offset);
+            self.hold_output(key, source.offset);
             return Ok(Ok(()));
         }
         let (mut state, from_batch) = match self.take_state(key)? {
@@ -35,7 +35,7 @@ where
         match P::apply_in_place(&mut state, event, source) {
             Ok(()) => {
                 self.stage_at(None, key, state);
-                self.hold_output(key, source.offset, source.offset);
+                self.hold_output(key, source.offset);
                 Ok(Ok(()))
             }
             Err(invalid) => {

@@ -71,13 +71,13 @@ impl<P: Projection> Task<P>
 where
     P::State: Send,
 {
-    /// The event at `offset` changed `key`, whose state now ends at input offset `source`.
+    /// The event at `offset` changed `key` (whose state now ends there).
     ///
     /// Outputs and changelog are separate partitions, so a crash can land a key's newer output
     /// while its state and dedupe entries are lost; until the redelivery brought the state back
     /// to that output, sending the restored or a re-folded older state would put it after it.
-    pub(super) fn hold_output(&mut self, key: &str, offset: i64, source: i64) {
-        if self.reemits.behind(key, offset, source) {
+    pub(super) fn hold_output(&mut self, key: &str, offset: i64) {
+        if self.reemits.behind(key, offset, offset) {
             self.hold(key, offset);
         }
     }
