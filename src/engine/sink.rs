@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
@@ -15,18 +15,20 @@ use rdkafka::{ClientConfig, ClientContext};
 /// incarnation.
 #[derive(Default)]
 pub struct DeliveredOffsets {
-    topics: HashMap<String, Vec<AtomicI64>, super::FastHash>,
+    /// Set once the topics are known: the producer starts before them (its start-up overlaps
+    /// the topics' preparation), and nothing is produced until then.
+    topics: OnceLock<HashMap<String, Vec<AtomicI64>, super::FastHash>>,
 }
 
 impl DeliveredOffsets {
-    /// Tracks the given topics and their partition counts.
-    pub fn new(topics: impl IntoIterator<Item = (String, i32)>) -> Self {
-        Self {
-            topics: topics
+    /// Starts tracking the given topics and their partition counts; only the first call counts.
+    pub fn track(&self, topics: impl IntoIterator<Item = (String, i32)>) {
+        let _ = self.topics.set(
+            topics
                 .into_iter()
                 .map(|(t, n)| (t, (0..n).map(|_| AtomicI64::new(-1)).collect()))
                 .collect(),
-        }
+        );
     }
 
     /// Next offset after everything delivered to that partition (0 when nothing was).
@@ -38,6 +40,7 @@ impl DeliveredOffsets {
 
     fn slot(&self, topic: &str, partition: i32) -> Option<&AtomicI64> {
         self.topics
+            .get()?
             .get(topic)?
             .get(usize::try_from(partition).ok()?)
     }
