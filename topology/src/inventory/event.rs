@@ -149,7 +149,8 @@ pub(crate) fn decode(key: Option<&[u8]>, value: &[u8]) -> Result<InventoryEvent,
 
 /// The typed pass: the event when the record is valid, else nothing.
 fn quick(key: Option<&[u8]>, value: &[u8]) -> Option<InventoryEvent> {
-    let t: Typed<'_> = serde_json::from_slice(value).ok()?;
+    // One UTF-8 check of the whole record rather than one per string field.
+    let t: Typed<'_> = serde_json::from_str(std::str::from_utf8(value).ok()?).ok()?;
     if ![&t.event_id, &t.sku, &t.seller_id, &t.location_id]
         .iter()
         .all(|s| fields::is_id(s))

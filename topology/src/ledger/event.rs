@@ -117,7 +117,8 @@ pub(crate) fn decode(key: Option<&[u8]>, value: &[u8]) -> Result<LedgerEvent, In
 
 /// The typed pass: the event when the record is valid, else nothing.
 fn quick(key: Option<&[u8]>, value: &[u8]) -> Option<LedgerEvent> {
-    let t: Typed<'_> = serde_json::from_slice(value).ok()?;
+    // One UTF-8 check of the whole record rather than one per string field.
+    let t: Typed<'_> = serde_json::from_str(std::str::from_utf8(value).ok()?).ok()?;
     if !fields::is_id(&t.event_id) || !fields::is_id(&t.account_id) {
         return None;
     }
