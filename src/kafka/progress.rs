@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-
-use super::clients::Quiet;
 use rdkafka::error::KafkaResult;
 use rdkafka::{Offset, TopicPartitionList};
+
+use super::clients::Quiet;
 
 /// Records of `topics` not yet committed by `group` (sum over partitions of end - committed).
 pub fn group_lag(
