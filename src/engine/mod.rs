@@ -306,6 +306,8 @@ impl Engine {
             }
         }
         let seeks = std::mem::take(&mut self.pending_seeks);
+        // One wake that times out says the broker is away: the rest would each wait as long.
+        let mut waking = true;
         for (f, p, restored) in seeks {
             let offset = restored.committed;
             let topic = self.flows[f].input.clone();
@@ -324,8 +326,8 @@ impl Engine {
                     if let Err(e) = consumer.resume(&tpl) {
                         tracing::warn!(error = %e, "resume failed");
                     }
-                    if offset <= 0 {
-                        wake_fetcher(consumer, &topic, p);
+                    if offset <= 0 && waking {
+                        waking = wake_fetcher(consumer, &topic, p);
                     }
                     tracing::info!(flow = %self.flows[f].name, partition = p, offset, "partition active");
                 }
@@ -344,10 +346,18 @@ impl Engine {
 /// librdkafka wakes its fetcher when a partition's fetch starts, and the seek of a restored task
 /// starts it again unless it is already running, which it is for a first start (offset 0): the
 /// fetcher slept until its next turn (seen 0.7-1 s). A request to the partition's leader wakes
-/// it; the answer itself is not needed.
-fn wake_fetcher<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32) {
-    if let Err(e) = consumer.fetch_watermarks(topic, partition, WAKE_TIMEOUT) {
-        tracing::debug!(error = %e, partition, "waking the fetcher failed; it fetches on its next turn");
+/// it; the answer itself is not needed. `false` when the request failed.
+fn wake_fetcher<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> bool {
+    match consumer.fetch_watermarks(topic, partition, WAKE_TIMEOUT) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, partition, "waking the fetcher failed; it fetches on its next turn");
+            false
+        }
     }
 }
 
