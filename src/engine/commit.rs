@@ -320,6 +320,11 @@ impl Engine {
             "a running commit ends before a rollback"
         );
         self.txn_open = false;
+        // The restores start first, so they overlap the producer's replacement (a transactional
+        // one takes half a second to start). They read only committed records and offsets, so
+        // the old transaction, aborted or fenced by the replacement, is invisible to them
+        // whichever ends first; the poll loop goes on only once the new producer is ready.
+        self.restart_all(consumer);
         if self.sink.is_transactional() {
             let abortable = matches!(cause, KafkaError::Transaction(e) if e.txn_requires_abort());
             let aborted = abortable && self.sink.abort().is_ok();
@@ -330,6 +335,5 @@ impl Engine {
             self.recreate_sink();
         }
         self.failures_before = self.sink.failures();
-        self.restart_all(consumer);
     }
 }
