@@ -1,6 +1,7 @@
 //! The processor: one consumer group, one task per assigned input partition, one producer.
 //! `run` owns the poll loop; rebalance callbacks commit or drop work through the same engine.
 
+mod activate;
 mod commit;
 mod committer;
 mod control;
@@ -17,16 +18,15 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use tally_state::{Store, StoreOptions};
 use tally_topology::{FlowKind, Inventory, Ledger};
 
 pub use commit::CommitOutcome;
 pub use rebalance::EngineContext;
-use restore::{RestoreDone, RestoreJob};
+use restore::RestoreDone;
 pub use sink::DeliveredOffsets;
 use sink::Sink;
 use task::{Status, Task, TaskOps};
@@ -197,50 +197,6 @@ impl Engine {
         Ok(())
     }
 
-    fn start_restore(&mut self, flow_idx: usize, partition: i32) {
-        let Some(task) = self.tasks.get_mut(&(flow_idx, partition)) else {
-            return;
-        };
-        let epoch = task.restart();
-        let cancel = Arc::new(AtomicBool::new(false));
-        if let Some(old) = self
-            .cancels
-            .insert((flow_idx, partition), Arc::clone(&cancel))
-        {
-            old.store(true, Ordering::Release);
-        }
-        self.pending_seeks
-            .retain(|(f, p, _)| (*f, *p) != (flow_idx, partition));
-        let control = &self.flows[flow_idx].control;
-        self.control.release(control, partition);
-        RestoreJob {
-            flow: Arc::clone(task.flow()),
-            partition,
-            epoch,
-            store: task.store().clone(),
-            bootstrap: self.cfg.bootstrap_servers.clone(),
-            passthrough: self.cfg.kafka.clone(),
-            group: self.cfg.application_id.clone(),
-            cancel,
-            hold_outputs: self.cfg.processing_guarantee == ProcessingGuarantee::AtLeastOnce,
-        }
-        .spawn(self.restores_tx.clone());
-        self.update_gauges();
-    }
-
-    /// Restarts every task from what Kafka committed (after a failed or unknown commit).
-    fn restart_all<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
-        let keys: Vec<_> = self.tasks.keys().copied().collect();
-        let mut tpl = TopicPartitionList::new();
-        for (f, p) in keys {
-            tpl.add_partition(&self.flows[f].input, p);
-            self.start_restore(f, p);
-        }
-        if let Err(e) = consumer.pause(&tpl) {
-            tracing::warn!(error = %e, "cannot pause partitions for restore");
-        }
-    }
-
     /// Forgets a partition this instance no longer owns.
     fn remove_task(&mut self, flow_idx: usize, partition: i32) {
         self.control
@@ -283,86 +239,7 @@ impl Engine {
     fn staged(&self) -> usize {
         self.tasks.values().map(|t| t.staged()).sum()
     }
-
-    /// Activates tasks whose restore finished: seek to the committed offset, then resume.
-    fn finish_restores<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
-        while let Ok(done) = self.restores_rx.try_recv() {
-            let key = (done.flow, done.partition);
-            let current = self.tasks.get(&key).map(|t| t.epoch());
-            if current != Some(done.epoch) {
-                continue;
-            }
-            match done.result {
-                Ok(r) => {
-                    tracing::debug!(records = r.records, full = r.full, "restore finished");
-                    self.pending_seeks.push((done.flow, done.partition, r));
-                }
-                Err(e) => {
-                    tracing::warn!(flow = %self.flows[done.flow].name, partition = done.partition,
-                        error = %e, "restore failed; retrying");
-                    std::thread::sleep(Duration::from_millis(500));
-                    self.start_restore(done.flow, done.partition);
-                }
-            }
-        }
-        let seeks = std::mem::take(&mut self.pending_seeks);
-        // One wake that times out says the broker is away: the rest would each wait as long.
-        let mut waking = true;
-        for (f, p, restored) in seeks {
-            let offset = restored.committed;
-            let topic = self.flows[f].input.clone();
-            match consumer.seek(&topic, p, Offset::Offset(offset), Duration::from_secs(10)) {
-                Ok(()) => {
-                    let mut tpl = TopicPartitionList::new();
-                    tpl.add_partition(&topic, p);
-                    if let Some(t) = self.tasks.get_mut(&(f, p)) {
-                        t.activate(restored);
-                        match self.control.take(&self.flows[f].control, p) {
-                            Ok(at) => t.activate_control(at),
-                            Err(e) => tracing::error!(error = %e, partition = p,
-                                "cannot read the control partition; repairs wait for a restart"),
-                        }
-                    }
-                    if let Err(e) = consumer.resume(&tpl) {
-                        tracing::warn!(error = %e, "resume failed");
-                    }
-                    if offset <= 0 && waking {
-                        waking = wake_fetcher(consumer, &topic, p);
-                    }
-                    tracing::info!(flow = %self.flows[f].name, partition = p, offset, "partition active");
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "seek not possible yet; retrying");
-                    self.pending_seeks.push((f, p, restored));
-                }
-            }
-        }
-        self.update_gauges();
-    }
 }
-
-/// Makes the client fetch a partition resumed at its start now rather than up to a second later.
-///
-/// librdkafka wakes its fetcher when a partition's fetch starts, and the seek of a restored task
-/// starts it again unless it is already running, which it is for a first start (offset 0): the
-/// fetcher slept until its next turn (seen 0.7-1 s). A request to the partition's leader wakes
-/// it; the answer itself is not needed. `false` when the request failed.
-fn wake_fetcher<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    topic: &str,
-    partition: i32,
-) -> bool {
-    match consumer.fetch_watermarks(topic, partition, WAKE_TIMEOUT) {
-        Ok(_) => true,
-        Err(e) => {
-            tracing::debug!(error = %e, partition, "waking the fetcher failed; it fetches on its next turn");
-            false
-        }
-    }
-}
-
-/// How long the request that wakes the fetcher may take before the poll loop goes on.
-const WAKE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Prepares topics, then runs the processor until `shutdown` is set.
 pub fn run(
