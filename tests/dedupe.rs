@@ -3,10 +3,15 @@
 
 mod common;
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::{assert_trusted, read_all, send, Processor, Setup};
+use common::{assert_trusted, read_all, send, send_bytes, Processor, Setup};
 use tally::workload::Flow;
+use tally_state::bundle::decode_bundle;
+use tally_state::dedupe::UNKNOWN_OFFSET;
+use tally_state::{ChangelogKey, DedupeEntry, RecordKind};
+use tally_topology::{Inventory, Projection};
 
 #[test]
 fn duplicates_are_not_double_counted() {
@@ -59,12 +64,32 @@ fn dedupe_entries_expire_by_event_time_with_changelog_tombstones() {
     let sent = setup.load_at(3_000, 100, 0.0, 0.0, 0.0, 11, 1_500);
     setup.wait_caught_up(Duration::from_secs(120));
     assert_trusted(&setup.oracle());
-    let dedupe = |tombstone: bool| {
-        read_all(&setup.changelog())
-            .iter()
-            .filter(|r| r.key.as_deref().is_some_and(|k| k.starts_with(b"d")))
-            .filter(|r| r.value.is_none() == tombstone)
-            .count() as u64
+    // (ids in live bundles, bundle tombstones, per-id records): a bundle holds one
+    // shipment's entries and is tombstoned once its newest entry left the window.
+    let dedupe = || {
+        let mut bundles: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        let (mut tombstones, mut per_id) = (0u64, 0u64);
+        for r in read_all(&setup.changelog()) {
+            match (r.key, r.value) {
+                (Some(k), _) if k.starts_with(b"d") => per_id += 1,
+                (Some(k), Some(v)) if k.starts_with(b"b") => {
+                    bundles.insert(k, v);
+                }
+                (Some(k), None) if k.starts_with(b"b") => {
+                    bundles.remove(&k);
+                    tombstones += 1;
+                }
+                _ => {}
+            }
+        }
+        let mut ids = HashSet::new();
+        for v in bundles.values() {
+            decode_bundle(v, |id, _| {
+                ids.insert(id.to_vec());
+            })
+            .expect("a readable bundle");
+        }
+        (ids.len() as u64, tombstones, per_id)
     };
     let mut seed = 12;
     // Expiry is lazy: each commit sweeps a slice of the store, and entries still in the commit
@@ -73,18 +98,21 @@ fn dedupe_entries_expire_by_event_time_with_changelog_tombstones() {
     let started = std::time::Instant::now();
     // Expiry sweeps below the last committed watermark, so a load that ended in its very first
     // commit has no tombstones until the next one.
-    let (live, expired) = loop {
-        let (written, expired) = (dedupe(false), dedupe(true));
+    let (live, expired, per_id) = loop {
+        let (live, expired, per_id) = dedupe();
         // A 10 minute window holds about a fifth of the ids; all the others expire.
-        let live = written - expired;
         if live < sent.valid_events / 2 || started.elapsed() > Duration::from_secs(60) {
-            break (live, expired);
+            break (live, expired, per_id);
         }
         setup.load_at(200, 100, 0.0, 0.0, 0.0, seed, 1_000);
         seed += 1;
         setup.wait_caught_up(Duration::from_secs(60));
     };
     assert!(expired > 0, "no expiry tombstones");
+    assert_eq!(
+        per_id, 0,
+        "per-id dedupe records are an older tally's format"
+    );
     assert!(
         live > 0 && live < sent.valid_events / 2,
         "{live} ids still live after {} events",
@@ -97,6 +125,70 @@ fn adjust(id: &str, sku: &str, quantity: i64, at: &str) -> String {
     format!(
         r#"{{"event_id":"{id}","schema_version":1,"sku":"{sku}","seller_id":"s","location_id":"fc-1","bucket":"sellable","operation":"adjust","quantity":{quantity},"event_time":"{at}"}}"#
     )
+}
+
+/// A changelog of an older tally holds one record per dedupe entry. A newer tally restores it,
+/// skips the redelivery it names, and sends that record's tombstone once it leaves the window
+/// (its own entries go out in bundles).
+#[test]
+fn per_id_dedupe_records_of_an_older_tally_are_honoured_then_tombstoned() {
+    let mut setup = Setup::new("legacy", Flow::Inventory, 1);
+    setup.dedupe_retention = Duration::from_secs(600);
+    let old = adjust("old-1", "sku-a", 5, "2026-06-19T10:00:00Z");
+    let event = Inventory::decode(Some(b"sku-a"), old.as_bytes()).expect("a valid event");
+    let entry = DedupeEntry {
+        fingerprint: Inventory::fingerprint(&event),
+        event_time_ms: Inventory::event_time_ms(&event),
+        offset: UNKNOWN_OFFSET,
+    };
+    let key = ChangelogKey::encode(RecordKind::Dedupe, b"old-1");
+    let topics =
+        tally::kafka::topics::Topics::connect(&setup.bootstrap, &Default::default()).unwrap();
+    topics
+        .create(
+            &setup.changelog(),
+            1,
+            1,
+            tally::kafka::topics::TopicRole::Compacted,
+        )
+        .unwrap();
+    send_bytes(&setup.changelog(), &[(&key, &entry.encode())]);
+    let p = Processor::start(&setup, "a", &[]);
+    p.wait_ready(1, Duration::from_secs(60));
+    send(&setup.input, &[("sku-a", &old)]);
+    setup.wait_caught_up(Duration::from_secs(60));
+    assert_eq!(p.metric("tally_duplicates_skipped_total"), 1.0);
+    assert_eq!(p.metric("tally_events_processed_total"), 0.0);
+    // Twenty minutes of event time later the entry is outside the window; expiry sweeps below
+    // the last committed watermark, so a few more commits follow.
+    let started = std::time::Instant::now();
+    let tombstoned = || {
+        read_all(&setup.changelog())
+            .iter()
+            .any(|r| r.key.as_deref() == Some(&key[..]) && r.value.is_none())
+    };
+    for n in 0.. {
+        if tombstoned() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the per-id record was never tombstoned"
+        );
+        let id = format!("new-{n}");
+        send(
+            &setup.input,
+            &[("sku-b", &adjust(&id, "sku-b", 1, "2026-06-19T10:20:00Z"))],
+        );
+        setup.wait_caught_up(Duration::from_secs(60));
+    }
+    // The oracle cannot judge this history (it never saw the older tally's entry).
+    assert!(
+        !read_all(&setup.output)
+            .iter()
+            .any(|r| r.key.as_deref() == Some(&b"sku-a"[..])),
+        "the event the older tally applied was applied again"
+    );
 }
 
 /// Under at_least_once a failed commit can leave later records (a later watermark, expiry

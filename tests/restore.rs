@@ -47,10 +47,32 @@ fn a_restart_with_a_deleted_store_restores_fully() {
     let p = Processor::start(&setup, "a", &[]);
     p.wait_ready(3, LIMIT);
     let restored = p.metric("tally_restore_records_total");
-    // Every applied event left a dedupe record, every key at least one state record.
+    // Every changelog record is read back: at least one state per key, and at least one dedupe
+    // bundle per partition.
+    let records = read_all(&setup.changelog());
+    let bundles: Vec<_> = records
+        .iter()
+        .filter(|r| r.key.as_deref().is_some_and(|k| k.starts_with(b"b")))
+        .filter_map(|r| r.value.as_deref())
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for b in &bundles {
+        tally_state::bundle::decode_bundle(b, |id, _| {
+            ids.insert(id.to_vec());
+        })
+        .expect("a readable bundle");
+    }
+    assert_eq!(
+        ids.len() as u64,
+        sent.valid_events,
+        "every applied id in a bundle"
+    );
+    let bundles = bundles.len() as u64;
+    assert_eq!(restored, records.len() as f64);
     assert!(
-        restored >= (sent.valid_events + keys) as f64,
-        "restored only {restored} records"
+        bundles >= 3 && records.len() as u64 >= keys + bundles,
+        "{} records, {bundles} bundles, {keys} keys",
+        records.len()
     );
     // Redelivering the same history must change nothing: the restored dedupe index knows it all.
     setup.load(3_000, 400, 0.0, 0.0, 0.0, 6);

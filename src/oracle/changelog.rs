@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use tally_state::bundle::decode_bundle;
 use tally_state::changelog::{ChangelogKey, RecordKind};
 
 use super::fold::Fold;
@@ -22,6 +23,8 @@ pub(super) fn check(
     // Partition -> live ids, per kind; the last record of an id wins, a tombstone removes it.
     let mut states: HashMap<i32, BTreeSet<Vec<u8>>> = HashMap::new();
     let mut dedupe: HashMap<i32, BTreeSet<Vec<u8>>> = HashMap::new();
+    // (partition, bundle key) -> the ids of a live bundle.
+    let mut bundles: HashMap<(i32, Vec<u8>), Vec<Vec<u8>>> = HashMap::new();
     let mut unreadable = 0u64;
     let held = scan::scan(consumer, topic, &ends, |r| {
         let Some(Ok(key)) = r.key.map(ChangelogKey::parse) else {
@@ -31,6 +34,22 @@ pub(super) fn check(
         let set = match key.kind {
             RecordKind::State => states.entry(r.partition).or_default(),
             RecordKind::Dedupe => dedupe.entry(r.partition).or_default(),
+            RecordKind::Bundle => {
+                let at = (r.partition, key.id.to_vec());
+                let Some(value) = r.value else {
+                    bundles.remove(&at);
+                    return;
+                };
+                let mut ids = Vec::new();
+                match decode_bundle(value, |id, _| ids.push(id.to_vec())) {
+                    Ok(()) => bundles.insert(at, ids),
+                    Err(_) => {
+                        unreadable += 1;
+                        bundles.remove(&at)
+                    }
+                };
+                return;
+            }
         };
         if r.value.is_some() {
             set.insert(key.id.to_vec());
@@ -41,8 +60,12 @@ pub(super) fn check(
     if unreadable > 0 {
         report.wrong += unreadable;
         report.note(format!(
-            "{unreadable} changelog records have no readable key"
+            "{unreadable} changelog records have no readable key or bundle"
         ));
+    }
+    // An id in any live bundle is live (an id applied again after it expired is in two).
+    for ((p, _), ids) in bundles {
+        dedupe.entry(p).or_default().extend(ids);
     }
 
     let mut want_states: HashMap<i32, BTreeSet<Vec<u8>>> = HashMap::new();

@@ -8,8 +8,12 @@ use crate::error::StateError;
 pub enum RecordKind {
     /// Materialized state of one aggregate key; value is the projection's versioned state.
     State,
-    /// One dedupe index entry; value is an encoded `DedupeEntry`, a tombstone expires it.
+    /// One dedupe index entry, as tally wrote them before bundles; value is an encoded
+    /// `DedupeEntry`, a tombstone expires it. Still read, no longer written.
     Dedupe,
+    /// The dedupe entries of one shipment; value is an encoded bundle (`bundle.rs`), a
+    /// tombstone expires it once all its entries are past the retention.
+    Bundle,
 }
 
 impl RecordKind {
@@ -18,6 +22,7 @@ impl RecordKind {
         match self {
             RecordKind::State => b's',
             RecordKind::Dedupe => b'd',
+            RecordKind::Bundle => b'b',
         }
     }
 }
@@ -54,6 +59,7 @@ impl<'a> ChangelogKey<'a> {
         let kind = match tag {
             b's' => RecordKind::State,
             b'd' => RecordKind::Dedupe,
+            b'b' => RecordKind::Bundle,
             other => {
                 return Err(StateError::Corrupt {
                     what: "changelog key",
@@ -73,6 +79,7 @@ mod tests {
     #[rstest]
     #[case(RecordKind::State, b"sku-1".as_slice())]
     #[case(RecordKind::Dedupe, b"evt-9".as_slice())]
+    #[case(RecordKind::Bundle, b"\0\0\0\0\0\0\0\x07hash0123".as_slice())]
     #[case(RecordKind::State, b"".as_slice())]
     fn keys_roundtrip(#[case] kind: RecordKind, #[case] id: &[u8]) {
         let bytes = ChangelogKey::encode(kind, id);

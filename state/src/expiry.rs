@@ -1,35 +1,36 @@
 //! Where the dedupe index's expiry sweep stands, and the oldest event time the index can hold.
 //! With that floor known, a commit whose retention bound is below it skips the sweep entirely.
 
-/// The sweep's position and what it learned, shared by a store's handles.
+/// The sweep's position (`C`: an index, or the last key examined) and what it learned, shared
+/// by a store's handles.
 #[derive(Debug)]
-pub(crate) struct Expiry {
-    /// Position the next scan starts at; 0 is the start of the index (a new cycle).
-    cursor: usize,
+pub(crate) struct Expiry<C = usize> {
+    /// Position the next scan starts at; the default is the start (a new cycle).
+    cursor: C,
     /// Every entry in the store has an event time at or after this (`i64::MIN`: unknown).
     floor: i64,
     /// Oldest event time seen by the current cycle or written since it began.
     cycle_min: i64,
 }
 
-impl Default for Expiry {
+impl<C: Default> Default for Expiry<C> {
     fn default() -> Self {
         Self {
-            cursor: 0,
+            cursor: C::default(),
             floor: i64::MIN,
             cycle_min: i64::MAX,
         }
     }
 }
 
-impl Expiry {
-    /// Where the next scan starts; 0 is the start of the index.
-    pub(crate) fn cursor(&self) -> usize {
-        self.cursor
+impl<C: Default> Expiry<C> {
+    /// Where the next scan starts; the default is the start.
+    pub(crate) fn cursor(&self) -> &C {
+        &self.cursor
     }
 
-    /// The scan stopped before position `next`: the next one resumes there.
-    pub(crate) fn stopped_at(&mut self, next: usize) {
+    /// The scan stopped at `next`: the next one resumes there.
+    pub(crate) fn stopped_at(&mut self, next: C) {
         self.cursor = next;
     }
 
@@ -46,7 +47,7 @@ impl Expiry {
     /// The scan reached the end of the index: every entry was seen by this cycle or written
     /// during it, so the oldest of them bounds the whole index.
     pub(crate) fn wrapped(&mut self) {
-        self.cursor = 0;
+        self.cursor = C::default();
         self.floor = self.cycle_min;
         self.cycle_min = i64::MAX;
     }

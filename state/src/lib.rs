@@ -5,6 +5,8 @@
 //! No Kafka here. The changelog is the truth and a store is its cache: every value carries a
 //! format version, and a store that cannot be read is wiped and restored by the runtime.
 
+pub mod batch;
+pub mod bundle;
 pub mod changelog;
 pub mod checkpoint;
 pub mod dedupe;
@@ -14,9 +16,11 @@ mod expiry;
 pub mod store;
 mod writes;
 
+pub use batch::{CommitBatch, RestoreBatch, RESTORE_CHUNK};
+pub use bundle::BundleBuilder;
 pub use changelog::{ChangelogKey, RecordKind};
 pub use checkpoint::{Checkpoint, CommitMetadata};
 pub use dedupe::DedupeEntry;
 pub use dedupe_index::DEDUPE_LOG_VERSION;
 pub use error::StateError;
-pub use store::{CommitBatch, RestoreBatch, Store, StoreOptions, RESTORE_CHUNK};
+pub use store::{Store, StoreOptions};

@@ -2,15 +2,22 @@
 //! Writes happen only in atomic batches, after the changelog holds the same change.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
+use crate::batch::{CommitBatch, RestoreBatch, LEGACY_KEY};
+use crate::bundle;
 use crate::changelog::{ChangelogKey, RecordKind};
 use crate::checkpoint::Checkpoint;
 use crate::dedupe::DedupeEntry;
-use crate::dedupe_index::{Changes, DedupeIndex};
+use crate::dedupe_index::DedupeIndex;
 use crate::error::StateError;
-use crate::writes::Writes;
+use crate::expiry::Expiry;
 
 const CHECKPOINT_KEY: &[u8] = b"m/checkpoint";
+/// Store key of the store's layout version; a store without it predates dedupe bundles.
+const LAYOUT_KEY: &[u8] = b"m/layout";
+/// Layout 2: dedupe entries reach the changelog in bundles, whose rows the store keeps.
+const LAYOUT_VERSION: u8 = 2;
 
 /// Tuning of one store; the defaults keep a dozen stores within a small pod.
 #[derive(Debug, Clone, Copy)]
@@ -37,7 +44,9 @@ impl Default for StoreOptions {
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
-    dedupe: std::sync::Arc<DedupeIndex>,
+    dedupe: Arc<DedupeIndex>,
+    /// The bundle sweep, resuming after the last row it examined.
+    bundles: Arc<Mutex<Expiry<Option<sled::IVec>>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -104,8 +113,10 @@ impl Store {
         let store = Self {
             db,
             path: path.to_owned(),
-            dedupe: std::sync::Arc::new(DedupeIndex::open(path)?),
+            dedupe: Arc::new(DedupeIndex::open(path)?),
+            bundles: Arc::default(),
         };
+        store.check_layout()?;
         // The log is written before the checkpoint: one that ends before it lost batches (a
         // machine crash took its unsynced tail, or it was deleted).
         if let Some(cp) = store.checkpoint()? {
@@ -122,6 +133,33 @@ impl Store {
             }
         }
         Ok(store)
+    }
+
+    /// Refuses a newer layout; marks a store of an older tally, whose dedupe entries came from
+    /// per-id changelog records, so their expiry still sends per-id tombstones.
+    fn check_layout(&self) -> Result<(), StateError> {
+        match self.db.get(LAYOUT_KEY)?.as_deref() {
+            Some([LAYOUT_VERSION]) => return Ok(()),
+            Some([found, ..]) if *found > LAYOUT_VERSION => {
+                return Err(StateError::UnsupportedVersion {
+                    what: "store layout",
+                    found: *found,
+                    supported: LAYOUT_VERSION,
+                })
+            }
+            Some(other) => {
+                return Err(StateError::Corrupt {
+                    what: "store layout",
+                    detail: format!("{other:?}"),
+                })
+            }
+            None => {}
+        }
+        if let Some(newest) = self.dedupe.max_event_time() {
+            self.mark_legacy(newest)?;
+        }
+        self.db.insert(LAYOUT_KEY, &[LAYOUT_VERSION])?;
+        Ok(())
     }
 
     /// Opens the store, or wipes it and opens an empty one when it cannot be read.
@@ -156,7 +194,10 @@ impl Store {
     /// Removes every row, dedupe entry and the checkpoint (the store is rebuilt from the changelog).
     pub fn clear(&self) -> Result<(), StateError> {
         self.dedupe.clear()?;
-        Ok(self.db.clear()?)
+        self.db.clear()?;
+        self.bundles_sweep().forget();
+        self.db.insert(LAYOUT_KEY, &[LAYOUT_VERSION])?;
+        Ok(())
     }
 
     /// Where the store lives.
@@ -188,6 +229,9 @@ impl Store {
     pub fn commit(&self, batch: CommitBatch) -> Result<(), StateError> {
         let reaches = batch.checkpoint.map(|cp| cp.changelog_offset);
         self.dedupe.apply(batch.dedupe.iter(), reaches)?;
+        if let Some(t) = batch.oldest_bundle {
+            self.bundles_sweep().written(t);
+        }
         batch.writes.apply_last_per_key(&self.db)?;
         if let Some(cp) = batch.checkpoint {
             self.db.insert(CHECKPOINT_KEY, &cp.encode())?;
@@ -207,15 +251,80 @@ impl Store {
         Ok(self.dedupe.expired(before_ms, scan))
     }
 
+    /// Changelog keys of bundles whose newest event time is before `before_ms`, found by
+    /// examining the next `scan` bundle rows (resuming after the last one examined, wrapping at
+    /// the end). Once a whole cycle showed that no bundle is that old, it examines none.
+    pub fn expired_bundles(
+        &self,
+        before_ms: i64,
+        scan: usize,
+    ) -> Result<Vec<sled::IVec>, StateError> {
+        let mut sweep = self.bundles_sweep();
+        if !sweep.may_hold_older_than(before_ms) {
+            return Ok(Vec::new());
+        }
+        let tag = RecordKind::Bundle.tag();
+        let from = match sweep.cursor() {
+            Some(last) => std::ops::Bound::Excluded(last.clone()),
+            None => std::ops::Bound::Included(sled::IVec::from(&[tag])),
+        };
+        let to = std::ops::Bound::Excluded(sled::IVec::from(&[tag + 1]));
+        let mut out = Vec::new();
+        let (mut last, mut examined) = (None, 0);
+        for row in self.db.range((from, to)).take(scan) {
+            let (key, value) = row?;
+            examined += 1;
+            let newest = bundle::decode_row(&value)?;
+            sweep.saw(newest);
+            if newest < before_ms {
+                out.push(key.clone());
+            }
+            last = Some(key);
+        }
+        match last {
+            Some(key) if examined == scan => sweep.stopped_at(Some(key)),
+            _ => sweep.wrapped(),
+        }
+        Ok(out)
+    }
+
+    /// The newest event time among dedupe entries that came from per-id changelog records of
+    /// an older tally, while any of them may be left; their expiry sends per-id tombstones.
+    pub fn legacy_dedupe(&self) -> Result<Option<i64>, StateError> {
+        self.db
+            .get(LEGACY_KEY)?
+            .map(|v| bundle::decode_row(&v))
+            .transpose()
+    }
+
+    /// Whether the dedupe index may still hold an entry older than `before_ms`.
+    pub fn dedupe_may_hold_older_than(&self, before_ms: i64) -> bool {
+        self.dedupe.may_hold_older_than(before_ms)
+    }
+
+    fn mark_legacy(&self, newest: i64) -> Result<(), StateError> {
+        let newest = self.legacy_dedupe()?.map_or(newest, |m| m.max(newest));
+        self.db.insert(LEGACY_KEY, &bundle::encode_row(newest))?;
+        Ok(())
+    }
+
+    fn bundles_sweep(&self) -> std::sync::MutexGuard<'_, Expiry<Option<sled::IVec>>> {
+        self.bundles.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Applies one chunk of changelog records (last value per key wins) and its checkpoint.
     pub fn restore(&self, chunk: RestoreBatch) -> Result<(), StateError> {
         if let Some(e) = chunk.invalid {
             return Err(e);
         }
         self.dedupe.forget_expiry();
+        self.bundles_sweep().forget();
         self.dedupe
             .apply(chunk.dedupe.iter(), Some(chunk.checkpoint.changelog_offset))?;
         chunk.writes.apply_last_per_key(&self.db)?;
+        if let Some(newest) = chunk.legacy_max {
+            self.mark_legacy(newest)?;
+        }
         self.db.insert(CHECKPOINT_KEY, &chunk.checkpoint.encode())?;
         Ok(())
     }
@@ -265,124 +374,5 @@ fn with_key<R>(kind: RecordKind, id: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
             f(&stack[..=id.len()])
         }
         None => f(&ChangelogKey::encode(kind, id)),
-    }
-}
-
-/// Changelog records per restore chunk, each followed by a checkpoint. Each key is written once
-/// per chunk, so a large chunk skips repeated writes of hot keys in a changelog not yet
-/// compacted (+8% records/s over 1,000 on the end-to-end benchmark), for ~3 MiB held at once.
-pub const RESTORE_CHUNK: usize = 32_768;
-
-/// The writes of one committed transaction, then its checkpoint.
-#[derive(Default)]
-pub struct CommitBatch {
-    writes: Writes,
-    dedupe: Changes,
-    checkpoint: Option<Checkpoint>,
-}
-
-impl CommitBatch {
-    /// Stages the new encoded state of an aggregate key.
-    pub fn put_state(&mut self, key: &[u8], value: &[u8]) {
-        self.writes
-            .push(Some(RecordKind::State.tag()), key, Some(value));
-    }
-
-    /// Stages a newly applied event id.
-    pub fn put_dedupe(&mut self, event_id: &[u8], entry: DedupeEntry) {
-        self.dedupe.push(event_id, Some(entry));
-    }
-
-    /// Stages the expiry of an event id.
-    pub fn remove_dedupe(&mut self, event_id: &[u8]) {
-        self.dedupe.push(event_id, None);
-    }
-
-    /// Stages the checkpoint that describes the batch; it is written last.
-    pub fn set_checkpoint(&mut self, cp: Checkpoint) {
-        self.checkpoint = Some(cp);
-    }
-}
-
-/// A chunk of changelog records read during restore, with the checkpoint reached after it.
-/// Records are copied once, into one buffer, and applied in log order (the last value per key
-/// wins).
-#[derive(Default)]
-pub struct RestoreBatch {
-    writes: Writes,
-    dedupe: Changes,
-    records: usize,
-    max_event_time_ms: Option<i64>,
-    /// The first record that is not a changelog record of this build; the chunk is refused.
-    invalid: Option<StateError>,
-    /// Dedupe entries older than this are left out (see [`RestoreBatch::into_empty_store`]).
-    expired_below: Option<i64>,
-    /// The positions the store reaches once the chunk is applied.
-    pub checkpoint: Checkpoint,
-}
-
-impl RestoreBatch {
-    /// A chunk for a store restored from empty whose dedupe entries below `bound` (the committed
-    /// watermark minus the retention) count as expired anyway: lookups ignore them, so they are
-    /// not written. An uncompacted changelog holds many (their tombstones follow later in the
-    /// log). Only for an empty store: in another, the entry may replace an older one of its id.
-    pub fn into_empty_store(bound: i64) -> Self {
-        Self {
-            expired_below: Some(bound),
-            ..Self::default()
-        }
-    }
-
-    /// Adds one changelog record; a later record of the same key replaces an earlier one.
-    pub fn push(&mut self, key: &[u8], value: Option<&[u8]>) {
-        if self.invalid.is_some() {
-            return;
-        }
-        let kind = match ChangelogKey::parse(key) {
-            Ok(k) => k.kind,
-            Err(e) => {
-                self.invalid = Some(e);
-                return;
-            }
-        };
-        self.records += 1;
-        if kind == RecordKind::Dedupe {
-            let id = &key[1..];
-            let Some(v) = value else {
-                self.dedupe.push(id, None);
-                return;
-            };
-            match DedupeEntry::decode(v) {
-                Ok(e) => {
-                    self.max_event_time_ms = Some(
-                        self.max_event_time_ms
-                            .map_or(e.event_time_ms, |m| m.max(e.event_time_ms)),
-                    );
-                    let expired = self.expired_below.is_some_and(|b| e.event_time_ms < b);
-                    if !expired {
-                        self.dedupe.push(id, Some(e));
-                    }
-                }
-                Err(e) => self.invalid = Some(e),
-            }
-            return;
-        }
-        self.writes.push(None, key, value);
-    }
-
-    /// Highest event time among the chunk's dedupe entries: the partition's watermark is at
-    /// least this.
-    pub fn max_event_time_ms(&self) -> Option<i64> {
-        self.max_event_time_ms
-    }
-
-    /// Number of records pushed (written or left out).
-    pub fn len(&self) -> usize {
-        self.records
-    }
-
-    /// Whether no record was pushed.
-    pub fn is_empty(&self) -> bool {
-        self.records == 0
     }
 }

@@ -459,6 +459,15 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 
 /// Produces `(key, value)` records to partition 0 of `topic`, in order, and waits for them.
 pub fn send(topic: &str, records: &[(&str, &str)]) {
+    let bytes: Vec<_> = records
+        .iter()
+        .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+        .collect();
+    send_bytes(topic, &bytes);
+}
+
+/// [`send`] of records that are not text (changelog records).
+pub fn send_bytes(topic: &str, records: &[(&[u8], &[u8])]) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let producer: BaseProducer = tally::kafka::clients::base(bootstrap(), &BTreeMap::new())
         .create()

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use tally::oracle::OracleReport;
 use tally::workload::{Flow, LoadReport};
+use tally_state::bundle::decode_bundle;
 use tally_state::{ChangelogKey, RecordKind, Store, StoreOptions};
 use tally_topology::{Inventory, Ledger, Projection};
 
@@ -184,6 +185,7 @@ fn changelog_contents(setup: &Setup) -> HashMap<(i32, Vec<u8>), Vec<u8>> {
 /// a lock).
 pub fn stores_differ_from_changelog(setup: &Setup, instances: &[&str]) -> Vec<String> {
     let mut want = changelog_contents(setup);
+    let want_ids = take_dedupe_ids(&mut want);
     let flow = match setup.flow {
         Flow::Inventory => "inventory",
         Flow::Ledger => "ledger",
@@ -213,14 +215,18 @@ pub fn stores_differ_from_changelog(setup: &Setup, instances: &[&str]) -> Vec<St
                     None => diffs.push(format!("p{p} state {}: not in changelog", show(&k))),
                 }
             }
+            let mut ids = want_ids.get(&p).cloned().unwrap_or_default();
             for item in store.dedupe_entries() {
                 let (id, _) = item.expect("read dedupe entry");
-                if want
-                    .remove(&(p, ChangelogKey::encode(RecordKind::Dedupe, &id)))
-                    .is_none()
-                {
+                if !ids.remove(&id) {
                     diffs.push(format!("p{p} dedupe {}: not in changelog", show(&id)));
                 }
+            }
+            for id in ids {
+                diffs.push(format!(
+                    "p{p} dedupe {}: in changelog, not in store",
+                    show(&id)
+                ));
             }
         }
     }
@@ -230,6 +236,30 @@ pub fn stores_differ_from_changelog(setup: &Setup, instances: &[&str]) -> Vec<St
         }
     }
     diffs
+}
+
+/// Takes the dedupe records (per-id ones and bundles) out of `contents` and returns the ids
+/// they hold, per partition.
+fn take_dedupe_ids(
+    contents: &mut HashMap<(i32, Vec<u8>), Vec<u8>>,
+) -> HashMap<i32, BTreeSet<Vec<u8>>> {
+    let mut ids: HashMap<i32, BTreeSet<Vec<u8>>> = HashMap::new();
+    contents.retain(|(p, k), v| {
+        let set = ids.entry(*p).or_default();
+        match ChangelogKey::parse(k).map(|k| (k.kind, k.id)) {
+            Ok((RecordKind::Dedupe, id)) => set.insert(id.to_vec()),
+            Ok((RecordKind::Bundle, _)) => {
+                decode_bundle(v, |id, _| {
+                    set.insert(id.to_vec());
+                })
+                .expect("a readable dedupe bundle");
+                false
+            }
+            _ => return true,
+        };
+        false
+    });
+    ids
 }
 
 /// The instance whose state dir for partition `p` was written last.

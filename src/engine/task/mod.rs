@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use indexmap::IndexMap;
 use rdkafka::message::{BorrowedMessage, Message};
-use tally_state::{CommitBatch, DedupeEntry, StateError, Store};
+use tally_state::{BundleBuilder, CommitBatch, DedupeEntry, StateError, Store};
 use tally_topology::{Invalid, Projection, Reason, SourceRef};
 
 use super::sink::{DeliveredOffsets, Sink};
@@ -197,6 +197,7 @@ pub struct Task<P: Projection> {
     counts: Counts,
     buf: Vec<u8>,
     key: Vec<u8>,
+    bundle: BundleBuilder,
 }
 
 #[derive(Default)]
@@ -244,6 +245,7 @@ where
             counts: Counts::default(),
             buf: Vec::with_capacity(512),
             key: Vec::with_capacity(64),
+            bundle: BundleBuilder::default(),
         }
     }
 

@@ -30,16 +30,25 @@ where
         let flow = Arc::clone(&self.flow);
         let p = self.partition;
         let fresh = self.dedupe_shipped..self.dedupe.len();
-        for i in self.dedupe_reship.drain(..).chain(fresh) {
+        self.bundle.clear();
+        let mut reship = std::mem::take(&mut self.dedupe_reship);
+        for i in reship.drain(..).chain(fresh) {
             let Some((id, entry)) = self.dedupe.get_index(i) else {
                 continue;
             };
-            ChangelogKey::encode_into(RecordKind::Dedupe, id.as_bytes(), &mut self.key);
-            sink.send(&flow.changelog, p, &self.key, Some(&entry.encode()), None)?;
+            self.bundle
+                .push(id.as_bytes(), entry)
+                .map_err(|e| self.store_err(e))?;
             self.batch.put_dedupe(id.as_bytes(), *entry);
-            self.wrote_changelog = true;
+            if self.bundle.is_full() {
+                self.send_bundle(sink)?;
+            }
         }
+        self.dedupe_reship = reship;
         self.dedupe_shipped = self.dedupe.len();
+        if !self.bundle.is_empty() {
+            self.send_bundle(sink)?;
+        }
         if !self.dirty.is_empty() {
             crate::engine::faults::hit_after("between_dedupe_and_states", || {
                 let _ = sink.flush();
@@ -89,6 +98,24 @@ where
         Ok(())
     }
 
+    /// Sends the bundle filled so far and stages its row for the store.
+    fn send_bundle(&mut self, sink: &Sink) -> Result<(), ProduceError> {
+        self.bundle.key_into(&mut self.key);
+        let flow = &self.flow;
+        sink.send(
+            &flow.changelog,
+            self.partition,
+            &self.key,
+            Some(self.bundle.value()),
+            None,
+        )?;
+        self.batch
+            .put_bundle(&self.key, self.bundle.max_event_time_ms());
+        self.wrote_changelog = true;
+        self.bundle.clear();
+        Ok(())
+    }
+
     /// Finds dedupe entries that left the retention window as of the last committed position and
     /// sends their tombstones. Under at_least_once they can land while the commit fails; the
     /// redelivered records then start from that position's watermark, and to them an entry below
@@ -109,17 +136,29 @@ where
             .store
             .expired_dedupe(bound, scan)
             .map_err(|e| self.store_err(e))?;
-        tracing::trace!(
-            partition = self.partition,
-            watermark = self.committed_watermark,
-            bound,
-            expired = expired.len(),
-            "dedupe expiry scan"
-        );
-        for (id, _) in &expired {
-            ChangelogKey::encode_into(RecordKind::Dedupe, id, &mut self.key);
-            sink.send(&self.flow.changelog, self.partition, &self.key, None, None)?;
+        // Entries of an older tally's per-id records get their own tombstones until none is left.
+        let legacy = self.store.legacy_dedupe().map_err(|e| self.store_err(e))?;
+        for (id, event_time_ms) in &expired {
+            if legacy.is_some_and(|newest| *event_time_ms <= newest) {
+                ChangelogKey::encode_into(RecordKind::Dedupe, id, &mut self.key);
+                sink.send(&self.flow.changelog, self.partition, &self.key, None, None)?;
+                self.wrote_changelog = true;
+            }
             self.batch.remove_dedupe(id);
+        }
+        if let Some(newest) = legacy {
+            let after = newest.saturating_add(1);
+            if bound >= after && !self.store.dedupe_may_hold_older_than(after) {
+                self.batch.end_legacy();
+            }
+        }
+        let bundles = self
+            .store
+            .expired_bundles(bound, scan)
+            .map_err(|e| self.store_err(e))?;
+        for key in &bundles {
+            sink.send(&self.flow.changelog, self.partition, key, None, None)?;
+            self.batch.remove_bundle(key);
             self.wrote_changelog = true;
         }
         Ok(())

@@ -149,7 +149,7 @@ impl DedupeIndex {
         if !inner.expiry.may_hold_older_than(before_ms) {
             return Vec::new();
         }
-        let start = inner.expiry.cursor().min(inner.live.ids.len());
+        let start = (*inner.expiry.cursor()).min(inner.live.ids.len());
         let end = start.saturating_add(scan).min(inner.live.ids.len());
         let mut out = Vec::new();
         for (id, e) in (start..end).filter_map(|i| inner.live.ids.get_index(i)) {
@@ -164,6 +164,22 @@ impl DedupeIndex {
             inner.expiry.stopped_at(end);
         }
         out
+    }
+
+    /// Whether an entry older than `before_ms` may be in the index (false once a whole sweep
+    /// cycle showed none is).
+    pub(crate) fn may_hold_older_than(&self, before_ms: i64) -> bool {
+        self.lock().expiry.may_hold_older_than(before_ms)
+    }
+
+    /// The newest event time of any entry (none when the index is empty).
+    pub(crate) fn max_event_time(&self) -> Option<i64> {
+        self.lock()
+            .live
+            .ids
+            .iter()
+            .map(|(_, e)| e.event_time_ms)
+            .max()
     }
 
     /// Every entry, in id order.
