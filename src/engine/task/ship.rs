@@ -116,10 +116,10 @@ where
         Ok(())
     }
 
-    /// Finds dedupe entries that left the retention window as of the last committed position and
-    /// sends their tombstones. Under at_least_once they can land while the commit fails; the
-    /// redelivered records then start from that position's watermark, and to them an entry below
-    /// its bound is expired anyway.
+    /// Removes the dedupe entries that left the retention window as of the last committed
+    /// position, and sends the tombstones of bundles whose every entry left it. Under
+    /// at_least_once they can land while the commit fails; the redelivered records then start
+    /// from that position's watermark, and to them an entry below its bound is expired anyway.
     pub(super) fn ship_expiry(
         &mut self,
         sink: &Sink,
@@ -156,6 +156,14 @@ where
             .store
             .expired_bundles(bound, scan)
             .map_err(|e| self.store_err(e))?;
+        tracing::trace!(
+            partition = self.partition,
+            watermark = self.committed_watermark,
+            bound,
+            entries = expired.len(),
+            bundles = bundles.len(),
+            "dedupe expiry scan"
+        );
         for key in &bundles {
             sink.send(&self.flow.changelog, self.partition, key, None, None)?;
             self.batch.remove_bundle(key);
