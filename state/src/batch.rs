@@ -47,7 +47,7 @@ impl CommitBatch {
 
     /// Stages a shipped bundle (by its changelog key), so the sweep can expire it later.
     pub fn put_bundle(&mut self, changelog_key: &[u8], max_event_time_ms: i64) {
-        let row = bundle::encode_row(max_event_time_ms);
+        let row = bundle::encode_time(max_event_time_ms);
         self.writes.push(None, changelog_key, Some(&row));
         self.oldest_bundle = Some(
             self.oldest_bundle
@@ -122,10 +122,7 @@ impl RestoreBatch {
             (RecordKind::Dedupe, None) => self.dedupe.push(&key[1..], None),
             (RecordKind::Dedupe, Some(v)) => match DedupeEntry::decode(v) {
                 Ok(e) => {
-                    self.legacy_max = Some(
-                        self.legacy_max
-                            .map_or(e.event_time_ms, |m| m.max(e.event_time_ms)),
-                    );
+                    self.legacy_max = self.legacy_max.max(Some(e.event_time_ms));
                     self.entry(&key[1..], e);
                 }
                 Err(e) => self.invalid = Some(e),
@@ -139,7 +136,7 @@ impl RestoreBatch {
                 match decoded {
                     Ok(()) => self
                         .writes
-                        .push(None, key, Some(&bundle::encode_row(newest))),
+                        .push(None, key, Some(&bundle::encode_time(newest))),
                     Err(e) => self.invalid = Some(e),
                 }
             }
@@ -148,10 +145,7 @@ impl RestoreBatch {
 
     /// One dedupe entry read back, unless it is already expired for an empty store.
     fn entry(&mut self, id: &[u8], e: DedupeEntry) {
-        self.max_event_time_ms = Some(
-            self.max_event_time_ms
-                .map_or(e.event_time_ms, |m| m.max(e.event_time_ms)),
-        );
+        self.max_event_time_ms = self.max_event_time_ms.max(Some(e.event_time_ms));
         let expired = self.expired_below.is_some_and(|b| e.event_time_ms < b);
         if !expired {
             self.dedupe.push(id, Some(e));

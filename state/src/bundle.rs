@@ -10,10 +10,10 @@ pub const BUNDLE_VERSION: u8 = 1;
 /// A shipment whose bundle reaches this size continues in another one: records stay well
 /// below the default `message.max.bytes` (1 MB) of broker and producer.
 pub const BUNDLE_MAX_BYTES: usize = 256 * 1024;
-/// Format version of a bundle's row in the store (its newest event time).
-const ROW_VERSION: u8 = 1;
-/// Bytes of a row's value.
-const ROW_LEN: usize = 1 + 8;
+/// Format version of a stored event time (a bundle's row, the legacy mark).
+const TIME_VERSION: u8 = 1;
+/// Bytes of a stored event time.
+const TIME_LEN: usize = 1 + 8;
 
 /// A bundle being filled, in a buffer reused across shipments.
 #[derive(Debug)]
@@ -128,32 +128,33 @@ pub fn decode_bundle(
     Ok(())
 }
 
-/// A bundle's row in the store: its newest event time, versioned.
-pub(crate) fn encode_row(max_event_time_ms: i64) -> [u8; ROW_LEN] {
-    let mut out = [0u8; ROW_LEN];
-    out[0] = ROW_VERSION;
-    out[1..].copy_from_slice(&max_event_time_ms.to_be_bytes());
+/// A versioned event time, as the store keeps it: a bundle's row (its newest entry) and the
+/// legacy mark.
+pub(crate) fn encode_time(event_time_ms: i64) -> [u8; TIME_LEN] {
+    let mut out = [0u8; TIME_LEN];
+    out[0] = TIME_VERSION;
+    out[1..].copy_from_slice(&event_time_ms.to_be_bytes());
     out
 }
 
-/// Reads a row written by [`encode_row`].
-pub(crate) fn decode_row(bytes: &[u8]) -> Result<i64, StateError> {
+/// Reads a value written by [`encode_time`]; `what` names it in an error.
+pub(crate) fn decode_time(bytes: &[u8], what: &'static str) -> Result<i64, StateError> {
     match bytes.split_first() {
-        Some((&ROW_VERSION, rest)) => {
+        Some((&TIME_VERSION, rest)) => {
             rest.try_into()
                 .map(i64::from_be_bytes)
                 .map_err(|_| StateError::Corrupt {
-                    what: "dedupe bundle row",
-                    detail: format!("expected {ROW_LEN} bytes, found {}", bytes.len()),
+                    what,
+                    detail: format!("expected {TIME_LEN} bytes, found {}", bytes.len()),
                 })
         }
         Some((&found, _)) => Err(StateError::UnsupportedVersion {
-            what: "dedupe bundle row",
+            what,
             found,
-            supported: ROW_VERSION,
+            supported: TIME_VERSION,
         }),
         None => Err(StateError::Corrupt {
-            what: "dedupe bundle row",
+            what,
             detail: "empty value".into(),
         }),
     }
@@ -215,11 +216,11 @@ mod tests {
 
     #[test]
     fn a_row_roundtrips_and_refuses_a_newer_format() {
-        assert_eq!(decode_row(&encode_row(-7)).unwrap(), -7);
-        let mut row = encode_row(1);
+        assert_eq!(decode_time(&encode_time(-7), "row").unwrap(), -7);
+        let mut row = encode_time(1);
         row[0] = 2;
         assert!(matches!(
-            decode_row(&row),
+            decode_time(&row, "row"),
             Err(StateError::UnsupportedVersion { found: 2, .. })
         ));
     }

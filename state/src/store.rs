@@ -274,7 +274,7 @@ impl Store {
         for row in self.db.range((from, to)).take(scan) {
             let (key, value) = row?;
             examined += 1;
-            let newest = bundle::decode_row(&value)?;
+            let newest = bundle::decode_time(&value, "dedupe bundle row")?;
             sweep.saw(newest);
             if newest < before_ms {
                 out.push(key.clone());
@@ -293,7 +293,7 @@ impl Store {
     pub fn legacy_dedupe(&self) -> Result<Option<i64>, StateError> {
         self.db
             .get(LEGACY_KEY)?
-            .map(|v| bundle::decode_row(&v))
+            .map(|v| bundle::decode_time(&v, "legacy dedupe mark"))
             .transpose()
     }
 
@@ -304,7 +304,7 @@ impl Store {
 
     fn mark_legacy(&self, newest: i64) -> Result<(), StateError> {
         let newest = self.legacy_dedupe()?.map_or(newest, |m| m.max(newest));
-        self.db.insert(LEGACY_KEY, &bundle::encode_row(newest))?;
+        self.db.insert(LEGACY_KEY, &bundle::encode_time(newest))?;
         Ok(())
     }
 

@@ -247,16 +247,15 @@ fn take_dedupe_ids(
     contents.retain(|(p, k), v| {
         let set = ids.entry(*p).or_default();
         match ChangelogKey::parse(k).map(|k| (k.kind, k.id)) {
-            Ok((RecordKind::Dedupe, id)) => set.insert(id.to_vec()),
-            Ok((RecordKind::Bundle, _)) => {
-                decode_bundle(v, |id, _| {
-                    set.insert(id.to_vec());
-                })
-                .expect("a readable dedupe bundle");
-                false
+            Ok((RecordKind::Dedupe, id)) => {
+                set.insert(id.to_vec());
             }
+            Ok((RecordKind::Bundle, _)) => decode_bundle(v, |id, _| {
+                set.insert(id.to_vec());
+            })
+            .expect("a readable dedupe bundle"),
             _ => return true,
-        };
+        }
         false
     });
     ids
