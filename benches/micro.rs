@@ -273,12 +273,37 @@ fn projection<P: Projection>(c: &mut Criterion, name: &str, key: &[u8], value: &
     g.bench_function("render_output", |b| {
         b.iter(|| P::render(black_box(&state), &mut out).unwrap())
     });
+    // A task copies a state that an uncommitted batch still holds.
+    g.bench_function("clone_state", |b| b.iter(|| black_box(&state).clone()));
+    g.finish();
+}
+
+/// The state of a SKU stocked at three locations, as in the end-to-end workload.
+fn three_locations(c: &mut Criterion) {
+    let (_, src, mut state) = fixture::<Inventory>(b"1231241", INVENTORY);
+    for loc in ["fc-2", "fc-3"] {
+        let value = String::from_utf8_lossy(INVENTORY).replace("fc-1", loc);
+        let ev = Inventory::decode(Some(b"1231241"), value.as_bytes()).unwrap();
+        Inventory::apply_in_place(&mut state, &ev, src).unwrap();
+    }
+    let mut g = c.benchmark_group("inventory_3_locations");
+    g.throughput(Throughput::Elements(1));
+    let mut buf = Vec::new();
+    g.bench_function("encode_state", |b| {
+        b.iter(|| Inventory::encode_state(black_box(&state), &mut buf))
+    });
+    Inventory::encode_state(&state, &mut buf);
+    g.bench_function("decode_state", |b| {
+        b.iter(|| Inventory::decode_state(black_box(&buf)).unwrap())
+    });
+    g.bench_function("clone_state", |b| b.iter(|| black_box(&state).clone()));
     g.finish();
 }
 
 fn projections(c: &mut Criterion) {
     projection::<Inventory>(c, "inventory", b"1231241", INVENTORY);
     projection::<Ledger>(c, "ledger", b"acc-1", LEDGER);
+    three_locations(c);
 }
 
 fn stores(c: &mut Criterion) {

@@ -87,6 +87,10 @@ pub struct Config {
     /// sled page cache per store, in MiB.
     #[serde(default = "default_store_cache_mib")]
     pub store_cache_mib: u64,
+    /// Decoded committed states kept in memory per instance, split evenly over the flows' input
+    /// partitions (Kafka Streams' `statestore.cache.max.bytes`); 0 turns the cache off.
+    #[serde(default = "default_statestore_cache_max_bytes")]
+    pub statestore_cache_max_bytes: u64,
     pub flows: Vec<FlowConfig>,
     #[serde(default)]
     pub http: HttpConfig,
@@ -149,6 +153,9 @@ fn default_replication_factor() -> i32 {
 fn default_store_cache_mib() -> u64 {
     16
 }
+fn default_statestore_cache_max_bytes() -> u64 {
+    10 * 1024 * 1024
+}
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9464))
 }
@@ -203,6 +210,7 @@ const ENV_KEYS: &[&str] = &[
     "transaction_timeout_ms",
     "replication_factor",
     "store_cache_mib",
+    "statestore_cache_max_bytes",
 ];
 
 impl Config {

@@ -114,6 +114,18 @@ pub fn record_commit(
     }
 }
 
+/// Counts lookups of committed states the task's cache answered, and those that read the store.
+pub fn record_state_cache(flow: &FlowInfo, hits: u64, misses: u64) {
+    if hits > 0 {
+        metrics::counter!("tally_state_cache_hits_total", "flow" => flow.name.clone())
+            .increment(hits);
+    }
+    if misses > 0 {
+        metrics::counter!("tally_state_cache_misses_total", "flow" => flow.name.clone())
+            .increment(misses);
+    }
+}
+
 /// Counts changelog records read by a restore.
 pub fn record_restore(flow: &FlowInfo, records: u64) {
     metrics::counter!("tally_restore_records_total", "flow" => flow.name.clone())

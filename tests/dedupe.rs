@@ -101,7 +101,9 @@ fn dedupe_entries_expire_by_event_time_with_changelog_tombstones() {
     let (live, expired, per_id) = loop {
         let (live, expired, per_id) = dedupe();
         // A 10 minute window holds about a fifth of the ids; all the others expire.
-        if live < sent.valid_events / 2 || started.elapsed() > Duration::from_secs(60) {
+        // A liveness bound, not a timing: in a loaded full run a trickle's few entries per
+        // commit sweep the minimum slice of the many small bundles the first load made.
+        if live < sent.valid_events / 2 || started.elapsed() > Duration::from_secs(240) {
             break (live, expired, per_id);
         }
         setup.load_at(200, 100, 0.0, 0.0, 0.0, seed, 1_000);

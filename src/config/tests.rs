@@ -23,6 +23,8 @@ fn defaults_match_kafka_streams_names_and_values() {
     assert_eq!(cfg.state_dir, PathBuf::from("/var/lib/tally"));
     assert_eq!(cfg.dedupe_retention, Duration::from_secs(7 * 86400));
     assert_eq!(cfg.http.listen.to_string(), "127.0.0.1:9464");
+    // statestore.cache.max.bytes: 10 MiB.
+    assert_eq!(cfg.statestore_cache_max_bytes, 10 * 1024 * 1024);
     assert_eq!(
         cfg.flows[0].changelog_topic(&cfg.application_id),
         "tally-inventory-inventory-changelog"
@@ -35,9 +37,11 @@ fn env_overrides_win_and_are_typed() {
         "TALLY_COMMIT_INTERVAL_MS" => Some("250".to_string()),
         "TALLY_PROCESSING_GUARANTEE" => Some("at_least_once".to_string()),
         "TALLY_HTTP_LISTEN" => Some("127.0.0.1:1".to_string()),
+        "TALLY_STATESTORE_CACHE_MAX_BYTES" => Some("0".to_string()),
         _ => None,
     };
     let cfg = Config::from_toml(MINIMAL, env).unwrap();
+    assert_eq!(cfg.statestore_cache_max_bytes, 0);
     assert_eq!(cfg.commit_interval_ms, 250);
     assert_eq!(cfg.processing_guarantee, ProcessingGuarantee::AtLeastOnce);
     assert_eq!(cfg.http.listen.port(), 1);

@@ -178,23 +178,27 @@ impl Engine {
         };
         self.stores
             .insert((flow.name.clone(), partition), store.clone());
+        let cache = self.cache_bytes_per_task();
+        let writer = self.writer.clone();
         let task: Box<dyn TaskOps> = match flow.kind {
             FlowKind::Inventory => Box::new(Task::<Inventory>::new(
-                flow,
-                partition,
-                store,
-                self.writer.clone(),
+                flow, partition, store, writer, cache,
             )),
-            FlowKind::Ledger => Box::new(Task::<Ledger>::new(
-                flow,
-                partition,
-                store,
-                self.writer.clone(),
-            )),
+            FlowKind::Ledger => {
+                Box::new(Task::<Ledger>::new(flow, partition, store, writer, cache))
+            }
         };
         self.tasks.insert((flow_idx, partition), task);
         self.start_restore(flow_idx, partition);
         Ok(())
+    }
+
+    /// A task's share of `statestore_cache_max_bytes`: the budget split over every input
+    /// partition of every flow, so an instance that owns them all keeps to it.
+    fn cache_bytes_per_task(&self) -> usize {
+        let partitions: u64 = self.flows.iter().map(|f| f.partitions.max(0) as u64).sum();
+        let share = self.cfg.statestore_cache_max_bytes / partitions.max(1);
+        usize::try_from(share).unwrap_or(usize::MAX)
     }
 
     /// Forgets a partition this instance no longer owns.

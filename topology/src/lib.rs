@@ -10,6 +10,7 @@ pub mod inventory;
 pub mod ledger;
 pub mod partitioner;
 pub mod projection;
+pub mod small_map;
 pub mod time;
 pub mod upcast;
 
@@ -26,3 +27,4 @@ pub use json::rendered_source;
 pub use ledger::{Amounts, Balance, EntryType, Ledger, LedgerEvent};
 pub use partitioner::Partitioner;
 pub use projection::{FlowKind, Projection, SourceRef, StateDecodeError};
+pub use small_map::SmallMap;

@@ -90,6 +90,9 @@ pub trait Projection {
     fn decode_state(bytes: &[u8]) -> Result<Self::State, StateDecodeError>;
     /// The key a state belongs to.
     fn state_key(state: &Self::State) -> &str;
+    /// About how many bytes of memory a decoded state holds, itself and its heap, so a cache
+    /// of states keeps to a budget.
+    fn state_bytes(state: &Self::State) -> usize;
     /// Where the state's last applied event came from.
     fn source(state: &Self::State) -> SourceRef;
     /// Event time of the state's last applied event, for late-event and freshness checks.

@@ -28,7 +28,7 @@ where
             self.hold_output(key, source.offset);
             return Ok(Ok(()));
         }
-        let (mut state, from_batch) = match self.take_state(key)? {
+        let (mut state, taken) = match self.take_state(key)? {
             Some(taken) => taken,
             None => (P::initial(event, source), false),
         };
@@ -39,9 +39,9 @@ where
                 Ok(Ok(()))
             }
             Err(invalid) => {
-                // Taken out of a batch for lookups: it serves them from here now, unchanged and
-                // not sent again.
-                if from_batch {
+                // Taken out of a batch or the cache for lookups: it serves them from here now,
+                // unchanged and not sent again.
+                if taken {
                     let unchanged = Staged {
                         state,
                         dirty: false,
@@ -53,9 +53,9 @@ where
         }
     }
 
-    /// Removes `key`'s newest state from the sealed or a queued batch (lookups find it staged
-    /// from now on, ahead of those batches), else reads it from the store; `true` when it came
-    /// from a batch.
+    /// Removes `key`'s newest state from the sealed or a queued batch, else from the cache
+    /// (lookups find it staged from now on, ahead of those), else reads it from the store;
+    /// `true` when it was removed from somewhere.
     fn take_state(&mut self, key: &str) -> Result<Option<(P::State, bool)>, TaskError> {
         let sealed = self.sealed.iter_mut().map(|s| &mut s.states);
         let queued = self.inflight.iter_mut().rev().map(|i| &mut i.states);
@@ -64,6 +64,9 @@ where
                 return Ok(Some((taken.state, true)));
             }
         }
-        Ok(self.load_state(key)?.map(|s| (s, false)))
+        if let Some(cached) = self.cache.take(key) {
+            return Ok(Some((cached, true)));
+        }
+        Ok(self.read_state(key)?.map(|s| (s, false)))
     }
 }

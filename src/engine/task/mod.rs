@@ -1,6 +1,7 @@
 //! One task per (flow, input partition): decode, validate, dedupe, project, stage.
 //! Staged work reaches Kafka inside the open transaction; the store sees it only after a commit.
 
+mod cache;
 mod fold;
 mod reemit;
 mod repair;
@@ -198,6 +199,8 @@ pub struct Task<P: Projection> {
     buf: Vec<u8>,
     key: Vec<u8>,
     bundle: BundleBuilder,
+    /// Committed states, decoded, for keys that come back before they leave it.
+    cache: cache::StateCache<P::State>,
 }
 
 #[derive(Default)]
@@ -212,8 +215,15 @@ impl<P: Projection> Task<P>
 where
     P::State: Send,
 {
-    /// A task in `Restoring` state over an opened store.
-    pub fn new(flow: Arc<FlowInfo>, partition: i32, store: Store, writer: StoreWriter) -> Self {
+    /// A task in `Restoring` state over an opened store, caching up to `cache_bytes` of
+    /// committed states.
+    pub fn new(
+        flow: Arc<FlowInfo>,
+        partition: i32,
+        store: Store,
+        writer: StoreWriter,
+        cache_bytes: usize,
+    ) -> Self {
         Self {
             flow,
             partition,
@@ -246,6 +256,7 @@ where
             buf: Vec::with_capacity(512),
             key: Vec::with_capacity(64),
             bundle: BundleBuilder::default(),
+            cache: cache::StateCache::new(cache_bytes),
         }
     }
 
@@ -295,13 +306,21 @@ where
     }
 
     /// The state of `key` before this batch: the sealed batch, else the newest batch still on
-    /// its way to the store, else the store.
+    /// its way to the store, else the cache of committed states, else the store.
     fn load_state(&self, key: &str) -> Result<Option<P::State>, TaskError> {
         let sealed = self.sealed.iter().map(|s| &s.states);
         let queued = self.inflight.iter().rev().map(|i| &i.states);
         if let Some(s) = sealed.chain(queued).find_map(|states| states.get(key)) {
             return Ok(Some(s.state.clone()));
         }
+        if let Some(s) = self.cache.get(key) {
+            return Ok(Some(s.clone()));
+        }
+        self.read_state(key)
+    }
+
+    /// The state of `key` in the store.
+    fn read_state(&self, key: &str) -> Result<Option<P::State>, TaskError> {
         let Some(bytes) = self
             .store
             .state(key.as_bytes())
@@ -366,6 +385,14 @@ where
         match &self.sealed {
             Some(s) => (s.next, s.control_next),
             None => (self.committed, self.control_committed),
+        }
+    }
+
+    /// The states of a batch now in the store join the cache, newest version of each key last.
+    fn retire(&mut self, states: StagedStates<P::State>) {
+        for (key, staged) in states {
+            let bytes = P::state_bytes(&staged.state);
+            self.cache.put(key, staged.state, bytes);
         }
     }
 
@@ -523,6 +550,7 @@ where
     fn settle(&mut self) -> Result<(), TaskError> {
         while let Some(i) = self.inflight.pop_front() {
             i.pending.wait().map_err(|e| self.store_err(e))?;
+            self.retire(i.states);
         }
         Ok(())
     }
@@ -533,6 +561,7 @@ where
             tracing::error!(error = %e, "writing a committed batch failed; the restore rebuilds it");
         }
         self.drop_staged();
+        self.cache.clear();
         self.sealed = None;
         self.reemits.reset(0, None);
         self.counts = Counts::default();

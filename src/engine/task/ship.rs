@@ -202,8 +202,11 @@ where
                 None if self.inflight.len() >= MAX_INFLIGHT => front.pending.wait(),
                 None => break,
             };
-            self.inflight.pop_front();
+            let written = self.inflight.pop_front();
             done.map_err(|e| self.store_err(e))?;
+            if let Some(batch) = written {
+                self.retire(batch.states);
+            }
         }
         // Nothing is shipped while a commit runs, so every delivered record belongs to it.
         let delivered = offsets.next_offset(&self.flow.changelog, self.partition);
@@ -229,6 +232,8 @@ where
         self.control_committed = sealed.control_next;
         let c = sealed.counts;
         metrics::record_commit(&self.flow, c.applied, c.duplicates, &c.dead, &c.timestamps);
+        let (hits, misses) = self.cache.take_counts();
+        metrics::record_state_cache(&self.flow, hits, misses);
         Ok(())
     }
 

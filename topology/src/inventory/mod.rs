@@ -6,13 +6,12 @@ mod render;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
-
 pub use event::{Bucket, InventoryEvent, Operation};
 
 use crate::codec::{self, Fingerprint};
 use crate::error::Invalid;
 use crate::projection::{FlowKind, Projection, SourceRef, StateDecodeError};
+use crate::small_map::SmallMap;
 
 /// Quantities of the three buckets at one location.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bincode::Encode, bincode::Decode)]
@@ -43,7 +42,7 @@ impl Buckets {
 #[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
 pub struct Availability {
     pub sku: String,
-    pub locations: BTreeMap<String, Buckets>,
+    pub locations: SmallMap<Buckets>,
     pub events_applied: u64,
     pub last_event_id: String,
     pub last_event_time_ms: i64,
@@ -108,7 +107,7 @@ impl Projection for Inventory {
     fn initial(ev: &InventoryEvent, source: SourceRef) -> Availability {
         Availability {
             sku: ev.sku.clone(),
-            locations: BTreeMap::new(),
+            locations: SmallMap::new(),
             events_applied: 0,
             last_event_id: String::new(),
             last_event_time_ms: 0,
@@ -187,6 +186,13 @@ impl Projection for Inventory {
 
     fn state_key(state: &Availability) -> &str {
         &state.sku
+    }
+
+    fn state_bytes(state: &Availability) -> usize {
+        std::mem::size_of::<Availability>()
+            + state.sku.capacity()
+            + state.last_event_id.capacity()
+            + state.locations.heap_bytes()
     }
 
     fn source(state: &Availability) -> SourceRef {

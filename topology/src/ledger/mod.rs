@@ -5,14 +5,13 @@ mod event;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
-
 pub use event::{EntryType, LedgerEvent};
 
 use crate::codec::{self, Fingerprint};
 use crate::error::Invalid;
 use crate::json::{int, provenance, raw, string};
 use crate::projection::{FlowKind, Projection, SourceRef, StateDecodeError};
+use crate::small_map::SmallMap;
 
 /// Balances of one currency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bincode::Encode, bincode::Decode)]
@@ -25,7 +24,7 @@ pub struct Amounts {
 #[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
 pub struct Balance {
     pub account_id: String,
-    pub balances: BTreeMap<String, Amounts>,
+    pub balances: SmallMap<Amounts>,
     pub events_applied: u64,
     pub last_event_id: String,
     pub last_event_time_ms: i64,
@@ -79,7 +78,7 @@ impl Projection for Ledger {
     fn initial(ev: &LedgerEvent, source: SourceRef) -> Balance {
         Balance {
             account_id: ev.account_id.clone(),
-            balances: BTreeMap::new(),
+            balances: SmallMap::new(),
             events_applied: 0,
             last_event_id: String::new(),
             last_event_time_ms: 0,
@@ -164,6 +163,13 @@ impl Projection for Ledger {
 
     fn state_key(state: &Balance) -> &str {
         &state.account_id
+    }
+
+    fn state_bytes(state: &Balance) -> usize {
+        std::mem::size_of::<Balance>()
+            + state.account_id.capacity()
+            + state.last_event_id.capacity()
+            + state.balances.heap_bytes()
     }
 
     fn source(state: &Balance) -> SourceRef {
