@@ -6,12 +6,12 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::{assert_trusted, read_all, send, send_bytes, Processor, Setup};
+use common::{assert_trusted, read_all, send, send_bytes, send_to, Processor, Setup};
 use tally::workload::Flow;
 use tally_state::bundle::decode_bundle;
 use tally_state::dedupe::UNKNOWN_OFFSET;
 use tally_state::{ChangelogKey, DedupeEntry, RecordKind};
-use tally_topology::{Inventory, Projection};
+use tally_topology::{Inventory, Partitioner, Projection};
 
 #[test]
 fn duplicates_are_not_double_counted() {
@@ -91,23 +91,38 @@ fn dedupe_entries_expire_by_event_time_with_changelog_tombstones() {
         }
         (ids.len() as u64, tombstones, per_id)
     };
-    let mut seed = 12;
     // Expiry is lazy: each commit sweeps a slice of the store, and entries still in the commit
-    // being made are swept by a later one. A load that ends in one big commit (a rollback makes
-    // one) leaves that commit's expired entries until more input arrives, so a trickle follows.
+    // being made are swept by a later one; it sweeps below the last committed watermark, so a
+    // load that ended in its very first commit has no tombstones until the next one. A trickle
+    // follows, of events two hours past the load: they move the watermark past every bundle of
+    // the load, however a busy host grouped its entries into shipments (a bundle lives as long
+    // as its newest entry, and a late shipment can span the whole load).
     let started = std::time::Instant::now();
-    // Expiry sweeps below the last committed watermark, so a load that ended in its very first
-    // commit has no tombstones until the next one.
+    let mut round = 0u64;
     let (live, expired, per_id) = loop {
         let (live, expired, per_id) = dedupe();
-        // A 10 minute window holds about a fifth of the ids; all the others expire.
-        // A liveness bound, not a timing: in a loaded full run a trickle's few entries per
-        // commit sweep the minimum slice of the many small bundles the first load made.
+        // A liveness bound, not a timing: a trickle's few entries per commit sweep the
+        // minimum slice of the bundles the load made.
         if live < sent.valid_events / 2 || started.elapsed() > Duration::from_secs(240) {
             break (live, expired, per_id);
         }
-        setup.load_at(200, 100, 0.0, 0.0, 0.0, seed, 1_000);
-        seed += 1;
+        for k in 0..4 {
+            let sku = format!("sku-{:06}", (round * 4 + k) % 100);
+            let event = adjust(
+                &format!("late-{round}-{k}"),
+                &sku,
+                1,
+                "2026-06-19T02:00:00Z",
+            );
+            // The partition the loader's partitioner gives the key, as the oracle expects.
+            let partition = Partitioner::default().partition(sku.as_bytes(), 2);
+            send_to(
+                &setup.input,
+                partition,
+                &[(sku.as_bytes(), event.as_bytes())],
+            );
+        }
+        round += 1;
         setup.wait_caught_up(Duration::from_secs(60));
     };
     assert!(expired > 0, "no expiry tombstones");

@@ -468,13 +468,23 @@ pub fn send(topic: &str, records: &[(&str, &str)]) {
 
 /// [`send`] of records that are not text (changelog records).
 pub fn send_bytes(topic: &str, records: &[(&[u8], &[u8])]) {
+    send_to(topic, 0, records);
+}
+
+/// [`send_bytes`] to partition `partition`.
+pub fn send_to(topic: &str, partition: i32, records: &[(&[u8], &[u8])]) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let producer: BaseProducer = tally::kafka::clients::base(bootstrap(), &BTreeMap::new())
         .create()
         .unwrap();
     for (k, v) in records {
         producer
-            .send(BaseRecord::to(topic).partition(0).key(*k).payload(*v))
+            .send(
+                BaseRecord::to(topic)
+                    .partition(partition)
+                    .key(*k)
+                    .payload(*v),
+            )
             .unwrap();
     }
     producer.flush(Duration::from_secs(10)).unwrap();
