@@ -1,9 +1,9 @@
 //! The hot path's fold: an event updates its key's state in place, the state taken from the
-//! newest batch holding it (or read from the store), never copied.
+//! newest batch holding it, the cache or the store, never copied; written batches feed the cache.
 
 use tally_topology::{Invalid, Projection, SourceRef};
 
-use super::{Staged, Task, TaskError};
+use super::{Staged, StagedStates, Task, TaskError};
 
 impl<P: Projection> Task<P>
 where
@@ -68,5 +68,32 @@ where
             return Ok(Some((cached, true)));
         }
         Ok(self.read_state(key)?.map(|s| (s, false)))
+    }
+
+    /// The state of `key` in the store.
+    pub(super) fn read_state(&self, key: &str) -> Result<Option<P::State>, TaskError> {
+        let Some(bytes) = self
+            .store
+            .state(key.as_bytes())
+            .map_err(|e| self.store_err(e))?
+        else {
+            return Ok(None);
+        };
+        P::decode_state(&bytes)
+            .map(Some)
+            .map_err(|e| TaskError::State {
+                flow: self.flow.name.clone(),
+                partition: self.partition,
+                key: key.to_string(),
+                message: e.to_string(),
+            })
+    }
+
+    /// The states of a batch now in the store join the cache, newest version of each key last.
+    pub(super) fn retire(&mut self, states: StagedStates<P::State>) {
+        for (key, staged) in states {
+            let bytes = P::state_bytes(&staged.state);
+            self.cache.put(key, staged.state, bytes);
+        }
     }
 }

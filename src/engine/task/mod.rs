@@ -319,25 +319,6 @@ where
         self.read_state(key)
     }
 
-    /// The state of `key` in the store.
-    fn read_state(&self, key: &str) -> Result<Option<P::State>, TaskError> {
-        let Some(bytes) = self
-            .store
-            .state(key.as_bytes())
-            .map_err(|e| self.store_err(e))?
-        else {
-            return Ok(None);
-        };
-        P::decode_state(&bytes)
-            .map(Some)
-            .map_err(|e| TaskError::State {
-                flow: self.flow.name.clone(),
-                partition: self.partition,
-                key: key.to_string(),
-                message: e.to_string(),
-            })
-    }
-
     /// The id's dedupe entry, unless it is outside the retention window: expiry depends on the
     /// log alone (the watermark), never on when the background expiry scan got to the entry.
     fn applied_before(&self, event_id: &str) -> Result<Option<DedupeEntry>, TaskError> {
@@ -385,14 +366,6 @@ where
         match &self.sealed {
             Some(s) => (s.next, s.control_next),
             None => (self.committed, self.control_committed),
-        }
-    }
-
-    /// The states of a batch now in the store join the cache, newest version of each key last.
-    fn retire(&mut self, states: StagedStates<P::State>) {
-        for (key, staged) in states {
-            let bytes = P::state_bytes(&staged.state);
-            self.cache.put(key, staged.state, bytes);
         }
     }
 
