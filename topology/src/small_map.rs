@@ -76,11 +76,6 @@ impl<V> SmallMap<V> {
         self.0.iter().map(|(k, v)| (k.as_str(), v))
     }
 
-    /// Names in order.
-    pub fn keys(&self) -> impl ExactSizeIterator<Item = &str> + DoubleEndedIterator {
-        self.0.iter().map(|(k, _)| k.as_str())
-    }
-
     /// Values in name order.
     pub fn values(&self) -> impl ExactSizeIterator<Item = &V> + DoubleEndedIterator {
         self.0.iter().map(|(_, v)| v)
@@ -133,13 +128,9 @@ impl<V: Encode> Encode for SmallMap<V> {
 
 impl<Ctx, V: Decode<Ctx>> Decode<Ctx> for SmallMap<V> {
     fn decode<D: Decoder<Context = Ctx>>(decoder: &mut D) -> Result<Self, DecodeError> {
-        let v = Vec::<(String, V)>::decode(decoder)?;
-        // What tally wrote is in order; anything else is read as a map would read it.
-        Ok(if strictly_sorted(&v) {
-            Self(v)
-        } else {
-            v.into_iter().collect()
-        })
+        // What tally wrote is in order and kept as it is; anything else is read as a map would
+        // read it (the collect sorts only what is out of order, in place).
+        Ok(Vec::<(String, V)>::decode(decoder)?.into_iter().collect())
     }
 }
 
