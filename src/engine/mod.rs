@@ -240,6 +240,11 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether a task is restoring (or restored and waiting for its activation).
+    fn restoring(&self) -> bool {
+        self.tasks.values().any(|t| t.status() == Status::Restoring)
+    }
+
     fn staged(&self) -> usize {
         self.tasks.values().map(|t| t.staged()).sum()
     }
@@ -330,6 +335,9 @@ pub fn run(
                 if e.committing() {
                     // The end of a commit is noticed between polls.
                     COMMIT_CHECK
+                } else if e.restoring() {
+                    // So is the end of a restore: its partition is activated at the next turn.
+                    RESTORE_CHECK
                 } else {
                     e.next_commit.saturating_duration_since(Instant::now())
                 }
@@ -423,6 +431,10 @@ const SLOW_TURN: Duration = Duration::from_millis(25);
 /// How long a poll waits for input while a commit runs, before it looks whether the commit
 /// ended (the committer thread cannot wake a poll).
 const COMMIT_CHECK: Duration = Duration::from_millis(2);
+
+/// How long a poll waits for input while a restore runs, before it looks whether the restore
+/// ended (a partition restored waited up to 100 ms for its activation otherwise).
+const RESTORE_CHECK: Duration = Duration::from_millis(5);
 
 /// Where the poll loop's time goes, logged at debug level every few seconds: waiting for input,
 /// processing it, shipping, committing.

@@ -16,8 +16,6 @@ use tally_state::{Checkpoint, CommitMetadata, RestoreBatch, Store};
 use super::{FastHash, FlowInfo};
 use crate::kafka::clients;
 
-/// Records per restored chunk, each followed by a checkpoint.
-const CHUNK: usize = tally_state::RESTORE_CHUNK;
 /// Restores that read their changelog at once: restoring is CPU-bound (sled inserts), so more
 /// threads than cores only add memory (a fetch queue and a chunk each) and contention.
 const CONCURRENT_RESTORES: usize = 2;
@@ -87,27 +85,32 @@ impl RestoreJob {
         let name = format!("restore-{}-{}", self.flow.name, self.partition);
         let spawned = std::thread::Builder::new().name(name).spawn(move || {
             let (flow, partition, epoch) = (self.flow.idx, self.partition, self.epoch);
-            let result = self.run().map_err(|e| e.to_string());
+            let reader = clients::quiet_reader(&self.bootstrap, &self.passthrough, &self.group);
+            let result = match &reader {
+                Ok(consumer) => self.run(consumer).map_err(|e| e.to_string()),
+                Err(e) => Err(RestoreError::from(e.clone()).to_string()),
+            };
             let _ = done.send(RestoreDone {
                 flow,
                 partition,
                 epoch,
                 result,
             });
+            // Closing a client takes ~100 ms, which the restored partition does not wait for.
+            drop(reader);
         });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot spawn a restore thread");
         }
     }
 
-    fn run(self) -> Result<Restored, RestoreError> {
+    fn run(self, consumer: &BaseConsumer<clients::Quiet>) -> Result<Restored, RestoreError> {
         let started = Instant::now();
-        let consumer = clients::quiet_reader(&self.bootstrap, &self.passthrough, &self.group)?;
-        let (committed, metadata) = self.committed_input(&consumer)?;
+        let (committed, metadata) = self.committed_input(consumer)?;
         let committed_watermark = metadata.map(|m| m.watermark_ms);
         // The committed offset stands for changelog records up to here, readable or not yet.
         let required = metadata.and_then(|m| m.changelog_end).unwrap_or(0);
-        let ahead = self.ahead(&consumer, committed, metadata)?;
+        let ahead = self.ahead(consumer, committed, metadata)?;
         let (low, high) = consumer.fetch_watermarks(
             &self.flow.changelog,
             self.partition,
@@ -150,9 +153,8 @@ impl RestoreJob {
             let expired_below = committed_watermark
                 .filter(|w| full && *w != i64::MIN)
                 .map(|w| w.saturating_sub(self.flow.dedupe_retention_ms));
-            let new_chunk =
-                || expired_below.map_or_else(RestoreBatch::default, RestoreBatch::into_empty_store);
-            let mut chunk = new_chunk();
+            let mut chunk =
+                expired_below.map_or_else(RestoreBatch::default, RestoreBatch::into_empty_store);
             let mut eof_at: Option<Instant> = None;
             let mut waiting_logged = Instant::now();
             // Committed records are not read yet: at the end of what is readable
@@ -175,7 +177,7 @@ impl RestoreJob {
                     None => continue,
                     Some(Err(KafkaError::PartitionEOF(_))) => {
                         // Past records compaction removed, the position is ahead of `next`.
-                        let at = next.max(self.position(&consumer)?);
+                        let at = next.max(self.position(consumer)?);
                         missing = at < required;
                         if !missing && at >= high {
                             break;
@@ -189,7 +191,7 @@ impl RestoreJob {
                         next = m.offset() + 1;
                         missing = next < required;
                         chunk.push(m.key().unwrap_or_default(), m.payload());
-                        if chunk.len() >= CHUNK {
+                        if chunk.is_full() {
                             watermark =
                                 watermark.max(chunk.max_event_time_ms().unwrap_or(i64::MIN));
                             chunk.checkpoint = Checkpoint {
@@ -197,8 +199,7 @@ impl RestoreJob {
                                 changelog_offset: next,
                                 watermark_ms: watermark,
                             };
-                            self.store
-                                .restore(std::mem::replace(&mut chunk, new_chunk()))?;
+                            self.store.restore(&mut chunk)?;
                         }
                     }
                 }
@@ -209,7 +210,7 @@ impl RestoreJob {
                 changelog_offset: next.max(from),
                 watermark_ms: committed_watermark.unwrap_or(watermark),
             };
-            self.store.restore(chunk)?;
+            self.store.restore(&mut chunk)?;
         } else {
             let mut chunk = RestoreBatch::default();
             chunk.checkpoint = Checkpoint {
@@ -217,7 +218,7 @@ impl RestoreJob {
                 changelog_offset: from,
                 watermark_ms: committed_watermark.unwrap_or(watermark),
             };
-            self.store.restore(chunk)?;
+            self.store.restore(&mut chunk)?;
         }
         crate::metrics::record_restore(&self.flow, records);
         tracing::info!(flow = %self.flow.name, partition = self.partition, records, full,

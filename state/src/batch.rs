@@ -13,10 +13,10 @@ use crate::writes::Writes;
 /// records (an older tally's): while it is set, their expiry sends per-id tombstones too.
 pub(crate) const LEGACY_KEY: &[u8] = b"m/legacy-dedupe";
 
-/// Changelog records per restore chunk, each followed by a checkpoint. Each key is written once
-/// per chunk, so a large chunk skips repeated writes of hot keys in a changelog not yet
-/// compacted (+8% records/s over 1,000 on the end-to-end benchmark), for ~3 MiB held at once.
-pub const RESTORE_CHUNK: usize = 32_768;
+/// Bytes a restore chunk holds before it is applied, each chunk followed by a checkpoint. A
+/// chunk keeps one write per key, so hot keys of a changelog not yet compacted cost neither
+/// memory nor repeated sled inserts; a larger chunk spares more of them.
+pub const RESTORE_CHUNK_BYTES: usize = 8 << 20;
 
 /// The writes of one committed transaction, then its checkpoint.
 #[derive(Default)]
@@ -72,8 +72,7 @@ impl CommitBatch {
 }
 
 /// A chunk of changelog records read during restore, with the checkpoint reached after it.
-/// Records are copied once, into one buffer, and applied in log order (the last value per key
-/// wins).
+/// Records are copied once, into one buffer, and the last value per key wins.
 #[derive(Default)]
 pub struct RestoreBatch {
     pub(crate) writes: Writes,
@@ -161,6 +160,23 @@ impl RestoreBatch {
     /// Number of records pushed (written or left out).
     pub fn len(&self) -> usize {
         self.records
+    }
+
+    /// Whether the chunk holds [`RESTORE_CHUNK_BYTES`] and is due to be applied.
+    pub fn is_full(&self) -> bool {
+        self.writes.bytes() + self.dedupe.bytes() >= RESTORE_CHUNK_BYTES
+    }
+
+    /// Empties the chunk for the next records, keeping its buffers and the bound of
+    /// [`RestoreBatch::into_empty_store`].
+    pub(crate) fn clear(&mut self) {
+        self.writes.clear();
+        self.dedupe.clear();
+        self.records = 0;
+        self.max_event_time_ms = None;
+        self.legacy_max = None;
+        self.invalid = None;
+        self.checkpoint = Checkpoint::default();
     }
 
     /// Whether no record was pushed.

@@ -226,13 +226,13 @@ impl Store {
     /// Writes one committed batch: its state rows and dedupe changes, then the checkpoint. A
     /// crash in between leaves rows newer than the checkpoint, which a restore from that
     /// checkpoint overwrites with the same values.
-    pub fn commit(&self, batch: CommitBatch) -> Result<(), StateError> {
+    pub fn commit(&self, mut batch: CommitBatch) -> Result<(), StateError> {
         let reaches = batch.checkpoint.map(|cp| cp.changelog_offset);
         self.dedupe.apply(batch.dedupe.iter(), reaches)?;
         if let Some(t) = batch.oldest_bundle {
             self.bundles_sweep().written(t);
         }
-        batch.writes.apply_last_per_key(&self.db)?;
+        batch.writes.apply(&self.db)?;
         if let Some(cp) = batch.checkpoint {
             self.db.insert(CHECKPOINT_KEY, &cp.encode())?;
         }
@@ -312,20 +312,22 @@ impl Store {
         self.bundles.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies one chunk of changelog records (last value per key wins) and its checkpoint.
-    pub fn restore(&self, chunk: RestoreBatch) -> Result<(), StateError> {
-        if let Some(e) = chunk.invalid {
+    /// Applies one chunk of changelog records (last value per key wins) and its checkpoint,
+    /// and empties the chunk for the next records (its buffers stay allocated).
+    pub fn restore(&self, chunk: &mut RestoreBatch) -> Result<(), StateError> {
+        if let Some(e) = chunk.invalid.take() {
             return Err(e);
         }
         self.dedupe.forget_expiry();
         self.bundles_sweep().forget();
         self.dedupe
             .apply(chunk.dedupe.iter(), Some(chunk.checkpoint.changelog_offset))?;
-        chunk.writes.apply_last_per_key(&self.db)?;
+        chunk.writes.apply(&self.db)?;
         if let Some(newest) = chunk.legacy_max {
             self.mark_legacy(newest)?;
         }
         self.db.insert(CHECKPOINT_KEY, &chunk.checkpoint.encode())?;
+        chunk.clear();
         Ok(())
     }
 

@@ -50,7 +50,7 @@ fn restore(store: &Store, mut chunk: RestoreBatch, records: &[(&[u8], Option<&[u
         changelog_offset: records.len() as i64,
         watermark_ms: 0,
     };
-    store.restore(chunk).unwrap();
+    store.restore(&mut chunk).unwrap();
 }
 
 fn commit_bundle(store: &Store, entries: &[(&str, i64)]) -> Vec<u8> {
@@ -167,7 +167,7 @@ fn a_damaged_bundle_refuses_its_restore_chunk() {
     let mut chunk = RestoreBatch::default();
     chunk.push(&key, Some(&value[..value.len() - 1]));
     assert!(matches!(
-        store.restore(chunk),
+        store.restore(&mut chunk),
         Err(StateError::Corrupt {
             what: "dedupe bundle",
             ..

@@ -58,7 +58,7 @@ fn an_entry_restored_after_a_sweep_is_found() {
         &ChangelogKey::encode(RecordKind::Dedupe, b"old"),
         Some(&entry(10).encode()),
     );
-    store.restore(chunk).unwrap();
+    store.restore(&mut chunk).unwrap();
     assert_eq!(sweep(&store, 50), ["old"]);
 }
 

@@ -234,6 +234,18 @@ impl Changes {
         self.ops.push((start..self.ids.len(), entry));
     }
 
+    /// Bytes the staged changes hold, for bounding a restore chunk.
+    pub(crate) fn bytes(&self) -> usize {
+        self.ids.len()
+            + self.ops.len() * std::mem::size_of::<(std::ops::Range<usize>, Option<DedupeEntry>)>()
+    }
+
+    /// Forgets every staged change, keeping the buffers.
+    pub(crate) fn clear(&mut self) {
+        self.ids.clear();
+        self.ops.clear();
+    }
+
     /// The staged changes, in order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], Option<DedupeEntry>)> + Clone {
         self.ops.iter().map(|(r, e)| (&self.ids[r.clone()], *e))
