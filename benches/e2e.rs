@@ -48,6 +48,8 @@ struct Report {
     restore_seconds: f64,
     restore_records_per_sec: f64,
     peak_rss_mib_exactly_once: f64,
+    /// Peak RSS of the process that restored every store from empty.
+    peak_rss_mib_restore: f64,
     state_dir_mib: f64,
     keys_materialized: u64,
     latency_rate_events_per_sec: u64,
@@ -213,6 +215,7 @@ fn main() {
             let mut child = start(&config, &work.join("restore.log"));
             wait_ready(port, partitions as usize);
             report.restore_seconds = started.elapsed().as_secs_f64();
+            report.peak_rss_mib_restore = peak_rss_mib(child.id());
             report.restore_records = metric(port, "tally_restore_records_total") as u64;
             report.restore_records_per_sec = report.restore_records as f64 / report.restore_seconds;
             eprintln!(

@@ -220,7 +220,7 @@ pub fn write_reports(r: &Report) {
 | raw passthrough writing 2 records per event (tally's volume: state, output; dedupe entries in one bundle per shipment) | {:.0} events/s |\n\
 | tally exactly_once | {:.0} events/s ({:.0}% of raw, {:.0}% of raw x2) |\n\
 | tally at_least_once | {:.0} events/s ({:.0}% of raw, {:.0}% of raw x2) |\n\
-| full restore | {} records in {:.2} s = {:.0} records/s |\n\
+| full restore | {} records in {:.2} s = {:.0} records/s, peak RSS {:.0} MiB |\n\
 | peak RSS (exactly_once) | {:.0} MiB |\n\
 | state dir on disk | {:.0} MiB |\n\
 | end-to-end latency at {} events/s, raw passthrough (the floor) | p50 {:.0} ms, p99 {:.0} ms, p999 {:.0} ms (warm-up max {:.0} ms) |\n\
@@ -237,7 +237,7 @@ pub fn write_reports(r: &Report) {
         r.load_events_per_sec, r.raw_passthrough_events_per_sec, r.raw_passthrough_2_records_events_per_sec,
         r.exactly_once_events_per_sec, r.exactly_once_ratio_to_raw * 100.0, 100.0 * r.exactly_once_events_per_sec / r.raw_passthrough_2_records_events_per_sec,
         r.at_least_once_events_per_sec, r.at_least_once_ratio_to_raw * 100.0, 100.0 * r.at_least_once_events_per_sec / r.raw_passthrough_2_records_events_per_sec,
-        r.restore_records, r.restore_seconds, r.restore_records_per_sec,
+        r.restore_records, r.restore_seconds, r.restore_records_per_sec, r.peak_rss_mib_restore,
         r.peak_rss_mib_exactly_once, r.state_dir_mib,
         r.latency_rate_events_per_sec, r.raw_latency_ms.p50, r.raw_latency_ms.p99, r.raw_latency_ms.p999, r.raw_latency_ms.warmup_max,
         r.latency_rate_events_per_sec, r.exactly_once_latency_ms.p50, r.exactly_once_latency_ms.p99, r.exactly_once_latency_ms.p999, r.exactly_once_latency_ms.warmup_max,

@@ -16,8 +16,9 @@ use tally_state::{Checkpoint, CommitMetadata, RestoreBatch, Store};
 use super::{FastHash, FlowInfo};
 use crate::kafka::clients;
 
-/// Restores that read their changelog at once: restoring is CPU-bound (sled inserts), so more
-/// threads than cores only add memory (a fetch queue and a chunk each) and contention.
+/// Restores that run at once: restoring is CPU-bound (sled inserts), so more threads than cores
+/// only add memory (a fetch queue and a chunk each, and the allocator's pages of each thread:
+/// four threads, two of them reading at a time, peaked 60-90 MiB higher than two) and contention.
 const CONCURRENT_RESTORES: usize = 2;
 /// How long end-of-partition below the high watermark may stay unexplained before restore
 /// accepts it (the tail is then transaction markers or aborted records), once it read every
@@ -80,28 +81,32 @@ pub struct Restored {
 }
 
 impl RestoreJob {
-    /// Runs the restore on a new thread and reports on `done`.
+    /// Queues the restore for the restore threads, which report on `done`.
     pub fn spawn(self, done: Sender<RestoreDone>) {
-        let name = format!("restore-{}-{}", self.flow.name, self.partition);
-        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        pool::submit(Box::new(move |readers: &mut pool::Readers| {
             let (flow, partition, epoch) = (self.flow.idx, self.partition, self.epoch);
-            let reader = clients::quiet_reader(&self.bootstrap, &self.passthrough, &self.group);
-            let result = match &reader {
-                Ok(consumer) => self.run(consumer).map_err(|e| e.to_string()),
-                Err(e) => Err(RestoreError::from(e.clone()).to_string()),
+            let result = if self.cancel.load(Ordering::Acquire) {
+                Err(RestoreError::Cancelled)
+            } else {
+                readers
+                    .get(&self.bootstrap, &self.passthrough, &self.group)
+                    .map_err(RestoreError::from)
+                    .and_then(|consumer| {
+                        let restored = self.run(consumer);
+                        // An idle reader fetches nothing more.
+                        if let Err(e) = consumer.unassign() {
+                            tracing::warn!(error = %e, "cannot unassign a restore reader");
+                        }
+                        restored
+                    })
             };
             let _ = done.send(RestoreDone {
                 flow,
                 partition,
                 epoch,
-                result,
+                result: result.map_err(|e| e.to_string()),
             });
-            // Closing a client takes ~100 ms, which the restored partition does not wait for.
-            drop(reader);
-        });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot spawn a restore thread");
-        }
+        }));
     }
 
     fn run(self, consumer: &BaseConsumer<clients::Quiet>) -> Result<Restored, RestoreError> {
@@ -141,9 +146,6 @@ impl RestoreJob {
         let mut watermark = cp.filter(|_| !full).map_or(i64::MIN, |c| c.watermark_ms);
         let mut next = from;
         let mut records = 0u64;
-        let _permit = (from < end)
-            .then(|| permits::acquire(&self.cancel))
-            .transpose()?;
         if from < end {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&self.flow.changelog, self.partition, Offset::Offset(from))?;
@@ -175,6 +177,11 @@ impl RestoreJob {
                     }
                     None if eof_at.is_some_and(|t| t.elapsed() > SETTLE) => break,
                     None => continue,
+                    // The reader read another partition before (its outputs, or another
+                    // restore's changelog): nothing of it counts here.
+                    Some(Ok(m))
+                        if m.partition() != self.partition || m.topic() != self.flow.changelog => {}
+                    Some(Err(KafkaError::PartitionEOF(p))) if p != self.partition => {}
                     Some(Err(KafkaError::PartitionEOF(_))) => {
                         // Past records compaction removed, the position is ahead of `next`.
                         let at = next.max(self.position(consumer)?);
@@ -288,6 +295,10 @@ impl RestoreJob {
             }
             match consumer.poll(Duration::from_millis(100)) {
                 None => continue,
+                // Left from the reader's previous restore.
+                Some(Ok(m)) if m.partition() != self.partition || m.topic() != self.flow.output => {
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) if p != self.partition => {}
                 Some(Err(KafkaError::PartitionEOF(_))) => return Ok(keys),
                 Some(Err(e)) => return Err(e.into()),
                 Some(Ok(m)) => {
@@ -362,59 +373,120 @@ pub enum RestoreError {
     Cancelled,
 }
 
-/// A counting semaphore bounding [`CONCURRENT_RESTORES`] across every task of the process.
-mod permits {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Condvar, Mutex};
-    use std::time::Duration;
+/// The restore threads: [`CONCURRENT_RESTORES`] of them, started on the first restore, each with
+/// a reader it keeps between restores. A thread (and a new client) per restore left the
+/// allocator's partly used pages of a dozen exited threads behind.
+mod pool {
+    use std::collections::{BTreeMap, VecDeque};
+    use std::sync::{Condvar, Mutex, MutexGuard};
 
-    static IN_USE: Mutex<usize> = Mutex::new(0);
-    static FREED: Condvar = Condvar::new();
+    use rdkafka::consumer::BaseConsumer;
 
-    /// Held while a restore reads its changelog; dropping it lets the next restore start.
-    pub struct Permit;
+    use crate::kafka::clients;
 
-    /// Waits for a free permit, or fails when the restore is cancelled meanwhile.
-    pub fn acquire(cancel: &AtomicBool) -> Result<Permit, super::RestoreError> {
-        let mut n = IN_USE.lock().unwrap_or_else(|p| p.into_inner());
-        while *n >= super::CONCURRENT_RESTORES {
-            if cancel.load(Ordering::Acquire) {
-                return Err(super::RestoreError::Cancelled);
-            }
-            n = FREED
-                .wait_timeout(n, Duration::from_millis(100))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        *n += 1;
-        Ok(Permit)
+    /// A queued restore, run with the thread's readers.
+    pub type Job = Box<dyn FnOnce(&mut Readers) + Send>;
+
+    /// The queue and how many threads serve it.
+    static QUEUE: Mutex<(VecDeque<Job>, usize)> = Mutex::new((VecDeque::new(), 0));
+    static QUEUED: Condvar = Condvar::new();
+
+    fn queue() -> MutexGuard<'static, (VecDeque<Job>, usize)> {
+        QUEUE.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    impl Drop for Permit {
-        fn drop(&mut self) {
-            let mut n = IN_USE.lock().unwrap_or_else(|p| p.into_inner());
-            *n -= 1;
-            FREED.notify_one();
+    /// Queues `job`, starting a thread while fewer than the limit run.
+    pub fn submit(job: Job) {
+        let mut q = queue();
+        q.0.push_back(job);
+        if q.1 < super::CONCURRENT_RESTORES {
+            let n = q.1;
+            match std::thread::Builder::new()
+                .name(format!("restore-{n}"))
+                .spawn(serve)
+            {
+                Ok(_) => q.1 += 1,
+                Err(e) => tracing::error!(error = %e, "cannot spawn a restore thread"),
+            }
+        }
+        QUEUED.notify_one();
+    }
+
+    fn serve() {
+        let mut readers = Readers::default();
+        loop {
+            let job = {
+                let mut q = queue();
+                loop {
+                    match q.0.pop_front() {
+                        Some(job) => break job,
+                        None => q = QUEUED.wait(q).unwrap_or_else(|p| p.into_inner()),
+                    }
+                }
+            };
+            job(&mut readers);
+        }
+    }
+
+    /// A thread's reader, kept for the next restore of the same cluster and group.
+    #[derive(Default)]
+    pub struct Readers {
+        current: Option<(String, BTreeMap<String, String>, String)>,
+        reader: Option<BaseConsumer<clients::Quiet>>,
+    }
+
+    impl Readers {
+        /// The reader for `bootstrap` and `group`, created on first use.
+        pub fn get(
+            &mut self,
+            bootstrap: &str,
+            passthrough: &BTreeMap<String, String>,
+            group: &str,
+        ) -> rdkafka::error::KafkaResult<&BaseConsumer<clients::Quiet>> {
+            let same = self.current.as_ref().is_some_and(|(b, p, g)| {
+                (b.as_str(), p, g.as_str()) == (bootstrap, passthrough, group)
+            });
+            if !same {
+                self.reader = None;
+            }
+            let reader = match self.reader.take() {
+                Some(reader) => reader,
+                None => clients::quiet_reader(bootstrap, passthrough, group)?,
+            };
+            self.current = Some((bootstrap.into(), passthrough.clone(), group.into()));
+            Ok(self.reader.insert(reader))
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
-    fn restores_beyond_the_limit_wait_and_a_cancelled_one_gives_up() {
-        let go = AtomicBool::new(false);
-        let held: Vec<_> = (0..CONCURRENT_RESTORES)
-            .map(|_| permits::acquire(&go).expect("a free permit"))
-            .collect();
-        let cancelled = AtomicBool::new(true);
-        assert!(matches!(
-            permits::acquire(&cancelled),
-            Err(RestoreError::Cancelled)
-        ));
-        drop(held);
-        assert!(permits::acquire(&cancelled).is_ok());
+    fn restores_beyond_the_limit_wait_for_a_thread_and_all_run() {
+        let (done, finished) = std::sync::mpsc::channel();
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let jobs = CONCURRENT_RESTORES + 3;
+        for _ in 0..jobs {
+            let (done, running, peak) = (done.clone(), Arc::clone(&running), Arc::clone(&peak));
+            pool::submit(Box::new(move |_| {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(20));
+                running.fetch_sub(1, Ordering::SeqCst);
+                let _ = done.send(());
+            }));
+        }
+        for _ in 0..jobs {
+            finished
+                .recv_timeout(Duration::from_secs(10))
+                .expect("every queued restore runs");
+        }
+        assert!(peak.load(Ordering::SeqCst) <= CONCURRENT_RESTORES);
     }
 }
