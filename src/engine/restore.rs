@@ -100,12 +100,17 @@ impl RestoreJob {
                         restored
                     })
             };
+            let failed = result.is_err();
             let _ = done.send(RestoreDone {
                 flow,
                 partition,
                 epoch,
                 result: result.map_err(|e| e.to_string()),
             });
+            if failed {
+                // Its queue may still hold the failure (all brokers down): a retry starts afresh.
+                readers.discard();
+            }
         }));
     }
 
@@ -436,6 +441,11 @@ mod pool {
     }
 
     impl Readers {
+        /// Closes the reader; the next restore creates a new one.
+        pub fn discard(&mut self) {
+            self.reader = None;
+        }
+
         /// The reader for `bootstrap` and `group`, created on first use.
         pub fn get(
             &mut self,
