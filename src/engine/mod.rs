@@ -221,12 +221,8 @@ impl Engine {
     }
 
     fn update_gauges(&self) {
-        let restoring = self
-            .tasks
-            .values()
-            .filter(|t| t.status() == Status::Restoring)
-            .count();
-        self.health.set_partitions(self.tasks.len(), restoring);
+        self.health
+            .set_partitions(self.tasks.len(), self.restoring_tasks());
     }
 
     /// Stages one input record in its task.
@@ -240,9 +236,12 @@ impl Engine {
         Ok(())
     }
 
-    /// Whether a task is restoring (or restored and waiting for its activation).
-    fn restoring(&self) -> bool {
-        self.tasks.values().any(|t| t.status() == Status::Restoring)
+    /// Tasks restoring (or restored and waiting for their activation).
+    fn restoring_tasks(&self) -> usize {
+        self.tasks
+            .values()
+            .filter(|t| t.status() == Status::Restoring)
+            .count()
     }
 
     fn staged(&self) -> usize {
@@ -335,7 +334,7 @@ pub fn run(
                 if e.committing() {
                     // The end of a commit is noticed between polls.
                     COMMIT_CHECK
-                } else if e.restoring() {
+                } else if e.restoring_tasks() > 0 {
                     // So is the end of a restore: its partition is activated at the next turn.
                     RESTORE_CHECK
                 } else {

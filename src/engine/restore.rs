@@ -83,13 +83,12 @@ pub struct Restored {
 impl RestoreJob {
     /// Queues the restore for the restore threads, which report on `done`.
     pub fn spawn(self, done: Sender<RestoreDone>) {
-        pool::submit(Box::new(move |readers: &mut pool::Readers| {
+        pool::submit(Box::new(move |kept: &mut pool::KeptReader| {
             let (flow, partition, epoch) = (self.flow.idx, self.partition, self.epoch);
             let result = if self.cancel.load(Ordering::Acquire) {
                 Err(RestoreError::Cancelled)
             } else {
-                readers
-                    .get(&self.bootstrap, &self.passthrough, &self.group)
+                kept.get(&self.bootstrap, &self.passthrough, &self.group)
                     .map_err(RestoreError::from)
                     .and_then(|consumer| {
                         let restored = self.run(consumer);
@@ -109,7 +108,7 @@ impl RestoreJob {
             });
             if failed {
                 // Its queue may still hold the failure (all brokers down): a retry starts afresh.
-                readers.discard();
+                kept.discard();
             }
         }));
     }
@@ -389,8 +388,8 @@ mod pool {
 
     use crate::kafka::clients;
 
-    /// A queued restore, run with the thread's readers.
-    pub type Job = Box<dyn FnOnce(&mut Readers) + Send>;
+    /// A queued restore, run with the thread's kept reader.
+    pub type Job = Box<dyn FnOnce(&mut KeptReader) + Send>;
 
     /// The queue and how many threads serve it.
     static QUEUE: Mutex<(VecDeque<Job>, usize)> = Mutex::new((VecDeque::new(), 0));
@@ -418,7 +417,7 @@ mod pool {
     }
 
     fn serve() {
-        let mut readers = Readers::default();
+        let mut kept = KeptReader::default();
         loop {
             let job = {
                 let mut q = queue();
@@ -429,18 +428,18 @@ mod pool {
                     }
                 }
             };
-            job(&mut readers);
+            job(&mut kept);
         }
     }
 
     /// A thread's reader, kept for the next restore of the same cluster and group.
     #[derive(Default)]
-    pub struct Readers {
+    pub struct KeptReader {
         current: Option<(String, BTreeMap<String, String>, String)>,
         reader: Option<BaseConsumer<clients::Quiet>>,
     }
 
-    impl Readers {
+    impl KeptReader {
         /// Closes the reader; the next restore creates a new one.
         pub fn discard(&mut self) {
             self.reader = None;

@@ -9,6 +9,10 @@ use hashbrown::HashTable;
 /// A staged write: the key's and (for a put) the value's place in the buffer.
 type Op = (Range<usize>, Option<Range<usize>>);
 
+/// What the index costs per key: its op number and, with the table's spare room and control
+/// bytes, about as much again.
+const INDEX_BYTES_PER_KEY: usize = 2 * std::mem::size_of::<usize>();
+
 /// The last put or remove of each staged key, packed in one buffer. A restore chunk of an
 /// uncompacted changelog repeats hot keys many times: keeping only the last write bounds the
 /// chunk by its distinct keys, and each key costs one sled insert per chunk.
@@ -65,7 +69,7 @@ impl Writes {
     /// Bytes the staged writes hold (keys, values, their places and index), for bounding a
     /// restore chunk.
     pub(crate) fn bytes(&self) -> usize {
-        self.buf.len() + self.ops.len() * (std::mem::size_of::<Op>() + 2 * 8)
+        self.buf.len() + self.ops.len() * (std::mem::size_of::<Op>() + INDEX_BYTES_PER_KEY)
     }
 
     /// Writes each staged key, then forgets them (keeping the buffers for the next batch). Keys

@@ -219,11 +219,14 @@ impl DedupeIndex {
     }
 }
 
+/// A staged change: the id's place in the buffer, and the entry to put (none: remove).
+type StagedChange = (std::ops::Range<usize>, Option<DedupeEntry>);
+
 /// Dedupe puts and removes of one batch, in the order they were staged, packed in one buffer.
 #[derive(Default)]
 pub(crate) struct Changes {
     ids: Vec<u8>,
-    ops: Vec<(std::ops::Range<usize>, Option<DedupeEntry>)>,
+    ops: Vec<StagedChange>,
 }
 
 impl Changes {
@@ -236,8 +239,7 @@ impl Changes {
 
     /// Bytes the staged changes hold, for bounding a restore chunk.
     pub(crate) fn bytes(&self) -> usize {
-        self.ids.len()
-            + self.ops.len() * std::mem::size_of::<(std::ops::Range<usize>, Option<DedupeEntry>)>()
+        self.ids.len() + self.ops.len() * std::mem::size_of::<StagedChange>()
     }
 
     /// Forgets every staged change, keeping the buffers.
