@@ -249,6 +249,16 @@ pub fn write_reports(r: &Report) {
         r.full_replay_events, r.full_replay_seconds, r.full_replay_trusted,
         r.failover_seconds,
     );
+    let md = match &r.scale {
+        Some(s) => md + &format!(
+            "| at {} keys ({} events, {} keys touched, {} ids held by the dedupe index): exactly_once catch-up | {:.0} events/s, peak RSS {:.0} MiB, state dir {:.0} MiB |\n\
+| at {} keys: full restore | {} records in {:.2} s = {:.0} records/s, peak RSS {:.0} MiB |\n",
+            s.keys, s.events, s.keys_materialized, s.ids_held,
+            s.catch_up_events_per_sec, s.peak_rss_mib_catch_up, s.state_dir_mib,
+            s.keys, s.restore_records, s.restore_seconds, s.restore_records_per_sec, s.peak_rss_mib_restore,
+        ),
+        None => md,
+    };
     std::fs::write(dir.join("e2e.md"), &md).unwrap();
     println!("{json}");
     eprintln!("{md}");
