@@ -202,6 +202,9 @@ impl RestoreJob {
                         next = m.offset() + 1;
                         missing = next < required;
                         chunk.push(m.key().unwrap_or_default(), m.payload());
+                        if chunk.dedupe_is_full() {
+                            self.store.restore_dedupe(&mut chunk)?;
+                        }
                         if chunk.is_full() {
                             watermark =
                                 watermark.max(chunk.max_event_time_ms().unwrap_or(i64::MIN));

@@ -16,7 +16,7 @@ mod expiry;
 pub mod store;
 mod writes;
 
-pub use batch::{CommitBatch, RestoreBatch, RESTORE_CHUNK_BYTES};
+pub use batch::{CommitBatch, RestoreBatch, RESTORE_CHUNK_BYTES, RESTORE_DEDUPE_BYTES};
 pub use bundle::BundleBuilder;
 pub use changelog::{ChangelogKey, RecordKind};
 pub use checkpoint::{Checkpoint, CommitMetadata};

@@ -331,6 +331,19 @@ impl Store {
         Ok(())
     }
 
+    /// Applies the dedupe entries a restore chunk holds so far, ahead of its states and
+    /// checkpoint. A crash before that checkpoint restores from the one before, which reads the
+    /// same entries again; writing an entry again is harmless.
+    pub fn restore_dedupe(&self, chunk: &mut RestoreBatch) -> Result<(), StateError> {
+        if let Some(e) = chunk.invalid.take() {
+            return Err(e);
+        }
+        self.dedupe.forget_expiry();
+        self.dedupe.apply(chunk.dedupe.iter(), None)?;
+        chunk.dedupe.clear();
+        Ok(())
+    }
+
     /// Every state row as (aggregate key, encoded state), in key order.
     pub fn states(&self) -> impl Iterator<Item = Result<(Vec<u8>, sled::IVec), StateError>> {
         self.prefixed(RecordKind::State.tag())
