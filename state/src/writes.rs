@@ -13,6 +13,10 @@ type Op = (Range<usize>, Option<Range<usize>>);
 /// bytes, about as much again.
 const INDEX_BYTES_PER_KEY: usize = 2 * std::mem::size_of::<usize>();
 
+/// The buffer is compacted once superseded values are more than half of it and it holds at
+/// least this much. Tests use a small one, so they compact often.
+const COMPACT_FROM: usize = if cfg!(test) { 64 } else { 1 << 20 };
+
 /// The last put or remove of each staged key, packed in one buffer. A restore chunk of an
 /// uncompacted changelog repeats hot keys many times: keeping only the last write bounds the
 /// chunk by its distinct keys, and each key costs one sled insert per chunk.
@@ -23,6 +27,10 @@ pub(crate) struct Writes {
     /// Op numbers by key.
     index: HashTable<usize>,
     hasher: foldhash::fast::RandomState,
+    /// Bytes of values a later write of their key replaced, still in `buf`.
+    dead: usize,
+    /// Where [`Writes::compact`] copies the live bytes (kept, so it allocates once).
+    spare: Vec<u8>,
 }
 
 impl Writes {
@@ -37,6 +45,8 @@ impl Writes {
             ops,
             index,
             hasher,
+            dead,
+            ..
         } = self;
         let hash = hasher.hash_one(&buf[key.clone()]);
         let staged = index
@@ -52,8 +62,10 @@ impl Writes {
                         buf[old.clone()].copy_from_slice(v);
                         Some(old)
                     }
-                    (Some(v), _) => Some(append(buf, v)),
-                    (None, _) => None,
+                    (v, old) => {
+                        *dead += old.map_or(0, |o| o.len());
+                        v.map(|v| append(buf, v))
+                    }
                 };
             }
             None => {
@@ -64,6 +76,26 @@ impl Writes {
                 });
             }
         }
+        if self.dead * 2 > self.buf.len() && self.buf.len() >= COMPACT_FROM {
+            self.compact();
+        }
+    }
+
+    /// Copies the live keys and values into a fresh buffer, dropping the superseded values, so
+    /// a chunk of many rewrites of few keys holds about what its keys need.
+    fn compact(&mut self) {
+        let Self {
+            buf, ops, spare, ..
+        } = self;
+        spare.clear();
+        for (key, value) in ops.iter_mut() {
+            *key = append(spare, &buf[key.clone()]);
+            if let Some(v) = value {
+                *v = append(spare, &buf[v.clone()]);
+            }
+        }
+        std::mem::swap(buf, spare);
+        self.dead = 0;
     }
 
     /// Bytes the staged writes hold (keys, values, their places and index), for bounding a
@@ -97,6 +129,7 @@ impl Writes {
         self.buf.clear();
         self.ops.clear();
         self.index.clear();
+        self.dead = 0;
     }
 }
 
@@ -155,5 +188,29 @@ mod tests {
             w.push(None, b"hot", Some(format!("{i:04}").as_bytes()));
         }
         assert_eq!(w.bytes(), once);
+    }
+
+    #[test]
+    fn rewrites_of_other_lengths_are_compacted_away_and_the_last_values_kept() {
+        let mut w = Writes::default();
+        for i in 0..1000 {
+            for k in [&b"a"[..], b"b", b"c"] {
+                // Lengths 1 to 4, so most rewrites do not fit in place.
+                w.push(None, k, Some(&vec![k[0]; i % 4 + 1]));
+            }
+            w.push(None, b"gone", Some(b"x"));
+            w.push(None, b"gone", None);
+        }
+        assert!(
+            w.buf.len() <= 2 * 3 * (1 + 4) + COMPACT_FROM,
+            "{} bytes buffered for 3 keys",
+            w.buf.len()
+        );
+        let db = db();
+        w.apply(&db).unwrap();
+        for k in [&b"a"[..], b"b", b"c"] {
+            assert_eq!(db.get(k).unwrap().as_deref(), Some(&vec![k[0]; 4][..]));
+        }
+        assert_eq!(db.get(b"gone").unwrap(), None);
     }
 }
