@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord};
+use rdkafka::producer::BaseRecord;
 use serde::Serialize;
 use tally::kafka::topics::{TopicRole, Topics};
 use tally::workload::{Flow, LoadSpec};
@@ -201,20 +201,20 @@ fn main() {
             stop_child(&mut child);
             report.state_dir_mib = dir_size(&work.join("state").join(&app)) as f64 / 1048576.0;
             // Full restore: delete the stores, start again, time until no partition restores.
-            std::fs::remove_dir_all(work.join("state").join(&app)).unwrap();
-            let port = http_port(&config);
-            let started = Instant::now();
-            let mut child = start(&config, &work.join("restore.log"));
-            wait_ready(port, partitions as usize);
-            report.restore_seconds = started.elapsed().as_secs_f64();
-            report.peak_rss_mib_restore = peak_rss_mib(child.id());
-            report.restore_records = metric(port, "tally_restore_records_total") as u64;
-            report.restore_records_per_sec = report.restore_records as f64 / report.restore_seconds;
+            let restore = timed_restore(
+                &config,
+                &work.join("state").join(&app),
+                &work.join("restore.log"),
+                partitions as usize,
+            );
+            report.restore_seconds = restore.seconds;
+            report.peak_rss_mib_restore = restore.peak_rss_mib;
+            report.restore_records = restore.records;
+            report.restore_records_per_sec = restore.records_per_sec;
             eprintln!(
                 "restore: {} records in {:.2} s",
                 report.restore_records, report.restore_seconds
             );
-            stop_child(&mut child);
             let (s, n, t) = recovery::replay_time(&config, &["key=sku-000042"]);
             eprintln!("key replay: {n} events of sku-000042 in {s:.2} s (trusted: {t})");
             (report.key_replay_seconds, report.key_replay_events) = (s, n);
@@ -292,14 +292,7 @@ fn main() {
 /// Consumes `events` records and produces `copies` records for each (the same key and value,
 /// to the same partition of `output`); events/s.
 fn raw_passthrough(bootstrap: &str, input: &str, output: &str, events: u64, copies: usize) -> f64 {
-    let none = BTreeMap::new();
-    let consumer: BaseConsumer =
-        tally::kafka::clients::group_consumer(bootstrap, &none, &format!("{output}-group"))
-            .create()
-            .unwrap();
-    let producer: BaseProducer = tally::kafka::clients::producer(bootstrap, &none, None, 60_000)
-        .create()
-        .unwrap();
+    let (consumer, producer) = raw_clients(bootstrap, &format!("{output}-group"));
     consumer.subscribe(&[input]).unwrap();
     let started = Instant::now();
     let mut n = 0u64;

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord};
+use rdkafka::producer::BaseRecord;
 use serde::Serialize;
 use tally::kafka::topics::{TopicRole, Topics};
 use tally::workload::{Flow, LoadSpec};
@@ -235,13 +235,7 @@ fn raw_echo(
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     use rdkafka::consumer::CommitMode;
-    let none = BTreeMap::new();
-    let consumer: BaseConsumer = tally::kafka::clients::group_consumer(bootstrap, &none, group)
-        .create()
-        .unwrap();
-    let producer: BaseProducer = tally::kafka::clients::producer(bootstrap, &none, None, 60_000)
-        .create()
-        .unwrap();
+    let (consumer, producer) = raw_clients(bootstrap, group);
     consumer.subscribe(&[input]).unwrap();
     // Assigned before the load starts, as tally is (its readiness), so no join is measured.
     while consumer.assignment().map_or(0, |a| a.count()) < partitions as usize {

@@ -23,10 +23,7 @@ pub struct Scale {
     pub catch_up_events_per_sec: f64,
     pub peak_rss_mib_catch_up: f64,
     pub state_dir_mib: f64,
-    pub restore_records: u64,
-    pub restore_seconds: f64,
-    pub restore_records_per_sec: f64,
-    pub peak_rss_mib_restore: f64,
+    pub restore: Restore,
 }
 
 /// Loads `events` over `keys` SKUs into a fresh input, catches one exactly_once processor up,
@@ -87,19 +84,15 @@ pub fn measure(
         scale.catch_up_events_per_sec, scale.peak_rss_mib_catch_up, scale.state_dir_mib
     );
 
-    std::fs::remove_dir_all(&state).unwrap();
-    let port = http_port(&config);
-    let started = Instant::now();
-    let mut child = start(&config, &work.join("scale-restore.log"));
-    wait_ready(port, partitions as usize);
-    scale.restore_seconds = started.elapsed().as_secs_f64();
-    scale.peak_rss_mib_restore = peak_rss_mib(child.id());
-    scale.restore_records = metric(port, "tally_restore_records_total") as u64;
-    scale.restore_records_per_sec = scale.restore_records as f64 / scale.restore_seconds;
-    stop_child(&mut child);
+    scale.restore = timed_restore(
+        &config,
+        &state,
+        &work.join("scale-restore.log"),
+        partitions as usize,
+    );
     eprintln!(
         "scale: restore of {} records in {:.2} s, peak RSS {:.0} MiB",
-        scale.restore_records, scale.restore_seconds, scale.peak_rss_mib_restore
+        scale.restore.records, scale.restore.seconds, scale.restore.peak_rss_mib
     );
     scale
 }
