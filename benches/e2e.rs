@@ -188,17 +188,14 @@ fn main() {
     for guarantee in ["exactly_once", "at_least_once"] {
         let app = format!("bench-{run}-{guarantee}");
         let config = write_config(&work, &app, &bootstrap, &input, guarantee);
-        let started = Instant::now();
-        let mut child = start(&config, &work.join(format!("{guarantee}.log")));
-        wait_lag_zero(&bootstrap, &app, &input);
-        let eps = events as f64 / started.elapsed().as_secs_f64();
+        let log = work.join(format!("{guarantee}.log"));
+        let (eps, rss) = timed_catch_up(&config, &log, &bootstrap, &app, &input, events);
         eprintln!(
             "tally {guarantee}: {eps:.0} events/s (including start-up and restore of empty stores)"
         );
         if guarantee == "exactly_once" {
             report.exactly_once_events_per_sec = eps;
-            report.peak_rss_mib_exactly_once = peak_rss_mib(child.id());
-            stop_child(&mut child);
+            report.peak_rss_mib_exactly_once = rss;
             report.state_dir_mib = dir_size(&work.join("state").join(&app)) as f64 / 1048576.0;
             // Full restore: delete the stores, start again, time until no partition restores.
             let restore = timed_restore(
@@ -235,7 +232,6 @@ fn main() {
             eprintln!("failover after kill -9: {:.2} s", report.failover_seconds);
         } else {
             report.at_least_once_events_per_sec = eps;
-            stop_child(&mut child);
         }
     }
     report.keys_materialized = keys.min(events);

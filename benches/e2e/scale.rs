@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::time::Instant;
 
 use serde::Serialize;
 use tally::kafka::topics::{TopicRole, Topics};
@@ -72,12 +71,14 @@ pub fn measure(
     let app = format!("bench-{run}-scale");
     let config = write_config(work, &app, bootstrap, &input, "exactly_once");
     let state = work.join("state").join(&app);
-    let started = Instant::now();
-    let mut child = start(&config, &work.join("scale.log"));
-    wait_lag_zero(bootstrap, &app, &input);
-    scale.catch_up_events_per_sec = events as f64 / started.elapsed().as_secs_f64();
-    scale.peak_rss_mib_catch_up = peak_rss_mib(child.id());
-    stop_child(&mut child);
+    (scale.catch_up_events_per_sec, scale.peak_rss_mib_catch_up) = timed_catch_up(
+        &config,
+        &work.join("scale.log"),
+        bootstrap,
+        &app,
+        &input,
+        events,
+    );
     scale.state_dir_mib = dir_size(&state) as f64 / 1048576.0;
     eprintln!(
         "scale: catch-up {:.0} events/s, peak RSS {:.0} MiB, state dir {:.0} MiB",

@@ -162,6 +162,26 @@ pub fn wait_ready(port: u16, partitions: usize) {
     panic!("restore did not finish within 10 minutes");
 }
 
+/// Starts the processor of `config` on an input it has not read and waits until it has caught
+/// up: events/s from process start (start-up and the restore of empty stores included) and the
+/// process's peak RSS.
+pub fn timed_catch_up(
+    config: &Path,
+    log: &Path,
+    bootstrap: &str,
+    group: &str,
+    input: &str,
+    events: u64,
+) -> (f64, f64) {
+    let started = Instant::now();
+    let mut child = start(config, log);
+    wait_lag_zero(bootstrap, group, input);
+    let eps = events as f64 / started.elapsed().as_secs_f64();
+    let rss = peak_rss_mib(child.id());
+    stop_child(&mut child);
+    (eps, rss)
+}
+
 /// A full restore from empty: seconds from process start until every partition is served,
 /// records restored, and the process's peak RSS.
 #[derive(serde::Serialize, Default)]

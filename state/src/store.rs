@@ -315,13 +315,8 @@ impl Store {
     /// Applies one chunk of changelog records (last value per key wins) and its checkpoint,
     /// and empties the chunk for the next records (its buffers stay allocated).
     pub fn restore(&self, chunk: &mut RestoreBatch) -> Result<(), StateError> {
-        if let Some(e) = chunk.invalid.take() {
-            return Err(e);
-        }
-        self.dedupe.forget_expiry();
+        self.restore_dedupe_reaching(chunk, Some(chunk.checkpoint.changelog_offset))?;
         self.bundles_sweep().forget();
-        self.dedupe
-            .apply(chunk.dedupe.iter(), Some(chunk.checkpoint.changelog_offset))?;
         chunk.writes.apply(&self.db)?;
         if let Some(newest) = chunk.legacy_max {
             self.mark_legacy(newest)?;
@@ -335,11 +330,21 @@ impl Store {
     /// checkpoint. A crash before that checkpoint restores from the one before, which reads the
     /// same entries again; writing an entry again is harmless.
     pub fn restore_dedupe(&self, chunk: &mut RestoreBatch) -> Result<(), StateError> {
+        self.restore_dedupe_reaching(chunk, None)
+    }
+
+    /// Refuses a chunk with an unreadable record, else applies and empties its dedupe entries,
+    /// with the changelog offset their log frame reaches (none: as far as the log did).
+    fn restore_dedupe_reaching(
+        &self,
+        chunk: &mut RestoreBatch,
+        reaches: Option<i64>,
+    ) -> Result<(), StateError> {
         if let Some(e) = chunk.invalid.take() {
             return Err(e);
         }
         self.dedupe.forget_expiry();
-        self.dedupe.apply(chunk.dedupe.iter(), None)?;
+        self.dedupe.apply(chunk.dedupe.iter(), reaches)?;
         chunk.dedupe.clear();
         Ok(())
     }
