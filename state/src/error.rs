@@ -29,8 +29,8 @@ pub enum StateError {
     /// A stored value or changelog record is shorter or shaped otherwise than its format says.
     #[error("corrupt {what}: {detail}")]
     Corrupt { what: &'static str, detail: String },
-    /// A store's in-memory dedupe index cannot address more ids.
-    #[error("the dedupe index of one store is full (4 GiB of event ids or 4G ids); spread the input over more partitions or shorten dedupe_retention")]
+    /// A store's dedupe log outgrew what its index can address.
+    #[error("the dedupe log of one store is full (1 TiB); spread the input over more partitions or shorten dedupe_retention")]
     IndexFull,
     /// A value was written by a format this build does not know (for example a newer tally).
     #[error("{what} has format version {found}; this tally reads versions up to {supported}")]

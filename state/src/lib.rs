@@ -1,6 +1,6 @@
 //! tally's local state: one store per (flow, input partition) holding materialized state and the
-//! checkpoint in sled and the dedupe index in memory with its own log file, plus the changelog
-//! record format that backs them.
+//! checkpoint in sled and the dedupe index in its own log file (with only the records' places in
+//! memory), plus the changelog record format that backs them.
 //!
 //! No Kafka here. The changelog is the truth and a store is its cache: every value carries a
 //! format version, and a store that cannot be read is wiped and restored by the runtime.

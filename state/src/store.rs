@@ -38,8 +38,8 @@ impl Default for StoreOptions {
 }
 
 /// A local cache of one changelog partition: state rows and the checkpoint in sled, the dedupe
-/// index in memory with its own log file beside them (nine in ten keys were dedupe entries,
-/// which made sled most of the memory and of the write cost).
+/// index in its own log file beside them (nine in ten keys were dedupe entries, which made sled
+/// most of the memory and of the write cost).
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
@@ -155,7 +155,7 @@ impl Store {
             }
             None => {}
         }
-        if let Some(newest) = self.dedupe.max_event_time() {
+        if let Some(newest) = self.dedupe.max_event_time()? {
             self.mark_legacy(newest)?;
         }
         self.db.insert(LAYOUT_KEY, &[LAYOUT_VERSION])?;
@@ -220,7 +220,7 @@ impl Store {
 
     /// The dedupe entry of one event id, if that id was applied and has not expired.
     pub fn dedupe(&self, event_id: &[u8]) -> Result<Option<DedupeEntry>, StateError> {
-        Ok(self.dedupe.get(event_id))
+        self.dedupe.get(event_id)
     }
 
     /// Writes one committed batch: its state rows and dedupe changes, then the checkpoint. A
@@ -248,7 +248,7 @@ impl Store {
         before_ms: i64,
         scan: usize,
     ) -> Result<Vec<(Vec<u8>, i64)>, StateError> {
-        Ok(self.dedupe.expired(before_ms, scan))
+        self.dedupe.expired(before_ms, scan)
     }
 
     /// Changelog keys of bundles whose newest event time is before `before_ms`, found by
@@ -359,7 +359,11 @@ impl Store {
     pub fn dedupe_entries(
         &self,
     ) -> impl Iterator<Item = Result<(Vec<u8>, DedupeEntry), StateError>> {
-        self.dedupe.entries().into_iter().map(Ok)
+        let (entries, failed) = match self.dedupe.entries() {
+            Ok(all) => (all, None),
+            Err(e) => (Vec::new(), Some(Err(e))),
+        };
+        failed.into_iter().chain(entries.into_iter().map(Ok))
     }
 
     /// Waits until everything written so far is on disk (used on clean shutdown).
