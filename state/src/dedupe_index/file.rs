@@ -115,20 +115,13 @@ impl LogFile {
     ) -> Result<Option<DedupeEntry>, StateError> {
         buf.resize(3 + id.len() + ENTRY_LEN, 0);
         let read = self.read_at(pos, buf)?;
-        if read < 3 {
-            return Err(corrupt(format!("no record at byte {pos}")));
+        match next_record(&buf[..read], pos).map_err(corrupt)? {
+            Some((Change::Put(found, entry, _), _)) if found == id => Ok(Some(entry)),
+            Some(_) => Ok(None),
+            // The record holds a longer id than `id`, so a read of `id`'s length ends inside it.
+            None if record_len_at(&buf[..read]).is_some_and(|len| len > buf.len()) => Ok(None),
+            None => Err(cut_short(pos)),
         }
-        let len = usize::from(u16::from_be_bytes([buf[1], buf[2]]));
-        if buf[0] != PUT || len != id.len() {
-            return Ok(None);
-        }
-        if read < buf.len() {
-            return Err(corrupt(format!("record at byte {pos} is cut short")));
-        }
-        if &buf[3..3 + len] != id {
-            return Ok(None);
-        }
-        DedupeEntry::decode(&buf[3 + len..]).map(Some)
     }
 
     /// Reads up to `buf.len()` bytes at `pos`; how many there were.
@@ -150,14 +143,14 @@ impl LogFile {
         Ok(read)
     }
 
-    /// Hands the records from `from` on to `seen`, with their positions, until about `max`
+    /// Hands the records from `from` on to `seen` (puts with their positions), until `max`
     /// were seen; where the next walk resumes, or `None` at the end of the log.
     pub(crate) fn walk(
         &self,
         from: Cursor,
         max: usize,
         buf: &mut Vec<u8>,
-        mut seen: impl FnMut(u64, Change<'_>),
+        mut seen: impl FnMut(Change<'_>),
     ) -> Result<Option<Cursor>, StateError> {
         let mut at = from;
         let mut count = 0;
@@ -205,7 +198,7 @@ impl LogFile {
                 else {
                     break;
                 };
-                seen(pos, change);
+                seen(change);
                 used += len;
                 count += 1;
             }
@@ -244,8 +237,8 @@ impl LogFile {
             };
             while let Some(from) = at {
                 let mut kept = Vec::new();
-                at = self.walk(from, 4096, &mut buf, |pos, change| {
-                    if let Change::Put(id, entry, _) = change {
+                at = self.walk(from, 4096, &mut buf, |change| {
+                    if let Change::Put(id, entry, pos) = change {
                         kept.push((pos, id.to_vec(), entry));
                     }
                 })?;

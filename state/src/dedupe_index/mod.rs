@@ -77,6 +77,19 @@ impl Live {
         self.keys.remove(self.hash(id), pos);
     }
 
+    /// `id`'s live record is now the put at `put` (none: `id` was removed); `old` is where its
+    /// live record was, if anywhere.
+    fn change(&mut self, id: &[u8], put: Option<u64>, old: Option<u64>) -> Result<(), StateError> {
+        match (put, old) {
+            (Some(pos), old) => self.put(id, pos, old),
+            (None, Some(old)) => {
+                self.remove(id, old);
+                Ok(())
+            }
+            (None, None) => Ok(()),
+        }
+    }
+
     /// Whether the put record at `pos` is `id`'s live one.
     fn holds(&self, id: &[u8], pos: u64) -> bool {
         self.keys.holds(self.hash(id), pos)
@@ -89,17 +102,14 @@ impl DedupeIndex {
         let mut live = Live::default();
         let mut full = Ok(());
         // Candidates are confirmed against the records read so far.
-        let log = LogFile::open(dir, |change, read| match change {
-            Change::Put(id, _, pos) => {
-                let old = live.find(id, |p| file::id_in(read, p) == Some(id));
-                if full.is_ok() {
-                    full = live.put(id, pos, old);
-                }
-            }
-            Change::Remove(id) => {
-                if let Some(old) = live.find(id, |p| file::id_in(read, p) == Some(id)) {
-                    live.remove(id, old);
-                }
+        let log = LogFile::open(dir, |change, read| {
+            let (id, put) = match change {
+                Change::Put(id, _, pos) => (id, Some(pos)),
+                Change::Remove(id) => (id, None),
+            };
+            let old = live.find(id, |p| file::id_in(read, p) == Some(id));
+            if full.is_ok() {
+                full = live.change(id, put, old);
             }
         })?;
         full?;
@@ -164,19 +174,18 @@ impl DedupeIndex {
         for (id, entry) in changes {
             let id = cut(id);
             let old = find_record(live, log, buf, id)?.map(|(pos, _)| pos);
-            match (entry, old) {
-                (Some(e), old) => {
+            let put = match entry {
+                Some(e) => {
                     // Before the insert, so no sweep can miss an entry older than its floor.
                     expiry.written(e.event_time_ms);
-                    let pos = puts.next().ok_or_else(|| StateError::Corrupt {
+                    Some(puts.next().ok_or_else(|| StateError::Corrupt {
                         what: "dedupe log",
                         detail: "a batch's puts went missing on their way to the log".into(),
-                    })?;
-                    live.put(id, pos, old)?;
+                    })?)
                 }
-                (None, Some(old)) => live.remove(id, old),
-                (None, None) => {}
-            }
+                None => None,
+            };
+            live.change(id, put, old)?;
         }
         if log.len > REWRITE_FACTOR * live.bytes + REWRITE_SLACK {
             rewrite(live, log)?;
@@ -206,20 +215,12 @@ impl DedupeIndex {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
-        let mut times = Vec::new();
-        let next = log.walk(*expiry.cursor(), scan, buf, |pos, change| {
-            if let Change::Put(id, e, _) = change {
-                if live.holds(id, pos) {
-                    times.push(e.event_time_ms);
-                    if e.event_time_ms < before_ms {
-                        out.push((id.to_vec(), e.event_time_ms));
-                    }
-                }
+        let next = walk_live(live, log, *expiry.cursor(), scan, buf, |id, e| {
+            expiry.saw(e.event_time_ms);
+            if e.event_time_ms < before_ms {
+                out.push((id.to_vec(), e.event_time_ms));
             }
         })?;
-        for t in times {
-            expiry.saw(t);
-        }
         match next {
             Some(at) => expiry.stopped_at(at),
             None => expiry.wrapped(),
@@ -254,13 +255,7 @@ impl DedupeIndex {
         let Inner { live, log, buf, .. } = &mut *inner;
         let mut at = Some(Cursor::default());
         while let Some(from) = at {
-            at = log.walk(from, 4096, buf, |pos, change| {
-                if let Change::Put(id, e, _) = change {
-                    if live.holds(id, pos) {
-                        f(id, e);
-                    }
-                }
-            })?;
+            at = walk_live(live, log, from, 4096, buf, &mut f)?;
         }
         Ok(())
     }
@@ -314,6 +309,25 @@ fn find_record(
         return Err(e);
     }
     Ok(pos.zip(found))
+}
+
+/// Hands the live puts among the next `max` records of the log from `from` to `seen`; where
+/// the next walk resumes, or `None` at the end of the log.
+fn walk_live(
+    live: &Live,
+    log: &LogFile,
+    from: Cursor,
+    max: usize,
+    buf: &mut Vec<u8>,
+    mut seen: impl FnMut(&[u8], DedupeEntry),
+) -> Result<Option<Cursor>, StateError> {
+    log.walk(from, max, buf, |change| {
+        if let Change::Put(id, e, pos) = change {
+            if live.holds(id, pos) {
+                seen(id, e);
+            }
+        }
+    })
 }
 
 /// Rewrites the log with the live records only, and points the keydir at their new places.
