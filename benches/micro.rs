@@ -232,7 +232,7 @@ fn main() {
     let times = time_rows(since).join("\n");
     let report = format!(
         "# Micro-benchmarks of the hot path\n\n`cargo bench --bench micro` (criterion; the system \
-         allocator, counting, not the binary's mimalloc).\n\n## Time per call\n\nMean of \
+         allocator, counting, not the binary's jemalloc).\n\n## Time per call\n\nMean of \
          criterion's samples; per element for a batch (a commit of N keys is N elements).\n\n\
          | benchmark | per call | per element |\n|---|---|---|\n{times}\n\n\
          ## Heap allocations per call\n\nCounted over 10,000 calls (store rows: includes sled's \

@@ -9,10 +9,11 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
-/// mimalloc for Rust's allocations (sled's above all): +30% events/s under exactly_once on the
-/// end-to-end benchmark, at the price of ~170 MiB more peak RSS (benches/report/e2e.md).
+/// jemalloc for Rust's allocations (sled's above all): against the system allocator +26% events/s
+/// on 1M pre-loaded events, and against mimalloc, which tally used before, a few % less CPU and
+/// peak RSS (README, "Memory at 1M keys"). `_RJEM_MALLOC_CONF` tunes it at start.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Keeps the allocator's arenas in 4 KiB pages: with transparent huge pages a partly used 2 MiB
 /// page stays resident, and the processor's peak RSS on the end-to-end benchmark was ~120 MiB
@@ -25,25 +26,6 @@ fn disable_transparent_huge_pages() {
             "tally: could not disable transparent huge pages: {}",
             std::io::Error::last_os_error()
         );
-    }
-}
-
-extern "C" {
-    /// mimalloc's option setter (linked in by the allocator crate, which does not re-export it).
-    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
-}
-
-/// `mi_option_purge_delay` in mimalloc 2 and 3 (the crate names the options around it, not it).
-const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
-
-/// Hands freed pages back to the OS at once instead of 10 ms later: under load the delayed ones
-/// stayed resident, and the processor's peak RSS on 1M pre-loaded events was 200-208 MiB against
-/// 227-235 with the delay, at the same events/s. `MIMALLOC_PURGE_DELAY` still overrides it.
-fn purge_freed_memory_at_once() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: called first thing in main, before any other thread exists (the setter is not
-        // thread safe); it stores one integer in mimalloc's option table.
-        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     }
 }
 
@@ -87,7 +69,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    purge_freed_memory_at_once();
     disable_transparent_huge_pages();
     let cli = Cli::parse();
     // The demo narrates itself; the processor's info logs would drown it.
