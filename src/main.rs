@@ -17,7 +17,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Keeps the allocator's arenas in 4 KiB pages: with transparent huge pages a partly used 2 MiB
 /// page stays resident, and the processor's peak RSS on the end-to-end benchmark was ~120 MiB
-/// higher for no measurable gain in events/s. Best effort: an older kernel just ignores it.
+/// higher (measured with mimalloc, the allocator then) for no measurable gain in events/s. Best
+/// effort: an older kernel just ignores it.
 fn disable_transparent_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
     let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
