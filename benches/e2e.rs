@@ -308,7 +308,7 @@ fn raw_passthrough(bootstrap: &str, input: &str, output: &str, events: u64, copi
                 }
             }
             n += 1;
-            if n % 1000 == 0 {
+            if n.is_multiple_of(1000) {
                 // Every ready report: `poll(0)` serves one batch, and unserved reports fill the
                 // queue and throttle the passthrough.
                 tally::kafka::clients::serve_reports(&producer);

@@ -1,20 +1,24 @@
 //! The HTTP endpoint: `/metrics` (Prometheus), `/healthz`, `/readyz`, and `/state/{flow}/{key}`
-//! which answers from the local stores of the partitions this instance owns.
+//! which answers from the local stores of the partitions this instance owns. HTTPS and a bearer
+//! token for `/state` are optional; every answer is JSON but the metrics.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tally_topology::{FlowKind, Inventory, Ledger, Projection};
 
+use crate::config::HttpConfig;
 use crate::engine::StoreRegistry;
 use crate::health::Health;
+use crate::secret::Secret;
 
 #[derive(Clone)]
 struct AppState {
@@ -24,70 +28,161 @@ struct AppState {
     kinds: Arc<HashMap<String, FlowKind>>,
 }
 
-/// Serves until the process exits; binds before returning so a bad address fails the start.
+/// Why the endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("binding http.listen {listen}: {source}")]
+    Bind {
+        listen: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("http.tls: {0}")]
+    Tls(String),
+    #[error("starting the http thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// Serves until the process exits; binds (and loads the TLS files) before returning, so a bad
+/// address or certificate fails the start.
 pub fn serve(
-    listen: SocketAddr,
+    http: &HttpConfig,
     metrics: PrometheusHandle,
     health: Arc<Health>,
     stores: Arc<StoreRegistry>,
     kinds: HashMap<String, FlowKind>,
-) -> std::io::Result<SocketAddr> {
+) -> Result<SocketAddr, HttpError> {
+    let listen = http.listen;
+    let listener = std::net::TcpListener::bind(listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| HttpError::Bind { listen, source })?;
+    let bound = listener.local_addr()?;
+    let tls = match &http.tls {
+        Some(t) => Some(
+            axum_server::tls_openssl::OpenSSLConfig::from_pem_file(&t.certificate, &t.private_key)
+                .map_err(|e| {
+                    HttpError::Tls(format!(
+                        "cannot load `{}` / `{}`: {e}",
+                        t.certificate.display(),
+                        t.private_key.display()
+                    ))
+                })?,
+        ),
+        None => None,
+    };
+    let state = AppState {
+        metrics,
+        health,
+        stores,
+        kinds: Arc::new(kinds),
+    };
+    let queries = Router::new()
+        .route("/state/{flow}/{key}", get(state_route))
+        .route_layer(middleware::from_fn_with_state(
+            http.token.clone(),
+            require_token,
+        ));
+    let app = Router::new()
+        .route("/metrics", get(metrics_route))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(queries)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route".into()) })
+        .with_state(state);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("tally-http")
         .enable_all()
         .build()?;
-    let listener = rt.block_on(tokio::net::TcpListener::bind(listen))?;
-    let bound = listener.local_addr()?;
-    let app = Router::new()
-        .route("/metrics", get(metrics_route))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/state/{flow}/{key}", get(state_route))
-        .with_state(AppState {
-            metrics,
-            health,
-            stores,
-            kinds: Arc::new(kinds),
-        });
+    let https = tls.is_some();
     std::thread::Builder::new()
         .name("tally-http".into())
         .spawn(move || {
-            if let Err(e) = rt.block_on(async { axum::serve(listener, app).await }) {
+            let served = rt.block_on(async move {
+                let service = app.into_make_service();
+                match tls {
+                    Some(tls) => {
+                        let acceptor = axum_server::tls_openssl::OpenSSLAcceptor::new(tls);
+                        axum_server::from_tcp(listener)
+                            .acceptor(acceptor)
+                            .serve(service)
+                            .await
+                    }
+                    None => axum_server::from_tcp(listener).serve(service).await,
+                }
+            });
+            if let Err(e) = served {
                 tracing::error!(error = %e, "http server stopped");
             }
         })?;
-    tracing::info!(%bound, "http listening");
+    tracing::info!(%bound, https, token = http.token.is_some(), "http listening");
     Ok(bound)
+}
+
+/// Lets a request through only with `Authorization: Bearer <token>`, when a token is set.
+async fn require_token(
+    State(token): State<Option<Secret>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = token else {
+        return next.run(request).await;
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if constant_time_eq(g.as_bytes(), token.expose().as_bytes()) => {
+            next.run(request).await
+        }
+        _ => {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "a bearer token is required".into(),
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            r
+        }
+    }
+}
+
+/// Compares without returning early, so timing tells nothing about how much of a token matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A JSON error answer.
+fn error(code: StatusCode, message: String) -> Response {
+    (code, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
 async fn metrics_route(State(s): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
+        crate::redact::redact(&s.metrics.render()).into_owned(),
     )
         .into_response()
 }
 
 async fn healthz(State(s): State<AppState>) -> Response {
-    status(s.health.healthy(), &s.health)
+    status(s.health.report(false))
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
-    status(s.health.ready(), &s.health)
+    status(s.health.report(true))
 }
 
-fn status(ok: bool, health: &Health) -> Response {
-    let (assigned, restoring) = health.partitions();
-    let code = if ok {
+fn status(report: crate::health::Report) -> Response {
+    let code = if report.ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = format!(
-        "{{\"ok\":{ok},\"partitions_assigned\":{assigned},\"partitions_restoring\":{restoring}}}\n"
-    );
-    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    (code, Json(report)).into_response()
 }
 
 async fn state_route(
@@ -95,7 +190,7 @@ async fn state_route(
     Path((flow, key)): Path<(String, String)>,
 ) -> Response {
     let Some(kind) = s.kinds.get(&flow).copied() else {
-        return (StatusCode::NOT_FOUND, format!("unknown flow `{flow}`\n")).into_response();
+        return error(StatusCode::NOT_FOUND, format!("unknown flow `{flow}`"));
     };
     let found = s
         .stores
@@ -103,11 +198,10 @@ async fn state_route(
         .filter(|e| e.key().0 == flow)
         .find_map(|e| e.value().state(key.as_bytes()).ok().flatten());
     let Some(bytes) = found else {
-        return (
+        return error(
             StatusCode::NOT_FOUND,
-            format!("key `{key}` is not in a partition owned here\n"),
-        )
-            .into_response();
+            format!("key `{key}` is not in a partition owned here"),
+        );
     };
     let mut out = Vec::new();
     let rendered = match kind {
@@ -116,7 +210,7 @@ async fn state_route(
     };
     match rendered {
         Ok(()) => ([(header::CONTENT_TYPE, "application/json")], out).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 

@@ -4,6 +4,7 @@
 //! tools (workload generator, independent oracle, demo). Pure logic lives in `tally-topology`,
 //! local state in `tally-state`.
 
+pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod health;
@@ -12,4 +13,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod oracle;
 pub mod recovery;
+pub mod redact;
+pub mod secret;
+pub mod signing;
 pub mod workload;

@@ -60,7 +60,7 @@ enum Command {
     /// Rebuild scoped state from history into a shadow, compare, and (--apply) repair; evidence.
     Replay(cli::recovery::ReplayArgs),
     /// Recompute from history, compare with live state, run the contract's checks; evidence.
-    Reconcile(cli::recovery::ReplayArgs),
+    Reconcile(cli::recovery::ReconcileArgs),
     /// Dead-letter tools.
     #[command(subcommand)]
     Dlq(cli::recovery::DlqCommand),
@@ -71,6 +71,7 @@ enum Command {
 
 fn main() -> ExitCode {
     disable_transparent_huge_pages();
+    tally::redact::install_panic_hook();
     let cli = Cli::parse();
     // The demo narrates itself; the processor's info logs would drown it.
     cli::init_tracing(if matches!(cli.command, Command::Demo(_)) {
@@ -86,15 +87,15 @@ fn main() -> ExitCode {
         Command::Verify(args) => cli::verify(args),
         Command::Demo(args) => tally_demo(args),
         Command::Contract(cmd) => cli::recovery::contract(cmd),
-        Command::Replay(args) => cli::recovery::replay(args, "replay"),
-        Command::Reconcile(args) => cli::recovery::replay(args, "reconcile"),
+        Command::Replay(args) => cli::recovery::replay(args),
+        Command::Reconcile(args) => cli::recovery::reconcile(args),
         Command::Dlq(cmd) => cli::recovery::dlq(cmd),
         Command::State(cmd) => cli::recovery::state(cmd),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", tally::redact::redact(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

@@ -2,9 +2,10 @@
 //! Counters move only when a commit succeeded, so they count what Kafka holds.
 
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 use tally_topology::Reason;
 
 use crate::engine::FlowInfo;
@@ -22,7 +23,10 @@ pub fn install() -> PrometheusHandle {
                         10.0, 30.0,
                     ],
                 )
-                .expect("static bucket list is not empty");
+                .expect("static bucket list is not empty")
+                // A gauge nobody sets any more (a revoked partition's lag) leaves the output;
+                // the live ones are set every few seconds.
+                .idle_timeout(MetricKindMask::GAUGE, Some(Duration::from_secs(30)));
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // A second install in the same process (tests) keeps the first recorder.
@@ -60,7 +64,7 @@ fn describe() {
     );
     metrics::describe_gauge!(
         "tally_consumer_lag",
-        "Consumer lag per input partition (librdkafka statistics)"
+        "Records after the group's committed offset, per assigned input partition (the broker's view)"
     );
     metrics::describe_histogram!(
         "tally_end_to_end_latency_seconds",
@@ -73,6 +77,14 @@ fn describe() {
     metrics::describe_gauge!(
         "tally_partitions_restoring",
         "Assigned partitions still restoring"
+    );
+    metrics::describe_counter!(
+        "tally_repairs_applied_total",
+        "Signed repairs from the control topic written by their owner"
+    );
+    metrics::describe_counter!(
+        "tally_repairs_refused_total",
+        "Control records refused, by reason (unsigned, bad_signature, moved_on, ...)"
     );
     metrics::describe_counter!(
         "tally_redeliveries_reapplied_total",
@@ -104,9 +116,7 @@ pub fn record_commit(
         }
     }
     if !timestamps.is_empty() {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now = crate::clock::now_ms();
         let h = metrics::histogram!("tally_end_to_end_latency_seconds");
         for ts in timestamps {
             h.record(((now - ts).max(0) as f64) / 1000.0);
@@ -130,4 +140,16 @@ pub fn record_state_cache(flow: &FlowInfo, hits: u64, misses: u64) {
 pub fn record_restore(flow: &FlowInfo, records: u64) {
     metrics::counter!("tally_restore_records_total", "flow" => flow.name.clone())
         .increment(records);
+}
+
+/// Counts committed repair decisions: applied, and refused by reason.
+pub fn record_repairs(flow: &FlowInfo, applied: u64, refused: &[crate::signing::Refusal]) {
+    if applied > 0 {
+        metrics::counter!("tally_repairs_applied_total", "flow" => flow.name.clone())
+            .increment(applied);
+    }
+    for r in refused {
+        metrics::counter!("tally_repairs_refused_total", "flow" => flow.name.clone(), "reason" => r.as_str())
+            .increment(1);
+    }
 }

@@ -176,14 +176,32 @@ fn injected_drift_is_reported_repaired_and_then_trusted() {
     assert_eq!(drift["duplicates_skipped"], 1);
 
     eprintln!("reconcile evidence after drift: {drift:#}");
-    let (ok, repair) = tally(&setup, &["replay", "--apply"]);
+    let apply = ["replay", "--apply", "--reason", "drift found by reconcile"];
+    let (ok, repair) = tally(&setup, &[&apply[..], &["--actor", "alice"]].concat());
     eprintln!("replay --apply evidence: {repair:#}");
     assert!(ok, "the repair is confirmed: {repair:#}");
     assert_eq!(
         repair["rows_repaired"], 4,
         "3 states and 1 output: {repair:#}"
     );
+    assert_eq!(repair["operator"]["actor"], "alice");
+    assert_eq!(repair["operator"]["reason"], "drift found by reconcile");
+    assert_eq!(repair["operator"]["key_id"], "test");
+    assert_eq!(
+        repair["repaired_keys"],
+        serde_json::json!(["sku-001", "sku-002", "sku-003", "sku-004"])
+    );
     assert_eq!(p.metric("tally_repairs_applied_total"), 4.0);
+    // Each owner wrote an audit record of what it applied, for whom, in its own transaction.
+    let audits: Vec<Value> = common::read_all(&format!("{}-evidence", setup.app))
+        .iter()
+        .filter_map(|r| serde_json::from_slice(r.value.as_deref()?).ok())
+        .filter(|a: &Value| a["kind"] == "repair_applied")
+        .collect();
+    assert_eq!(audits.len(), 4, "{audits:#?}");
+    assert!(audits
+        .iter()
+        .all(|a| a["actor"] == "alice" && a["recovery_id"] == repair["recovery_id"]));
 
     let (ok, after) = tally(&setup, &["reconcile"]);
     assert!(ok, "repaired state reconciles: {after:#}");

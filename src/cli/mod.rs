@@ -23,7 +23,7 @@ pub fn init_tracing(default: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(tally::redact::stderr)
         .try_init();
 }
 
@@ -45,7 +45,7 @@ pub fn run_processor(
     shutdown: Arc<AtomicBool>,
 ) -> anyhow::Result<std::net::SocketAddr> {
     let handle = tally::metrics::install();
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Health::new(cfg.health.stall_timeout));
     let stores = Arc::new(tally::engine::StoreRegistry::default());
     let kinds = cfg
         .flows
@@ -53,13 +53,12 @@ pub fn run_processor(
         .filter_map(|f| f.kind().ok().map(|k| (f.name.clone(), k)))
         .collect();
     let bound = tally::http::serve(
-        cfg.http.listen,
+        &cfg.http,
         handle,
         Arc::clone(&health),
         Arc::clone(&stores),
         kinds,
-    )
-    .with_context(|| format!("binding http.listen {}", cfg.http.listen))?;
+    )?;
     tally::engine::run(cfg, shutdown, health, stores)?;
     Ok(bound)
 }
@@ -211,7 +210,7 @@ pub fn oracle_spec(
         .map_err(|_| anyhow::anyhow!("flow `{}` has no oracle", f.name))?;
     Ok(OracleSpec {
         bootstrap: cfg.bootstrap_servers.clone(),
-        kafka: cfg.kafka.clone(),
+        kafka: (*cfg.kafka).clone(),
         flow,
         input: f.input.clone(),
         output: f.output.clone(),

@@ -9,8 +9,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use tally::config::{Config, FlowConfig};
 use tally::recovery::dlq;
-use tally::recovery::evidence::{self, Evidence};
-use tally::recovery::replay::{self, Plan};
+use tally::recovery::evidence::{self, Evidence, Operator};
+use tally::recovery::replay::{self, Plan, Signer};
 use tally::recovery::scope::Scope;
 use tally::recovery::travel::{self, Point};
 use tally_topology::{Contract, FlowKind, Inventory, Ledger};
@@ -43,23 +43,47 @@ pub enum ContractCommand {
     },
 }
 
-/// Arguments of `tally replay` and `tally reconcile`.
+/// Arguments of `tally reconcile` (and the read-only part of `tally replay`).
 #[derive(Args, Debug, Clone)]
-pub struct ReplayArgs {
+pub struct ReconcileArgs {
     #[command(flatten)]
     pub target: FlowArgs,
     /// key=K, time=FROM..TO (RFC 3339), partition=P[:FROM..TO]; repeat to combine.
     #[arg(long)]
     pub scope: Vec<String>,
-    /// Only report (the default).
-    #[arg(long, conflicts_with = "apply")]
-    pub dry_run: bool,
-    /// Repair: send the rebuilt rows to their owners and confirm them in the changelog.
-    #[arg(long)]
-    pub apply: bool,
     /// Also write the evidence record to this file.
     #[arg(long)]
     pub evidence_file: Option<PathBuf>,
+}
+
+/// Who changes or republishes state, and why: required by `replay --apply` and `dlq replay`.
+#[derive(Args, Debug, Clone)]
+pub struct OperatorArgs {
+    /// Why this change is made; recorded in the evidence.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Who makes it (default: the Kafka principal `User:<sasl.username>` of the config).
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// The `[[control.keys]]` id that vouches for the actor (default: the first that does).
+    #[arg(long)]
+    pub key_id: Option<String>,
+}
+
+/// Arguments of `tally replay`.
+#[derive(Args, Debug, Clone)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub base: ReconcileArgs,
+    /// Only report (the default).
+    #[arg(long, conflicts_with = "apply")]
+    pub dry_run: bool,
+    /// Repair: send the rebuilt rows, signed, to their owners and confirm them in the
+    /// changelog. Needs --reason and a control key that vouches for the actor.
+    #[arg(long)]
+    pub apply: bool,
+    #[command(flatten)]
+    pub operator: OperatorArgs,
     /// Seconds an apply waits for the owners to write the repairs.
     #[arg(long, default_value_t = 60)]
     pub confirm_timeout: u64,
@@ -72,9 +96,11 @@ pub enum DlqCommand {
     Replay {
         #[command(flatten)]
         target: FlowArgs,
-        /// Only records dead-lettered for this reason (e.g. unknown_schema_version).
+        /// Only records dead-lettered for this error reason (e.g. unknown_schema_version).
         #[arg(long)]
-        reason: Option<String>,
+        only_reason: Option<String>,
+        #[command(flatten)]
+        operator: OperatorArgs,
         #[arg(long)]
         evidence_file: Option<PathBuf>,
     },
@@ -194,8 +220,32 @@ pub(super) fn emit(
     })
 }
 
-/// `tally replay` (`reconcile` is a replay that never repairs).
-pub fn replay(args: ReplayArgs, kind: &'static str) -> anyhow::Result<ExitCode> {
+/// `tally reconcile`: a replay that only reports.
+pub fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
+    let (cfg, plan, contract) = scoped_plan(&args, "reconcile")?;
+    let f = flow_of(&cfg, &args.target.flow)?;
+    let ev = run_plan(f, &plan)?;
+    emit(&cfg, &contract, &ev, args.evidence_file.as_ref())
+}
+
+/// `tally replay`: a dry run, or with `--apply` a signed repair by a named operator.
+pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let (cfg, mut plan, contract) = scoped_plan(&args.base, "replay")?;
+    let f = flow_of(&cfg, &args.base.target.flow)?;
+    if args.apply {
+        plan.apply = true;
+        plan.signer = Some(signer(&cfg, &args.operator, "replay --apply")?);
+    }
+    plan.confirm_timeout = Duration::from_secs(args.confirm_timeout);
+    let ev = run_plan(f, &plan)?;
+    emit(&cfg, &contract, &ev, args.base.evidence_file.as_ref())
+}
+
+/// The config, and the plan of a replay or reconcile over the scope the contract allows.
+fn scoped_plan(
+    args: &ReconcileArgs,
+    kind: &'static str,
+) -> anyhow::Result<(Config, Plan, Contract)> {
     let cfg = Config::load(&args.target.config)?;
     let f = flow_of(&cfg, &args.target.flow)?;
     let (mut plan, contract) = plan(&cfg, f, kind)?;
@@ -211,10 +261,47 @@ pub fn replay(args: ReplayArgs, kind: &'static str) -> anyhow::Result<ExitCode> 
             f.name
         );
     }
-    plan.apply = args.apply && kind == "replay";
-    plan.confirm_timeout = Duration::from_secs(args.confirm_timeout);
-    let ev = run_plan(f, &plan)?;
-    emit(&cfg, &contract, &ev, args.evidence_file.as_ref())
+    Ok((cfg, plan, contract))
+}
+
+/// The operator of a state change and the key that vouches for them; refuses to go on without
+/// a reason, an actor, and a key.
+fn signer(cfg: &Config, args: &OperatorArgs, what: &str) -> anyhow::Result<Signer> {
+    let reason = args
+        .reason
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("{what} changes state: say why with --reason"))?;
+    let actor = match (&args.actor, cfg.kafka.get("sasl.username")) {
+        (Some(a), _) => a.clone(),
+        (None, Some(user)) => format!("User:{user}"),
+        (None, None) => anyhow::bail!("{what} changes state: name the operator with --actor"),
+    };
+    let key = tally::signing::signing_key(&cfg.control, args.key_id.as_deref(), &actor)
+        .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+    Ok(Signer {
+        key: key.clone(),
+        operator: Operator {
+            actor,
+            key_id: key.id.clone(),
+            host: host_name(),
+            reason: reason.to_string(),
+        },
+    })
+}
+
+/// This machine's name, for the evidence of who changed what from where.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Runs a replay plan with the flow's projection.
@@ -225,17 +312,19 @@ pub(super) fn run_plan(f: &FlowConfig, plan: &Plan) -> anyhow::Result<Evidence> 
     })
 }
 
-/// `tally dlq replay`.
+/// `tally dlq replay`: re-submits dead letters, signed for a named operator.
 pub fn dlq(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
     let DlqCommand::Replay {
         target,
-        reason,
+        only_reason,
+        operator,
         evidence_file,
     } = cmd;
     let cfg = Config::load(&target.config)?;
     let f = flow_of(&cfg, &target.flow)?;
-    let (plan, contract) = plan(&cfg, f, "dlq_replay")?;
-    let ev = dlq::replay(&plan, &f.dead_letter, reason.as_deref())?;
+    let (mut plan, contract) = plan(&cfg, f, "dlq_replay")?;
+    plan.signer = Some(signer(&cfg, &operator, "dlq replay")?);
+    let ev = dlq::replay(&plan, &f.dead_letter, only_reason.as_deref())?;
     emit(&cfg, &contract, &ev, evidence_file.as_ref())
 }
 

@@ -1,7 +1,7 @@
 //! A task's way back to work: its restore starts (at assignment or after a failed commit), and
 //! once it finished, the task is seeked to its committed offset and its input resumed.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +12,13 @@ use super::restore::RestoreJob;
 use super::Engine;
 use crate::config::ProcessingGuarantee;
 
+/// A running restore as the engine sees it: to cancel it, and to see it read on.
+#[derive(Clone, Default)]
+pub(super) struct RestoreHandle {
+    pub cancel: Arc<AtomicBool>,
+    pub read: Arc<AtomicU64>,
+}
+
 impl Engine {
     /// Starts a task's restore from what Kafka committed, cancelling one still running.
     pub(super) fn start_restore(&mut self, flow_idx: usize, partition: i32) {
@@ -19,12 +26,9 @@ impl Engine {
             return;
         };
         let epoch = task.restart();
-        let cancel = Arc::new(AtomicBool::new(false));
-        if let Some(old) = self
-            .cancels
-            .insert((flow_idx, partition), Arc::clone(&cancel))
-        {
-            old.store(true, Ordering::Release);
+        let handle = RestoreHandle::default();
+        if let Some(old) = self.restores.insert((flow_idx, partition), handle.clone()) {
+            old.cancel.store(true, Ordering::Release);
         }
         self.pending_seeks
             .retain(|(f, p, _)| (*f, *p) != (flow_idx, partition));
@@ -36,9 +40,10 @@ impl Engine {
             epoch,
             store: task.store().clone(),
             bootstrap: self.cfg.bootstrap_servers.clone(),
-            passthrough: self.cfg.kafka.clone(),
+            passthrough: (*self.cfg.kafka).clone(),
             group: self.cfg.application_id.clone(),
-            cancel,
+            cancel: handle.cancel,
+            read: handle.read,
             hold_outputs: self.cfg.processing_guarantee == ProcessingGuarantee::AtLeastOnce,
         }
         .spawn(self.restores_tx.clone());

@@ -88,10 +88,27 @@ impl Engine {
             Err(ProduceError::Task(e)) => Err(e.into()),
             Err(ProduceError::Kafka(e)) => {
                 tracing::warn!(error = %e, "commit failed; rolling back to the committed offsets");
-                self.roll_back(consumer, &e);
-                Ok(())
+                self.fail(consumer, &e)
             }
         }
+    }
+
+    /// Rolls back after a failed produce or commit, or stops the processor when the cause is
+    /// one no retry fixes (an ACL, a record no topic takes): looping on it would only hide it.
+    fn fail<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        cause: &KafkaError,
+    ) -> Result<(), super::EngineError> {
+        let fatal = crate::kafka::errors::fatal(cause)
+            .map(|why| format!("{why}: {cause}"))
+            .or_else(|| self.sink.fatal());
+        if let Some(why) = fatal {
+            self.abort_open();
+            return Err(super::EngineError::Fatal(why));
+        }
+        self.roll_back(consumer, cause);
+        Ok(())
     }
 
     /// Produces what is left of the batch (with the dedupe expiry) and says what the committer
@@ -210,7 +227,7 @@ impl Engine {
         let committed = result.and_then(|timings| self.commit_offsets(consumer, &running, timings));
         if let Err(e) = committed {
             tracing::warn!(error = %e, "commit failed; rolling back to the committed offsets");
-            self.roll_back(consumer, &e);
+            self.fail(consumer, &e)?;
             return Ok(Some(CommitOutcome::RolledBack));
         }
         self.failures_before = self.sink.failures();
@@ -278,8 +295,7 @@ impl Engine {
             Err(ProduceError::Task(e)) => Err(e.into()),
             Err(ProduceError::Kafka(e)) => {
                 tracing::warn!(error = %e, "producing failed; rolling back to the committed offsets");
-                self.roll_back(consumer, &e);
-                Ok(())
+                self.fail(consumer, &e)
             }
         }
     }
@@ -315,6 +331,7 @@ impl Engine {
         cause: &KafkaError,
     ) {
         metrics::counter!("tally_transactions_aborted_total").increment(1);
+        self.stalls.rolled_back();
         debug_assert!(
             self.running.is_none(),
             "a running commit ends before a rollback"

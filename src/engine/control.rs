@@ -9,9 +9,11 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::task::ControlRecord;
 use super::Engine;
 use crate::config::Config;
 use crate::kafka::clients::{self, Quiet};
+use crate::signing;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// Repairs read per poll-loop turn, so a burst cannot starve input processing.
@@ -85,17 +87,33 @@ impl Engine {
             let Some(flow) = self.flows.iter().position(|f| f.control == msg.topic()) else {
                 continue;
             };
-            let bound = msg
-                .headers()
-                .and_then(|h| {
-                    h.iter()
-                        .find(|x| x.key == crate::recovery::repair::BOUND_HEADER)
-                        .and_then(|x| std::str::from_utf8(x.value?).ok()?.parse::<i64>().ok())
-                })
-                .unwrap_or(0);
+            let header = |name: &str| {
+                msg.headers()
+                    .and_then(|h| h.iter().find(|x| x.key == name))
+                    .and_then(|x| x.value)
+            };
+            let (authority, signature) = signing::read_headers(header);
+            let record = signing::Record {
+                topic: msg.topic(),
+                partition: msg.partition(),
+                key: msg.key(),
+                value: msg.payload(),
+            };
+            let verified = signing::verify(
+                &self.cfg.control,
+                &record,
+                authority.as_ref(),
+                signature.as_deref(),
+                crate::clock::now_ms(),
+            );
             if let Some(t) = self.tasks.get_mut(&(flow, msg.partition())) {
-                let key = msg.key().unwrap_or_default();
-                t.repair(key, msg.payload(), msg.offset(), bound);
+                t.repair(ControlRecord {
+                    key: msg.key().unwrap_or_default(),
+                    value: msg.payload(),
+                    offset: msg.offset(),
+                    authority,
+                    verified,
+                });
             }
         }
     }

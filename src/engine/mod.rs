@@ -2,6 +2,7 @@
 //! `run` owns the poll loop; rebalance callbacks commit or drop work through the same engine.
 
 mod activate;
+mod assign;
 mod commit;
 mod committer;
 mod control;
@@ -10,6 +11,7 @@ mod rebalance;
 mod restore;
 mod sink;
 mod task;
+mod watch;
 mod writer;
 
 use std::collections::HashMap;
@@ -21,20 +23,21 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use tally_state::{Store, StoreOptions};
-use tally_topology::{FlowKind, Inventory, Ledger};
+use tally_state::Store;
+use tally_topology::FlowKind;
 
 pub use commit::CommitOutcome;
 pub use rebalance::EngineContext;
 use restore::RestoreDone;
 pub use sink::DeliveredOffsets;
 use sink::Sink;
-use task::{Status, Task, TaskOps};
+use task::{Status, TaskOps};
 use writer::StoreWriter;
 
 use crate::config::{Config, ProcessingGuarantee};
 use crate::health::Health;
 use crate::kafka::clients;
+use crate::kafka::limits::{self, RecordLimit};
 use crate::kafka::topics::{TopicRole, Topics};
 
 /// A flow's names, resolved once at start.
@@ -52,6 +55,11 @@ pub struct FlowInfo {
     pub dedupe_retention_ms: i64,
     /// Where replays send repairs; co-partitioned with the input.
     pub control: String,
+    /// Where applied and refused repairs leave their audit records (the contract's evidence
+    /// topic).
+    pub evidence: String,
+    /// The largest record the flow may produce to any of its topics.
+    pub record_limit: RecordLimit,
 }
 
 /// Why the processor stopped.
@@ -65,6 +73,9 @@ pub enum EngineError {
     Task(#[from] task::TaskError),
     #[error("store: {0}")]
     State(#[from] tally_state::StateError),
+    /// Kafka refused something no retry fixes (an ACL, a record larger than a topic takes).
+    #[error("stopping: {0}")]
+    Fatal(String),
 }
 
 /// The hasher of the per-record maps (tasks by partition, staged states and ids, delivery
@@ -80,7 +91,9 @@ pub struct Engine {
     flows: Vec<Arc<FlowInfo>>,
     by_input: HashMap<String, usize, FastHash>,
     tasks: HashMap<(usize, i32), Box<dyn TaskOps>, FastHash>,
-    cancels: HashMap<(usize, i32), Arc<AtomicBool>>,
+    /// Assigned partitions whose store could not be opened yet.
+    blocked: HashMap<(usize, i32), assign::Blocked>,
+    restores: HashMap<(usize, i32), activate::RestoreHandle>,
     open_stores: HashMap<(usize, i32), Store>,
     writer: StoreWriter,
     sink: Sink,
@@ -106,6 +119,10 @@ pub struct Engine {
     health: Arc<Health>,
     stores: Arc<StoreRegistry>,
     control: control::Control,
+    /// Lag and fetch positions of the assigned partitions, shared with the lag thread.
+    readings: Arc<watch::Readings>,
+    stalls: watch::Stalls,
+    next_check: Instant,
 }
 
 impl Engine {
@@ -142,89 +159,6 @@ impl Engine {
         }
     }
 
-    fn store_path(&self, flow: &FlowInfo, partition: i32) -> std::path::PathBuf {
-        self.cfg
-            .state_dir
-            .join(&self.cfg.application_id)
-            .join(&flow.name)
-            .join(partition.to_string())
-    }
-
-    /// Opens the store of a newly assigned partition and starts restoring it.
-    fn add_task(&mut self, flow_idx: usize, partition: i32) -> Result<(), EngineError> {
-        if self.tasks.contains_key(&(flow_idx, partition)) {
-            return Ok(());
-        }
-        let flow = Arc::clone(&self.flows[flow_idx]);
-        // A store stays open for the life of the process: sled locks its files, and a restore
-        // thread of an earlier assignment may still hold a handle.
-        let store = match self.open_stores.get(&(flow_idx, partition)) {
-            Some(s) => s.clone(),
-            None => {
-                let path = self.store_path(&flow, partition);
-                let opts = StoreOptions {
-                    cache_capacity_bytes: self.cfg.store_cache_mib * 1024 * 1024,
-                    ..StoreOptions::default()
-                };
-                let (store, wiped) = Store::open_or_wipe(&path, opts)?;
-                if let Some(reason) = wiped {
-                    tracing::warn!(flow = %flow.name, partition, %reason,
-                        "store unreadable; wiped, restoring from the changelog");
-                }
-                self.open_stores
-                    .insert((flow_idx, partition), store.clone());
-                store
-            }
-        };
-        self.stores
-            .insert((flow.name.clone(), partition), store.clone());
-        let cache = self.cache_bytes_per_task();
-        let writer = self.writer.clone();
-        let task: Box<dyn TaskOps> = match flow.kind {
-            FlowKind::Inventory => Box::new(Task::<Inventory>::new(
-                flow, partition, store, writer, cache,
-            )),
-            FlowKind::Ledger => {
-                Box::new(Task::<Ledger>::new(flow, partition, store, writer, cache))
-            }
-        };
-        self.tasks.insert((flow_idx, partition), task);
-        self.start_restore(flow_idx, partition);
-        Ok(())
-    }
-
-    /// A task's share of `statestore_cache_max_bytes`: the budget split over every input
-    /// partition of every flow, so an instance that owns them all keeps to it.
-    fn cache_bytes_per_task(&self) -> usize {
-        let partitions: u64 = self.flows.iter().map(|f| f.partitions.max(0) as u64).sum();
-        let share = self.cfg.statestore_cache_max_bytes / partitions.max(1);
-        usize::try_from(share).unwrap_or(usize::MAX)
-    }
-
-    /// Forgets a partition this instance no longer owns.
-    fn remove_task(&mut self, flow_idx: usize, partition: i32) {
-        self.control
-            .release(&self.flows[flow_idx].control, partition);
-        if let Some(c) = self.cancels.remove(&(flow_idx, partition)) {
-            c.store(true, Ordering::Release);
-        }
-        if let Some(mut t) = self.tasks.remove(&(flow_idx, partition)) {
-            if let Err(e) = t.settle() {
-                tracing::warn!(error = %e, "writing the last batch of a revoked store failed");
-            }
-            if let Err(e) = t.store().flush() {
-                tracing::warn!(error = %e, "flushing a revoked store failed");
-            }
-            self.stores.remove(&(t.flow().name.clone(), partition));
-        }
-        self.update_gauges();
-    }
-
-    fn update_gauges(&self) {
-        self.health
-            .set_partitions(self.tasks.len(), self.restoring_tasks());
-    }
-
     /// Stages one input record in its task.
     fn process(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), EngineError> {
         let Some(&flow) = self.by_input.get(msg.topic()) else {
@@ -257,6 +191,13 @@ pub fn run(
     stores: Arc<StoreRegistry>,
 ) -> Result<(), EngineError> {
     let cfg = Arc::new(cfg);
+    // Before the producer starts: its start waits a minute for a cluster that never answers.
+    crate::kafka::probe::check(
+        &cfg.bootstrap_servers,
+        &cfg.kafka,
+        crate::kafka::probe::START_LIMIT,
+    )
+    .map_err(crate::kafka::topics::TopicError::from)?;
     let delivered = Arc::new(DeliveredOffsets::default());
     // The producer's start (half a second: librdkafka's first transactional id request waits
     // for a broker connection) overlaps the topics' preparation.
@@ -267,7 +208,10 @@ pub fn run(
         (flows, sink)
     });
     let flows = flows?;
-    let sink = sink?;
+    let sink = sink.map_err(|e| match crate::kafka::errors::fatal(&e) {
+        Some(why) => EngineError::Fatal(format!("creating the producer: {why}: {e}")),
+        None => e.into(),
+    })?;
     delivered.track(flows.iter().flat_map(|f| {
         [
             (f.changelog.clone(), f.partitions),
@@ -284,12 +228,14 @@ pub fn run(
         ),
     };
     let (restores_tx, restores_rx) = channel();
+    let readings = Arc::new(watch::Readings::default());
     let engine = Arc::new(Mutex::new(Engine {
         by_input: flows.iter().map(|f| (f.input.clone(), f.idx)).collect(),
         flows: flows.clone(),
         cfg: Arc::clone(&cfg),
         tasks: HashMap::default(),
-        cancels: HashMap::new(),
+        blocked: HashMap::new(),
+        restores: HashMap::new(),
         open_stores: HashMap::new(),
         writer: StoreWriter::start().map_err(|source| tally_state::StateError::Fs {
             path: cfg.state_dir.clone(),
@@ -313,8 +259,25 @@ pub fn run(
         health: Arc::clone(&health),
         stores,
         control: control::Control::new(&cfg)?,
+        readings: Arc::clone(&readings),
+        stalls: watch::Stalls::default(),
+        next_check: Instant::now(),
     }));
-    let context = EngineContext::new(Arc::clone(&engine), Arc::clone(&health));
+    watch::start_lag_thread(
+        Arc::clone(&readings),
+        cfg.bootstrap_servers.clone(),
+        (*cfg.kafka).clone(),
+        cfg.application_id.clone(),
+    )
+    .map_err(|source| tally_state::StateError::Fs {
+        path: cfg.state_dir.clone(),
+        source,
+    })?;
+    let context = EngineContext::new(
+        Arc::clone(&engine),
+        Arc::clone(&health),
+        Arc::clone(&readings),
+    );
     let consumer: Arc<BaseConsumer<EngineContext>> = Arc::new(
         clients::group_consumer(&cfg.bootstrap_servers, &cfg.kafka, &cfg.application_id)
             .create_with_context(context)?,
@@ -352,6 +315,9 @@ pub fn run(
                         polled += 1;
                     }
                     Err(e) => {
+                        if let Some(cause) = crate::kafka::errors::fatal(&e) {
+                            return Err(EngineError::Fatal(format!("consuming: {cause}: {e}")));
+                        }
                         tracing::warn!(error = %e, "consumer error");
                         break;
                     }
@@ -363,6 +329,12 @@ pub fn run(
             }
             let tp = Instant::now();
             let mut e = lock(&engine);
+            e.health.beat();
+            if tp >= e.next_check {
+                e.next_check = tp + watch::CHECK_EVERY;
+                e.retry_blocked();
+                e.check_stalls();
+            }
             e.poll_control();
             e.sink.poll();
             e.finish_restores(&consumer);
@@ -418,6 +390,7 @@ pub fn run(
     }
     // Leaving the group runs the revoke callback, which commits nothing further and closes tasks.
     lock(&engine).group_consumer = None;
+    readings.stop();
     consumer.unsubscribe();
     drop(consumer);
     tracing::info!("processor stopped");
@@ -484,6 +457,7 @@ fn lock(engine: &Mutex<Engine>) -> std::sync::MutexGuard<'_, Engine> {
 /// are created with its partition count, or checked against it.
 fn prepare_topics(cfg: &Config) -> Result<Vec<Arc<FlowInfo>>, EngineError> {
     let topics = Topics::connect(&cfg.bootstrap_servers, &cfg.kafka)?;
+    let producer_max = limits::producer_max(&cfg.kafka);
     let mut out = Vec::new();
     for (idx, f) in cfg.flows.iter().enumerate() {
         let partitions = topics
@@ -496,6 +470,20 @@ fn prepare_topics(cfg: &Config) -> Result<Vec<Arc<FlowInfo>>, EngineError> {
         topics.ensure_copartitioned(&f.input, &f.dead_letter, partitions, rf, TopicRole::Log)?;
         let control = f.control_topic(&cfg.application_id);
         topics.ensure_copartitioned(&f.input, &control, partitions, rf, TopicRole::Log)?;
+        let evidence = f
+            .contract()
+            .map(|c| c.evidence_topic(&cfg.application_id))
+            .unwrap_or_else(|_| format!("{}-evidence", cfg.application_id));
+        if topics.partitions(&evidence)?.is_none() {
+            topics.create(&evidence, 1, rf, TopicRole::Log)?;
+        }
+        // The flow's records must fit the smallest of its topics' limits.
+        let mut topic_max = usize::MAX;
+        for t in [&changelog, &f.output, &f.dead_letter, &evidence] {
+            if let Some(max) = topics.max_message_bytes(t)? {
+                topic_max = topic_max.min(max);
+            }
+        }
         out.push(Arc::new(FlowInfo {
             idx,
             name: f.name.clone(),
@@ -508,6 +496,8 @@ fn prepare_topics(cfg: &Config) -> Result<Vec<Arc<FlowInfo>>, EngineError> {
             dedupe_retention_ms: i64::try_from(cfg.dedupe_retention.as_millis())
                 .unwrap_or(i64::MAX),
             control,
+            evidence,
+            record_limit: RecordLimit::new(producer_max, topic_max),
         }));
     }
     Ok(out)

@@ -9,6 +9,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, TopicPartitionList};
 
+use super::watch::Readings;
 use super::{lock, Engine};
 use crate::health::Health;
 
@@ -16,12 +17,17 @@ use crate::health::Health;
 pub struct EngineContext {
     engine: Arc<Mutex<Engine>>,
     health: Arc<Health>,
+    readings: Arc<Readings>,
 }
 
 impl EngineContext {
     /// Binds the callbacks to an engine.
-    pub fn new(engine: Arc<Mutex<Engine>>, health: Arc<Health>) -> Self {
-        Self { engine, health }
+    pub fn new(engine: Arc<Mutex<Engine>>, health: Arc<Health>, readings: Arc<Readings>) -> Self {
+        Self {
+            engine,
+            health,
+            readings,
+        }
     }
 
     fn partitions(engine: &Engine, tpl: &TopicPartitionList) -> Vec<(usize, i32)> {
@@ -44,9 +50,9 @@ impl ClientContext for EngineContext {
         }
         for (topic, t) in &stats.topics {
             for (p, part) in &t.partitions {
-                if *p >= 0 && part.consumer_lag >= 0 {
-                    metrics::gauge!("tally_consumer_lag", "topic" => topic.clone(), "partition" => p.to_string())
-                        .set(part.consumer_lag as f64);
+                if *p >= 0 {
+                    self.readings
+                        .fetched(topic, *p, part.next_offset, part.ls_offset);
                 }
             }
         }
@@ -122,9 +128,7 @@ impl ConsumerContext for EngineContext {
             tracing::warn!(error = %e, "cannot pause new partitions");
         }
         for (f, p) in added {
-            if let Err(e) = engine.add_task(f, p) {
-                tracing::error!(error = %e, partition = p, "cannot open the store of an assigned partition");
-            }
+            engine.add_task(f, p);
         }
         tracing::info!(partitions = tpl.count(), "partitions assigned; restoring");
     }

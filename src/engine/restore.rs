@@ -2,7 +2,7 @@
 //! It first reads the group's committed input offset (stable, KIP-447), then the changelog to its end.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,6 +37,8 @@ pub struct RestoreJob {
     pub passthrough: BTreeMap<String, String>,
     pub group: String,
     pub cancel: Arc<AtomicBool>,
+    /// Changelog records read so far, for the stall check: a long restore is progress.
+    pub read: Arc<AtomicU64>,
     /// at_least_once: outputs a crash left ahead of the changelog make the next owner hold its
     /// own outputs back until it redelivered past them.
     pub hold_outputs: bool,
@@ -199,6 +201,7 @@ impl RestoreJob {
                     Some(Ok(m)) => {
                         eof_at = None;
                         records += 1;
+                        self.read.fetch_add(1, Ordering::Relaxed);
                         next = m.offset() + 1;
                         missing = next < required;
                         chunk.push(m.key().unwrap_or_default(), m.payload());

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
@@ -50,6 +50,8 @@ impl DeliveredOffsets {
 pub struct DeliveryTracker {
     offsets: Arc<DeliveredOffsets>,
     failures: AtomicU64,
+    /// The first failed delivery whose cause no retry fixes.
+    fatal: Mutex<Option<String>>,
 }
 
 impl DeliveryTracker {
@@ -74,6 +76,10 @@ impl ProducerContext for DeliveryTracker {
             Err((e, m)) => {
                 self.failures.fetch_add(1, Ordering::AcqRel);
                 tracing::warn!(topic = m.topic(), partition = m.partition(), error = %e, "delivery failed");
+                if let Some(why) = crate::kafka::errors::fatal(e) {
+                    let mut fatal = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
+                    fatal.get_or_insert_with(|| format!("{why}: topic `{}`: {e}", m.topic()));
+                }
             }
         }
     }
@@ -94,11 +100,14 @@ impl Sink {
         timeout: Duration,
     ) -> KafkaResult<Self> {
         let transactional = config.get("transactional.id").is_some();
-        let producer: BaseProducer<DeliveryTracker> =
-            config.create_with_context(DeliveryTracker {
+        let producer: BaseProducer<DeliveryTracker> = crate::kafka::clients::create(
+            config,
+            DeliveryTracker {
                 offsets,
                 failures: AtomicU64::new(0),
-            })?;
+                fatal: Mutex::new(None),
+            },
+        )?;
         if transactional {
             producer.init_transactions(timeout)?;
         }
@@ -129,6 +138,16 @@ impl Sink {
         self.producer.context().failures()
     }
 
+    /// Why a delivery failed for a cause no retry fixes, if one did.
+    pub fn fatal(&self) -> Option<String> {
+        self.producer
+            .context()
+            .fatal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Aborts the open transaction, then serves the reports of the records it purged, so their
     /// failures are not charged to a later commit.
     pub fn abort(&self) -> KafkaResult<()> {
@@ -146,12 +165,14 @@ impl Sink {
         &self,
         topic: &str,
         partition: i32,
-        key: &[u8],
+        key: Option<&[u8]>,
         value: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
     ) -> KafkaResult<()> {
-        let mut record: BaseRecord<'_, [u8], [u8]> =
-            BaseRecord::to(topic).partition(partition).key(key);
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(partition);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
         if let Some(v) = value {
             record = record.payload(v);
         }

@@ -3,6 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use rdkafka::client::ClientContext;
+use rdkafka::config::FromClientConfigAndContext;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::ClientConfig;
 
 /// A base config: bootstrap servers plus the user's passthrough settings.
@@ -13,6 +16,30 @@ pub fn base(bootstrap: &str, passthrough: &BTreeMap<String, String>) -> ClientCo
         c.set(k, v);
     }
     c
+}
+
+/// Creates a client from `config`; a refused setting is named in the error, and its value shown
+/// only when it is not a secret (librdkafka's message quotes the value).
+pub fn create<T, C>(config: &ClientConfig, context: C) -> KafkaResult<T>
+where
+    T: FromClientConfigAndContext<C>,
+    C: ClientContext,
+{
+    config.create_with_context(context).map_err(mask)
+}
+
+fn mask(e: KafkaError) -> KafkaError {
+    match e {
+        KafkaError::ClientConfig(res, desc, key, value) => {
+            let value = if crate::config::is_secret_key(&key) {
+                crate::redact::MASK.to_string()
+            } else {
+                value
+            };
+            KafkaError::ClientConfig(res, crate::redact::redact(&desc).into_owned(), key, value)
+        }
+        other => other,
+    }
 }
 
 /// The processor's group consumer: cooperative-sticky, read_committed, offsets committed by tally.
@@ -145,7 +172,7 @@ pub fn scan_reader(
 ) -> rdkafka::error::KafkaResult<rdkafka::consumer::BaseConsumer<Quiet>> {
     let mut c = reader(bootstrap, passthrough, group);
     set_default(&mut c, passthrough, "queued.max.messages.kbytes", "65536");
-    c.create_with_context(Quiet)
+    create(&c, Quiet)
 }
 
 /// A consumer built from [`reader`] with the [`Quiet`] context.
@@ -154,7 +181,7 @@ pub fn quiet_reader(
     passthrough: &BTreeMap<String, String>,
     group: &str,
 ) -> rdkafka::error::KafkaResult<rdkafka::consumer::BaseConsumer<Quiet>> {
-    reader(bootstrap, passthrough, group).create_with_context(Quiet)
+    create(&reader(bootstrap, passthrough, group), Quiet)
 }
 
 /// Serves every delivery report that is ready, without waiting for more. rdkafka's `poll` with

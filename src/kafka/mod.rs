@@ -2,6 +2,9 @@
 //! Only this module and the engine talk to librdkafka.
 
 pub mod clients;
+pub mod errors;
+pub mod limits;
+pub mod probe;
 pub mod progress;
 pub mod scan;
 pub mod topics;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
 use rdkafka::error::RDKafkaErrorCode;
 
 /// Why topics could not be prepared.
@@ -14,6 +14,10 @@ use rdkafka::error::RDKafkaErrorCode;
 pub enum TopicError {
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Unavailable(#[from] super::probe::ProbeError),
+    #[error("not authorized to describe topic `{0}`: the principal needs DESCRIBE (and READ or WRITE) ACLs on it")]
+    NotAuthorized(String),
     #[error(
         "input topic `{0}` does not exist (create it first, with the partition count you want)"
     )]
@@ -53,15 +57,17 @@ pub struct Topics {
 }
 
 impl Topics {
-    /// Connects an admin client and a metadata client.
+    /// Connects an admin client and a metadata client, once the cluster answered (see
+    /// [`super::probe`]).
     pub fn connect(
         bootstrap: &str,
         passthrough: &BTreeMap<String, String>,
     ) -> Result<Self, TopicError> {
+        super::probe::check(bootstrap, passthrough, super::probe::START_LIMIT)?;
         let cfg = super::clients::base(bootstrap, passthrough);
         Ok(Self {
-            admin: cfg.create()?,
-            meta: cfg.create()?,
+            admin: super::clients::create(&cfg, DefaultClientContext)?,
+            meta: super::clients::create(&cfg, DefaultConsumerContext)?,
             timeout: Duration::from_secs(30),
         })
     }
@@ -69,11 +75,17 @@ impl Topics {
     /// Partition count of a topic, or None when it does not exist.
     pub fn partitions(&self, topic: &str) -> Result<Option<i32>, TopicError> {
         let md = self.meta.fetch_metadata(Some(topic), self.timeout)?;
-        Ok(md.topics().first().and_then(|t| match t.error() {
-            Some(_) => None,
-            None if t.partitions().is_empty() => None,
-            None => Some(t.partitions().len() as i32),
-        }))
+        let Some(t) = md.topics().first() else {
+            return Ok(None);
+        };
+        match t.error().map(RDKafkaErrorCode::from) {
+            Some(RDKafkaErrorCode::TopicAuthorizationFailed) => {
+                Err(TopicError::NotAuthorized(topic.to_string()))
+            }
+            Some(_) => Ok(None),
+            None if t.partitions().is_empty() => Ok(None),
+            None => Ok(Some(t.partitions().len() as i32)),
+        }
     }
 
     /// Creates `topic` when missing (idempotent; tolerates a concurrent creator).
@@ -162,6 +174,20 @@ impl Topics {
 
     /// Whether the topic's cleanup.policy includes compact.
     pub fn is_compacted(&self, topic: &str) -> Result<bool, TopicError> {
+        Ok(self
+            .config_value(topic, "cleanup.policy")?
+            .is_some_and(|v| v.split(',').any(|p| p.trim() == "compact")))
+    }
+
+    /// The largest record batch the topic accepts (`max.message.bytes`).
+    pub fn max_message_bytes(&self, topic: &str) -> Result<Option<usize>, TopicError> {
+        Ok(self
+            .config_value(topic, "max.message.bytes")?
+            .and_then(|v| v.trim().parse().ok()))
+    }
+
+    /// One setting of a topic's configuration, as the cluster describes it.
+    fn config_value(&self, topic: &str, name: &str) -> Result<Option<String>, TopicError> {
         let opts = AdminOptions::new().request_timeout(Some(self.timeout));
         let res = block_on(
             self.admin
@@ -172,14 +198,11 @@ impl Topics {
                 topic: topic.into(),
                 message: code.to_string(),
             })?;
-            if let Some(entry) = resource.get("cleanup.policy") {
-                return Ok(entry
-                    .value
-                    .as_deref()
-                    .is_some_and(|v| v.split(',').any(|p| p.trim() == "compact")));
+            if let Some(entry) = resource.get(name) {
+                return Ok(entry.value.clone());
             }
         }
-        Ok(false)
+        Ok(None)
     }
 }
 

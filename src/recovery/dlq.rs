@@ -4,21 +4,27 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord};
 
 use super::evidence::{self, Evidence, OffsetRange};
 use super::replay::Plan;
 use super::RecoveryError;
 use crate::kafka::{clients, scan};
+use crate::signing::{self, Authority};
 
-/// Re-submits the dead letters of `plan`'s flow (those with `reason`, if given).
+/// Re-submits the dead letters of `plan`'s flow (those with `reason`, if given), each with its
+/// original headers and a signed provenance (recovery id, operator) for the audit trail.
 pub fn replay(
     plan: &Plan,
     dead_letter: &str,
     reason: Option<&str>,
 ) -> Result<Evidence, RecoveryError> {
+    let signer = plan.signer.as_ref().ok_or_else(|| {
+        RecoveryError::Scope("a dead-letter replay needs an operator and a control key".into())
+    })?;
     let started_ms = evidence::now_ms();
+    let recovery_id = evidence::recovery_id("dlq_replay", started_ms);
     let started_at = evidence::now_rfc3339();
     let topics = crate::kafka::topics::Topics::connect(&plan.bootstrap, &plan.kafka)?;
     let count = topics.partitions(dead_letter)?.ok_or_else(|| {
@@ -33,9 +39,10 @@ pub fn replay(
     let consumer = clients::scan_reader(&plan.bootstrap, &plan.kafka, &group)?;
     let ends = scan::high_watermarks(&consumer, dead_letter, &parts)?;
     let ranges: BTreeMap<i32, (i64, i64)> = ends.iter().map(|(p, e)| (*p, (0, *e))).collect();
-    let producer: BaseProducer = clients::producer(&plan.bootstrap, &plan.kafka, None, 60_000)
-        .create()
-        .map_err(RecoveryError::Kafka)?;
+    let producer: BaseProducer = clients::create(
+        &clients::producer(&plan.bootstrap, &plan.kafka, None, 60_000),
+        rdkafka::producer::DefaultProducerContext,
+    )?;
     let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
     let mut sent = 0u64;
     let mut failed = Vec::new();
@@ -55,7 +62,35 @@ pub fn replay(
         let partition = header("tally.source.partition")
             .and_then(|p| p.parse::<i32>().ok())
             .unwrap_or(m.partition());
-        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&plan.input).partition(partition);
+        let authority = Authority {
+            recovery_id: recovery_id.clone(),
+            actor: signer.operator.actor.clone(),
+            key_id: signer.key.id.clone(),
+            bound: header("tally.source.offset")
+                .and_then(|o| o.parse().ok())
+                .unwrap_or(-1),
+            signed_at_ms: started_ms,
+        };
+        let record = signing::Record {
+            topic: &plan.input,
+            partition,
+            key: m.key(),
+            value: m.payload(),
+        };
+        let signature = signing::sign(&signer.key, &record, &authority);
+        // The input's own headers go back with it; tally's error headers do not.
+        let mut headers = OwnedHeaders::new();
+        for h in m.headers().into_iter().flat_map(|h| h.iter()) {
+            if !h.key.starts_with("tally.") {
+                headers = headers.insert(h);
+            }
+        }
+        for h in signing::headers(&authority, &signature).iter() {
+            headers = headers.insert(h);
+        }
+        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&plan.input)
+            .partition(partition)
+            .headers(headers);
         if let Some(k) = m.key() {
             rec = rec.key(k);
         }
@@ -73,7 +108,7 @@ pub fn replay(
     })?;
     clients::flush(&producer, Duration::from_secs(60)).map_err(RecoveryError::Kafka)?;
     let mut ev = Evidence {
-        recovery_id: evidence::recovery_id("dlq_replay", started_ms),
+        recovery_id,
         kind: "dlq_replay".to_string(),
         flow: plan.flow.clone(),
         contract_version: plan.contract_version,
@@ -115,6 +150,8 @@ pub fn replay(
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         started_at,
         finished_at: String::new(),
+        operator: Some(signer.operator.clone()),
+        repaired_keys: Vec::new(),
     };
     ev.conclude();
     ev.finished_at = evidence::now_rfc3339();

@@ -30,6 +30,16 @@ pub struct TimeRange {
     pub to: String,
 }
 
+/// Who ran an operation that changes or republishes state, how they were vouched for, and why.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Operator {
+    pub actor: String,
+    /// The control key whose holder signed for the actor.
+    pub key_id: String,
+    pub host: String,
+    pub reason: String,
+}
+
 /// The evidence record, serialized as JSON to the evidence topic and to stdout or a file.
 #[derive(Debug, Clone, Serialize)]
 pub struct Evidence {
@@ -69,6 +79,13 @@ pub struct Evidence {
     pub tool_version: String,
     pub started_at: String,
     pub finished_at: String,
+    /// Set for operations that change or republish state (`replay --apply`, `dlq replay`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator: Option<Operator>,
+    /// The keys whose repair their owners confirmed (the first 1000; the evidence topic's audit
+    /// records name every one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repaired_keys: Vec<String>,
 }
 
 impl Evidence {
@@ -103,17 +120,7 @@ pub fn recovery_id(kind: &str, started_ms: i64) -> String {
     format!("{kind}-{started_ms}-{}", std::process::id())
 }
 
-/// Now in epoch milliseconds (the tools may read the clock; projections never do).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// Now as RFC 3339.
-pub fn now_rfc3339() -> String {
-    tally_topology::time::render_event_time(now_ms())
-}
+pub use crate::clock::{now_ms, now_rfc3339};
 
 /// Publishes the record to the contract's evidence topic (created on first use, one partition,
 /// keyed by flow) and waits for the broker to have it.

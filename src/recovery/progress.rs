@@ -36,7 +36,7 @@ impl Progress {
     #[inline]
     pub fn step(&mut self) {
         self.done += 1;
-        if self.done % 4096 == 0 {
+        if self.done.is_multiple_of(4096) {
             let every = if self.terminal { EVERY } else { EVERY_PLAIN };
             if self.last.elapsed() >= every {
                 self.last = Instant::now();

@@ -4,23 +4,19 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord};
 use tally_topology::Projection;
 
-use super::replay::{last_values, state_key, until, Plan, Repair};
+use super::replay::{last_values, state_key, until, Plan, Repair, Signer};
 use super::RecoveryError;
 use crate::kafka::clients;
+use crate::signing::{self, Authority};
 
-/// Header naming the recovery a control record belongs to.
-pub const RECOVERY_ID_HEADER: &str = "tally.recovery_id";
-/// Header with the input offset the replay rebuilt up to (decimal); the owner refuses a repair of
-/// a key that applied events at or past it.
-pub const BOUND_HEADER: &str = "tally.repair.bound";
-
-/// Sends every repair to the control topic, keyed and partitioned like its input.
+/// Sends every repair to the control topic, keyed and partitioned like its input, each signed
+/// for the operator with the signer's key.
 pub fn send(
     plan: &Plan,
+    signer: &Signer,
     repairs: &[Repair],
     bounds: &BTreeMap<i32, i64>,
     recovery_id: &str,
@@ -32,20 +28,27 @@ pub fn send(
             plan.control
         )));
     }
-    let producer: BaseProducer = clients::producer(&plan.bootstrap, &plan.kafka, None, 60_000)
-        .create()
-        .map_err(RecoveryError::Kafka)?;
+    let producer: BaseProducer = clients::create(
+        &clients::producer(&plan.bootstrap, &plan.kafka, None, 60_000),
+        rdkafka::producer::DefaultProducerContext,
+    )?;
+    let signed_at_ms = crate::clock::now_ms();
     for r in repairs {
-        let bound = bounds.get(&r.partition).copied().unwrap_or(0).to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: RECOVERY_ID_HEADER,
-                value: Some(recovery_id),
-            })
-            .insert(Header {
-                key: BOUND_HEADER,
-                value: Some(&bound),
-            });
+        let authority = Authority {
+            recovery_id: recovery_id.to_string(),
+            actor: signer.operator.actor.clone(),
+            key_id: signer.key.id.clone(),
+            bound: bounds.get(&r.partition).copied().unwrap_or(0),
+            signed_at_ms,
+        };
+        let record = signing::Record {
+            topic: &plan.control,
+            partition: r.partition,
+            key: Some(r.key.as_bytes()),
+            value: r.state.as_deref(),
+        };
+        let signature = signing::sign(&signer.key, &record, &authority);
+        let headers = signing::headers(&authority, &signature);
         let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&plan.control)
             .partition(r.partition)
             .key(r.key.as_bytes())
@@ -62,12 +65,12 @@ pub fn send(
 }
 
 /// Waits until the changelog holds every repaired row and the output topic its rendering;
-/// returns how many rows are confirmed.
+/// returns the keys confirmed.
 pub fn confirm<P: Projection>(
     plan: &Plan,
     repairs: &[Repair],
     group: &str,
-) -> Result<u64, RecoveryError> {
+) -> Result<Vec<String>, RecoveryError> {
     let consumer = clients::scan_reader(&plan.bootstrap, &plan.kafka, group)?;
     let mut parts: Vec<i32> = repairs.iter().map(|r| r.partition).collect();
     parts.sort_unstable();
@@ -92,7 +95,7 @@ pub fn confirm<P: Projection>(
             key_of(k).filter(|id| wanted(id))
         })
     };
-    let mut confirmed = 0u64;
+    let mut confirmed = Vec::new();
     until(plan.confirm_timeout, || {
         let states = last(&plan.changelog, state_key)?;
         let outputs = last(&plan.output, |k| Some(k))?;
@@ -101,8 +104,9 @@ pub fn confirm<P: Projection>(
             .filter(|(k, (state, out))| {
                 states.get(**k).map(Vec::as_slice) == Some(*state) && outputs.get(**k) == Some(out)
             })
-            .count() as u64;
-        Ok(confirmed == want.len() as u64)
+            .map(|(k, _)| k.to_string())
+            .collect();
+        Ok(confirmed.len() == want.len())
     })?;
     Ok(confirmed)
 }

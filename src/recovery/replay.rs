@@ -43,6 +43,15 @@ pub struct Plan {
     pub apply: bool,
     /// How long an apply waits for the owners to confirm the repairs.
     pub confirm_timeout: Duration,
+    /// Who signs the repairs of an apply (and is named in its evidence).
+    pub signer: Option<Signer>,
+}
+
+/// The operator an apply acts for, and the control key that vouches for them.
+#[derive(Debug, Clone)]
+pub struct Signer {
+    pub key: crate::config::ControlKey,
+    pub operator: super::evidence::Operator,
 }
 
 impl Plan {
@@ -57,7 +66,7 @@ impl Plan {
             kind,
             flow: f.name.clone(),
             bootstrap: cfg.bootstrap_servers.clone(),
-            kafka: cfg.kafka.clone(),
+            kafka: (*cfg.kafka).clone(),
             application_id: cfg.application_id.clone(),
             input: f.input.clone(),
             output: f.output.clone(),
@@ -74,6 +83,7 @@ impl Plan {
             scope: Scope::default(),
             apply: false,
             confirm_timeout: Duration::from_secs(60),
+            signer: None,
         };
         Ok((plan, contract))
     }
@@ -81,6 +91,7 @@ impl Plan {
 
 const MAX_EXAMPLES: usize = 20;
 const MAX_CHANGED: usize = 100;
+const MAX_REPAIRED_LISTED: usize = 1000;
 
 /// The live view of the scoped keys: changelog state and last output record.
 struct Live<S> {
@@ -218,6 +229,8 @@ pub fn run<P: Projection>(plan: &Plan) -> Result<Evidence, RecoveryError> {
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         started_at,
         finished_at: String::new(),
+        operator: plan.signer.as_ref().map(|s| s.operator.clone()),
+        repaired_keys: Vec::new(),
     };
     let totals = shadow.totals();
     ev.events_processed = totals.events_processed;
@@ -228,8 +241,16 @@ pub fn run<P: Projection>(plan: &Plan) -> Result<Evidence, RecoveryError> {
 
     let repairs = compare::<P>(plan, &shadow, &live, &bounds, &mut ev);
     if plan.apply && !repairs.is_empty() {
-        super::repair::send(plan, &repairs, &bounds, &ev.recovery_id)?;
-        let confirmed = super::repair::confirm::<P>(plan, &repairs, &group)?;
+        let signer = plan.signer.as_ref().ok_or_else(|| {
+            RecoveryError::Scope("an apply needs an operator and a control key to sign".into())
+        })?;
+        super::repair::send(plan, signer, &repairs, &bounds, &ev.recovery_id)?;
+        let confirmed_keys = super::repair::confirm::<P>(plan, &repairs, &group)?;
+        let confirmed = confirmed_keys.len() as u64;
+        ev.repaired_keys = confirmed_keys
+            .into_iter()
+            .take(MAX_REPAIRED_LISTED)
+            .collect();
         ev.rows_repaired = confirmed;
         if confirmed < repairs.len() as u64 {
             ev.reasons.push(format!(

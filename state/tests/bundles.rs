@@ -231,8 +231,7 @@ fn a_store_of_a_newer_layout_is_refused_by_name() {
         db.flush().unwrap();
     }
     let err = Store::open(dir.path(), StoreOptions::default())
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(err.contains("store layout has format version 9"), "{err}");
 }

@@ -3,12 +3,16 @@
 #![allow(dead_code)]
 
 pub mod proof;
+pub mod secure;
+
+#[allow(unused_imports)]
+pub use secure::secure;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -73,7 +77,21 @@ pub struct Setup {
     pub commit_interval_ms: u64,
     /// The processors' `commit_max_events`.
     pub commit_max_events: usize,
+    /// The processors' `[kafka]` settings besides the test defaults.
+    pub kafka: BTreeMap<String, String>,
+    /// Settings of the test's own clients (topic creation, load, oracle): an admin principal on
+    /// a secured broker.
+    pub client: BTreeMap<String, String>,
+    /// More TOML appended to every processor config (tables such as `[health]`).
+    pub extra: String,
+    /// More lines under the processors' `[kafka]`, as written (`"k" = { env = "V" }`).
+    pub kafka_raw: String,
+    /// Where the processors connect, when not where the test's clients do (another listener).
+    pub processor_bootstrap: Option<String>,
 }
+
+/// The key every test processor trusts for repairs (`[[control.keys]]` id `test`).
+pub const CONTROL_KEY: &str = "test-control-key-0123456789";
 
 impl Setup {
     /// Fresh topics (input created here) and a fresh state dir for one test.
@@ -83,6 +101,25 @@ impl Setup {
 
     /// Like [`Setup::new`], on another cluster and with the input's replication factor.
     pub fn on(bootstrap: &str, name: &str, flow: Flow, partitions: i32, replication: i32) -> Self {
+        Self::with_clients(
+            bootstrap,
+            BTreeMap::new(),
+            name,
+            flow,
+            partitions,
+            replication,
+        )
+    }
+
+    /// Like [`Setup::on`], with the test's own clients using `client` settings.
+    pub fn with_clients(
+        bootstrap: &str,
+        client: BTreeMap<String, String>,
+        name: &str,
+        flow: Flow,
+        partitions: i32,
+        replication: i32,
+    ) -> Self {
         let app = unique(name);
         let dir = std::env::temp_dir().join(&app);
         std::fs::create_dir_all(&dir).unwrap();
@@ -99,8 +136,13 @@ impl Setup {
             dedupe_retention: Duration::from_secs(7 * 86_400),
             commit_interval_ms: 100,
             commit_max_events: 20_000,
+            kafka: BTreeMap::new(),
+            client,
+            extra: String::new(),
+            kafka_raw: String::new(),
+            processor_bootstrap: None,
         };
-        let topics = tally::kafka::topics::Topics::connect(bootstrap, &BTreeMap::new()).unwrap();
+        let topics = tally::kafka::topics::Topics::connect(bootstrap, &s.client).unwrap();
         topics
             .create(
                 &s.input,
@@ -114,7 +156,7 @@ impl Setup {
         // exist"). Wait until each broker of the cluster knows it.
         let deadline = Instant::now() + Duration::from_secs(30);
         for broker in bootstrap.split(',') {
-            let one = tally::kafka::topics::Topics::connect(broker, &BTreeMap::new()).unwrap();
+            let one = tally::kafka::topics::Topics::connect(broker, &s.client).unwrap();
             while one.partitions(&s.input).ok().flatten() != Some(partitions) {
                 assert!(
                     Instant::now() < deadline,
@@ -161,13 +203,25 @@ name = "{flow}"
 input = "{input}"
 output = "{output}"
 dead_letter = "{dlq}"
+[[control.keys]]
+id = "test"
+secret = "{control_key}"
 [http]
 listen = "127.0.0.1:{http_port}"
+{extra}
 [kafka]
 "session.timeout.ms" = "6000"
-"#,
+{kafka}"#,
+            control_key = CONTROL_KEY,
+            extra = self.extra,
+            kafka = self
+                .kafka
+                .iter()
+                .map(|(k, v)| format!("{k:?} = {v:?}\n"))
+                .chain([self.kafka_raw.clone()])
+                .collect::<String>(),
             app = self.app,
-            bootstrap = self.bootstrap,
+            bootstrap = self.processor_bootstrap.as_ref().unwrap_or(&self.bootstrap),
             retention = self.dedupe_retention.as_millis(),
             commit_interval_ms = self.commit_interval_ms,
             commit_max_events = self.commit_max_events,
@@ -216,8 +270,7 @@ listen = "127.0.0.1:{http_port}"
             rate,
             seed,
         };
-        tally::workload::produce(&self.bootstrap, &BTreeMap::new(), &self.input, &spec)
-            .expect("load")
+        tally::workload::produce(&self.bootstrap, &self.client, &self.input, &spec).expect("load")
     }
 
     /// Waits until the group committed every input record (panics after `limit`).
@@ -227,7 +280,7 @@ listen = "127.0.0.1:{http_port}"
             // Errors right after start-up (coordinator loading) count as "not yet".
             let lag = tally::kafka::progress::group_lag(
                 &self.bootstrap,
-                &BTreeMap::new(),
+                &self.client,
                 &self.app,
                 &[&self.input],
             )
@@ -280,7 +333,7 @@ listen = "127.0.0.1:{http_port}"
     pub fn oracle(&self) -> OracleReport {
         tally::oracle::check(&OracleSpec {
             bootstrap: self.bootstrap.clone(),
-            kafka: BTreeMap::new(),
+            kafka: self.client.clone(),
             flow: self.flow,
             input: self.input.clone(),
             output: self.output.clone(),
@@ -314,13 +367,14 @@ impl Processor {
                 .as_millis()
         ));
         let file = std::fs::File::create(&log).unwrap();
+        let out = std::fs::File::create(log.with_extension("stdout")).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
         cmd.arg("run")
             .arg("--config")
             .arg(&config)
             // Commit lines (debug) make a stalled processor's log say where it stopped.
             .env("RUST_LOG", "info,tally::engine::commit=debug")
-            .stdout(Stdio::null())
+            .stdout(out)
             .stderr(file);
         for (k, v) in env {
             cmd.env(k, v);
@@ -529,9 +583,17 @@ pub fn read_all(topic: &str) -> Vec<Record> {
 
 /// [`read_all`] on another cluster.
 pub fn read_all_on(bootstrap: &str, topic: &str) -> Vec<Record> {
+    read_all_with(bootstrap, &BTreeMap::new(), topic)
+}
+
+/// [`read_all`] on another cluster, with client settings (a secured one).
+pub fn read_all_with(
+    bootstrap: &str,
+    settings: &BTreeMap<String, String>,
+    topic: &str,
+) -> Vec<Record> {
     let consumer =
-        tally::kafka::clients::quiet_reader(bootstrap, &BTreeMap::new(), &unique("reader"))
-            .unwrap();
+        tally::kafka::clients::quiet_reader(bootstrap, settings, &unique("reader")).unwrap();
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap();

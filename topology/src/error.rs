@@ -15,11 +15,14 @@ pub enum Reason {
     Overflow,
     KeyMismatch,
     DuplicateConflict,
+    /// Applying the event would make a record (the key's state or output) larger than the
+    /// topics accept.
+    TooLarge,
 }
 
 impl Reason {
     /// Every reason, for metrics and reports that list them all.
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::MalformedJson,
         Reason::MissingField,
         Reason::InvalidField,
@@ -31,6 +34,7 @@ impl Reason {
         Reason::Overflow,
         Reason::KeyMismatch,
         Reason::DuplicateConflict,
+        Reason::TooLarge,
     ];
 
     /// The snake_case name written to the `tally.error.reason` header.
@@ -47,6 +51,7 @@ impl Reason {
             Reason::Overflow => "overflow",
             Reason::KeyMismatch => "key_mismatch",
             Reason::DuplicateConflict => "duplicate_conflict",
+            Reason::TooLarge => "too_large",
         }
     }
 }

@@ -1,24 +1,37 @@
 //! The hot path's fold: an event updates its key's state in place, the state taken from the
 //! newest batch holding it, the cache or the store, never copied; written batches feed the cache.
 
-use tally_topology::{Invalid, Projection, SourceRef};
+use tally_topology::{Invalid, Projection, Reason, SourceRef};
 
 use super::{Staged, StagedStates, Task, TaskError};
+use crate::kafka::limits::RecordLimit;
 
 impl<P: Projection> Task<P>
 where
     P::State: Send,
 {
-    /// Applies `event` to `key`'s state and stages it; an invalid event (the inner error)
-    /// leaves every state as it was.
+    /// Applies `event` (of `event_bytes` on the wire) to `key`'s state and stages it; an invalid
+    /// event, or one that would make the key's changelog or output record larger than the flow's
+    /// topics take (the inner error), leaves every state as it was.
     pub(super) fn fold(
         &mut self,
         key: &str,
         event: &P::Event,
+        event_bytes: usize,
         source: SourceRef,
     ) -> Result<Result<(), Invalid>, TaskError> {
+        let limit = self.flow.record_limit;
         if let Some((i, _, slot)) = self.states.get_full_mut(key) {
-            if let Err(invalid) = P::apply_in_place(&mut slot.state, event, source) {
+            let applied = apply_within::<P>(
+                &mut slot.state,
+                key,
+                event,
+                event_bytes,
+                source,
+                limit,
+                &mut self.buf,
+            );
+            if let Err(invalid) = applied {
                 return Ok(Err(invalid));
             }
             if !slot.dirty {
@@ -32,7 +45,15 @@ where
             Some(taken) => taken,
             None => (P::initial(event, source), false),
         };
-        match P::apply_in_place(&mut state, event, source) {
+        match apply_within::<P>(
+            &mut state,
+            key,
+            event,
+            event_bytes,
+            source,
+            limit,
+            &mut self.buf,
+        ) {
             Ok(()) => {
                 self.stage_at(None, key, state);
                 self.hold_output(key, source.offset);
@@ -96,4 +117,57 @@ where
             self.cache.put(key, staged.state, bytes);
         }
     }
+}
+
+/// Applies `event` in place, unless it is invalid or would make the state's records too large
+/// for the flow's topics; either way an error leaves the state as it was.
+fn apply_within<P: Projection>(
+    state: &mut P::State,
+    key: &str,
+    event: &P::Event,
+    event_bytes: usize,
+    source: SourceRef,
+    limit: RecordLimit,
+    buf: &mut Vec<u8>,
+) -> Result<(), Invalid> {
+    // Only a state that might outgrow the limit pays for a copy to go back to.
+    let before = limit
+        .near(P::state_bytes(state), event_bytes)
+        .then(|| state.clone());
+    P::apply_in_place(state, event, source)?;
+    if let Some(before) = before {
+        if let Err(invalid) = too_large::<P>(key, state, limit, buf) {
+            *state = before;
+            return Err(invalid);
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a state whose changelog record or output would not fit the flow's topics.
+fn too_large<P: Projection>(
+    key: &str,
+    state: &P::State,
+    limit: RecordLimit,
+    buf: &mut Vec<u8>,
+) -> Result<(), Invalid> {
+    // The changelog key adds a kind byte to the key.
+    let overhead = key.len() + 1;
+    P::encode_state(state, buf);
+    let encoded = buf.len();
+    let rendered = match P::render(state, buf) {
+        Ok(()) => buf.len(),
+        Err(_) => 0,
+    };
+    let largest = encoded.max(rendered) + overhead;
+    if limit.fits(largest) {
+        return Ok(());
+    }
+    Err(Invalid::new(
+        Reason::TooLarge,
+        format!(
+            "the state of `{key}` would take {largest} bytes, over the {} bytes its topics accept",
+            limit.bytes()
+        ),
+    ))
 }

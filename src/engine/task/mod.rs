@@ -2,18 +2,23 @@
 //! Staged work reaches Kafka inside the open transaction; the store sees it only after a commit.
 
 mod cache;
+mod dead_letter;
 mod fold;
 mod reemit;
 mod repair;
 mod ship;
 
+pub(crate) use repair::ControlRecord;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use indexmap::IndexMap;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use tally_state::{BundleBuilder, CommitBatch, DedupeEntry, StateError, Store};
 use tally_topology::{Invalid, Projection, Reason, SourceRef};
+
+use dead_letter::DeadLetter;
 
 use super::sink::{DeliveredOffsets, Sink};
 use super::writer::{Pending, StoreWriter};
@@ -63,6 +68,10 @@ pub trait TaskOps: Send {
     fn has_progress(&self) -> bool;
     /// Next input offset to commit.
     fn position(&self) -> i64;
+    /// The input offset the last successful commit moved past.
+    fn committed(&self) -> i64;
+    /// Whether input was processed that no commit holds yet (staged, or sealed and committing).
+    fn uncommitted(&self) -> bool;
     /// The watermark after every record before [`TaskOps::position`], committed beside it.
     fn watermark(&self) -> i64;
     /// Whether staged records wait to be handed to the producer.
@@ -91,9 +100,8 @@ pub trait TaskOps: Send {
     /// metadata; `None` when the batch being committed wrote records there (their end is
     /// known once they are acknowledged, `Ends::stamp`).
     fn changelog_end(&self) -> Option<i64>;
-    /// Stages a corrected row from the control topic (a replay's repair) at control `offset`;
-    /// `bound` is the input offset the replay rebuilt up to.
-    fn repair(&mut self, key: &[u8], value: Option<&[u8]>, offset: i64, bound: i64);
+    /// Stages a corrected row from the control topic (a replay's repair), or refuses it.
+    fn repair(&mut self, record: ControlRecord<'_>);
     /// The control offset to commit, when repairs were staged since the last commit.
     fn control_position(&self) -> Option<i64>;
     /// The control partition was assigned from its committed offset `committed`.
@@ -107,15 +115,6 @@ pub enum ProduceError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
     Task(#[from] TaskError),
-}
-
-struct DeadLetter {
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
-    reason: Reason,
-    message: String,
-    offset: i64,
-    stage: &'static str,
 }
 
 /// A key's state in the current transaction, and whether it changed since it was shipped.
@@ -186,6 +185,9 @@ pub struct Task<P: Projection> {
     dedupe_reship: Vec<usize>,
     dead: Vec<DeadLetter>,
     dead_shipped: usize,
+    /// Decisions on control records, for the evidence topic.
+    audits: Vec<repair::Audit>,
+    audits_shipped: usize,
     reemits: reemit::Reemits,
     /// The output partition's end when the task became active.
     output_end: i64,
@@ -209,6 +211,8 @@ struct Counts {
     duplicates: u64,
     dead: [u64; Reason::ALL.len()],
     timestamps: Vec<i64>,
+    repairs_applied: u64,
+    repairs_refused: Vec<crate::signing::Refusal>,
 }
 
 impl<P: Projection> Task<P>
@@ -247,6 +251,8 @@ where
             dedupe_reship: Vec::new(),
             dead: Vec::new(),
             dead_shipped: 0,
+            audits: Vec::new(),
+            audits_shipped: 0,
             reemits: reemit::Reemits::default(),
             output_end: 0,
             changelog_end: 0,
@@ -270,14 +276,19 @@ where
 
     fn dead_letter(&mut self, msg: &BorrowedMessage<'_>, invalid: Invalid, stage: &'static str) {
         self.counts.dead[reason_index(invalid.reason)] += 1;
-        self.dead.push(DeadLetter {
-            key: msg.key().map(<[u8]>::to_vec),
-            value: msg.payload().map(<[u8]>::to_vec),
-            reason: invalid.reason,
-            message: invalid.message,
-            offset: msg.offset(),
+        let headers = msg
+            .headers()
+            .into_iter()
+            .flat_map(|h| h.iter().map(|x| (x.key, x.value)));
+        self.dead.push(DeadLetter::new(
+            msg.key(),
+            msg.payload(),
+            headers,
+            invalid,
+            msg.offset(),
             stage,
-        });
+            self.flow.record_limit,
+        ));
     }
 
     /// Stages a new state of `key` and marks it for shipping.
@@ -433,7 +444,7 @@ where
             partition: self.partition,
             offset,
         };
-        if let Err(invalid) = self.fold(key, &event, source)? {
+        if let Err(invalid) = self.fold(key, &event, value.len(), source)? {
             self.dead_letter(msg, invalid, "project");
             return Ok(());
         }
@@ -495,12 +506,22 @@ where
         self.reemits.resume(self.next, self.watermark).1
     }
 
+    fn committed(&self) -> i64 {
+        self.committed
+    }
+
+    fn uncommitted(&self) -> bool {
+        self.status == Status::Active
+            && (self.next > self.committed || self.control_next > self.control_committed)
+    }
+
     fn unshipped(&self) -> bool {
         self.status == Status::Active
             && (!self.dirty.is_empty()
                 || self.dedupe.len() > self.dedupe_shipped
                 || !self.dedupe_reship.is_empty()
-                || self.dead.len() > self.dead_shipped)
+                || self.dead.len() > self.dead_shipped
+                || self.audits.len() > self.audits_shipped)
     }
 
     fn ship(&mut self, sink: &Sink) -> Result<(), ProduceError> {
@@ -566,8 +587,8 @@ where
         (!self.wrote_changelog).then_some(self.changelog_end)
     }
 
-    fn repair(&mut self, key: &[u8], value: Option<&[u8]>, offset: i64, bound: i64) {
-        self.stage_repair(key, value, offset, bound);
+    fn repair(&mut self, record: ControlRecord<'_>) {
+        self.stage_repair(record);
     }
 
     fn control_position(&self) -> Option<i64> {

@@ -3,11 +3,10 @@
 
 use std::sync::Arc;
 
-use rdkafka::message::{Header, OwnedHeaders};
 use tally_state::{ChangelogKey, Checkpoint, CommitBatch, RecordKind};
 use tally_topology::Projection;
 
-use super::{DeadLetter, Inflight, ProduceError, Sealed, Task, TaskError, MAX_INFLIGHT};
+use super::{Inflight, ProduceError, Sealed, Task, TaskError, MAX_INFLIGHT};
 use crate::engine::sink::{DeliveredOffsets, Sink};
 use crate::metrics;
 
@@ -59,8 +58,13 @@ where
                 for &i in &self.dirty {
                     if let Some((key, slot)) = self.states.get_index(i) {
                         if P::render(&slot.state, &mut self.buf).is_ok() {
-                            let _ =
-                                sink.send(&flow.output, p, key.as_bytes(), Some(&self.buf), None);
+                            let _ = sink.send(
+                                &flow.output,
+                                p,
+                                Some(key.as_bytes()),
+                                Some(&self.buf),
+                                None,
+                            );
                         }
                     }
                 }
@@ -74,7 +78,7 @@ where
             slot.dirty = false;
             P::encode_state(&slot.state, &mut self.buf);
             ChangelogKey::encode_into(RecordKind::State, key.as_bytes(), &mut self.key);
-            sink.send(&flow.changelog, p, &self.key, Some(&self.buf), None)?;
+            sink.send(&flow.changelog, p, Some(&self.key), Some(&self.buf), None)?;
             self.batch.put_state(key.as_bytes(), &self.buf);
             self.wrote_changelog = true;
             // A key held after a crash sends its output once the redelivery is over.
@@ -87,14 +91,25 @@ where
                 key: key.clone(),
                 message: e.to_string(),
             })?;
-            sink.send(&flow.output, p, key.as_bytes(), Some(&self.buf), None)?;
+            sink.send(&flow.output, p, Some(key.as_bytes()), Some(&self.buf), None)?;
         }
         for d in &self.dead[self.dead_shipped..] {
-            let headers = dead_letter_headers(&flow.input, p, d);
-            let key = d.key.as_deref().unwrap_or_default();
-            sink.send(&flow.dead_letter, p, key, d.value.as_deref(), Some(headers))?;
+            let headers = d.headers(&flow.input, p);
+            sink.send(&flow.dead_letter, p, d.key(), d.value(), Some(headers))?;
         }
         self.dead_shipped = self.dead.len();
+        for a in &self.audits[self.audits_shipped..] {
+            // An audit record is small plain data; it always serializes.
+            let body = serde_json::to_vec(a).unwrap_or_default();
+            sink.send(
+                &flow.evidence,
+                0,
+                Some(flow.name.as_bytes()),
+                Some(&body),
+                None,
+            )?;
+        }
+        self.audits_shipped = self.audits.len();
         Ok(())
     }
 
@@ -105,7 +120,7 @@ where
         sink.send(
             &flow.changelog,
             self.partition,
-            &self.key,
+            Some(&self.key),
             Some(self.bundle.value()),
             None,
         )?;
@@ -141,7 +156,13 @@ where
         for (id, event_time_ms) in &expired {
             if legacy.is_some_and(|newest| *event_time_ms <= newest) {
                 ChangelogKey::encode_into(RecordKind::Dedupe, id, &mut self.key);
-                sink.send(&self.flow.changelog, self.partition, &self.key, None, None)?;
+                sink.send(
+                    &self.flow.changelog,
+                    self.partition,
+                    Some(&self.key),
+                    None,
+                    None,
+                )?;
                 self.wrote_changelog = true;
             }
             self.batch.remove_dedupe(id);
@@ -165,7 +186,7 @@ where
             "dedupe expiry scan"
         );
         for key in &bundles {
-            sink.send(&self.flow.changelog, self.partition, key, None, None)?;
+            sink.send(&self.flow.changelog, self.partition, Some(key), None, None)?;
             self.batch.remove_bundle(key);
             self.wrote_changelog = true;
         }
@@ -232,6 +253,7 @@ where
         self.control_committed = sealed.control_next;
         let c = sealed.counts;
         metrics::record_commit(&self.flow, c.applied, c.duplicates, &c.dead, &c.timestamps);
+        metrics::record_repairs(&self.flow, c.repairs_applied, &c.repairs_refused);
         let (hits, misses) = self.cache.take_counts();
         metrics::record_state_cache(&self.flow, hits, misses);
         Ok(())
@@ -246,37 +268,9 @@ where
         self.dedupe_reship.clear();
         self.dead.clear();
         self.dead_shipped = 0;
+        self.audits.clear();
+        self.audits_shipped = 0;
         self.wrote_changelog = false;
         self.batch = CommitBatch::default();
     }
-}
-
-fn dead_letter_headers(topic: &str, partition: i32, d: &DeadLetter) -> OwnedHeaders {
-    let partition = partition.to_string();
-    let offset = d.offset.to_string();
-    OwnedHeaders::new_with_capacity(6)
-        .insert(Header {
-            key: "tally.error.reason",
-            value: Some(d.reason.as_str()),
-        })
-        .insert(Header {
-            key: "tally.error.message",
-            value: Some(d.message.as_str()),
-        })
-        .insert(Header {
-            key: "tally.error.stage",
-            value: Some(d.stage),
-        })
-        .insert(Header {
-            key: "tally.source.topic",
-            value: Some(topic),
-        })
-        .insert(Header {
-            key: "tally.source.partition",
-            value: Some(partition.as_str()),
-        })
-        .insert(Header {
-            key: "tally.source.offset",
-            value: Some(offset.as_str()),
-        })
 }

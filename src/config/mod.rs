@@ -1,25 +1,21 @@
 //! The processor's typed configuration: one TOML file, every key overridable by `TALLY_<KEY>`.
 //! Parsed and validated once at start; a bad value fails the start with the key named.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+mod env;
+mod kafka;
+mod sections;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use tally_topology::FlowKind;
 
-/// librdkafka settings tally sets itself; a `[kafka]` table may not override them.
-const MANAGED_KAFKA_KEYS: &[&str] = &[
-    "bootstrap.servers",
-    "group.id",
-    "transactional.id",
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "isolation.level",
-    "partition.assignment.strategy",
-    "enable.idempotence",
-];
+pub use kafka::{is_secret_key, KafkaSettings};
+pub use sections::{
+    resolve_listen, ControlConfig, ControlKey, HealthConfig, HttpConfig, HttpTls,
+    MIN_CONTROL_KEY_LEN,
+};
 
 /// Why a configuration was refused; always names the key.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +92,12 @@ pub struct Config {
     pub http: HttpConfig,
     /// Passed to librdkafka as-is (security, tuning); never logged.
     #[serde(default)]
-    pub kafka: BTreeMap<String, String>,
+    pub kafka: KafkaSettings,
+    /// The keys that sign repairs sent through the control topics.
+    #[serde(default)]
+    pub control: ControlConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
 }
 
 /// One input topic projected into one output topic.
@@ -114,22 +115,6 @@ pub struct FlowConfig {
     /// Recovery contract file; the flow's built-in contract when absent.
     #[serde(default)]
     pub contract: Option<PathBuf>,
-}
-
-/// The HTTP endpoint for metrics, health and queries.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    #[serde(default = "default_listen")]
-    pub listen: SocketAddr,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self {
-            listen: default_listen(),
-        }
-    }
 }
 
 fn default_state_dir() -> PathBuf {
@@ -156,9 +141,6 @@ fn default_store_cache_mib() -> u64 {
 fn default_statestore_cache_max_bytes() -> u64 {
     10 * 1024 * 1024
 }
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9464))
-}
 
 /// Parses "7d", "36h", "90m", "600s", "250ms" or a plain number of milliseconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -184,7 +166,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("`{s}` is too large"))
 }
 
-fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -196,22 +178,6 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Er
         Raw::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
     }
 }
-
-/// Top-level keys (and `http.*`) that `TALLY_<KEY>` may override.
-const ENV_KEYS: &[&str] = &[
-    "application_id",
-    "bootstrap_servers",
-    "state_dir",
-    "processing_guarantee",
-    "commit_interval_ms",
-    "commit_max_events",
-    "instance_id",
-    "dedupe_retention",
-    "transaction_timeout_ms",
-    "replication_factor",
-    "store_cache_mib",
-    "statestore_cache_max_bytes",
-];
 
 impl Config {
     /// Reads the file, applies `TALLY_*` overrides from the process environment, validates.
@@ -231,19 +197,8 @@ impl Config {
         let mut doc: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
-        for key in ENV_KEYS {
-            if let Some(v) = env(&format!("TALLY_{}", key.to_uppercase())) {
-                doc.insert((*key).to_string(), env_value(&v));
-            }
-        }
-        if let Some(v) = env("TALLY_HTTP_LISTEN") {
-            let http = doc
-                .entry("http")
-                .or_insert_with(|| toml::Value::Table(Default::default()));
-            if let toml::Value::Table(t) = http {
-                t.insert("listen".into(), toml::Value::String(v));
-            }
-        }
+        env::apply(&mut doc, &env);
+        resolve_secrets(&mut doc, &env)?;
         let cfg: Config = toml::Value::Table(doc)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
@@ -301,8 +256,27 @@ impl Config {
                 }
             }
         }
+        let mut ids = std::collections::BTreeSet::new();
+        for (i, k) in self.control.keys.iter().enumerate() {
+            check_name(&format!("control.keys[{i}].id"), &k.id)?;
+            if !ids.insert(k.id.as_str()) {
+                return Err(invalid(
+                    format!("control.keys[{i}].id"),
+                    format!("duplicate key id `{}`", k.id),
+                ));
+            }
+            if k.secret.expose().len() < MIN_CONTROL_KEY_LEN {
+                return Err(invalid(
+                    format!("control.keys[{i}].secret"),
+                    format!("must be at least {MIN_CONTROL_KEY_LEN} bytes"),
+                ));
+            }
+        }
+        if self.health.stall_timeout < Duration::from_secs(1) {
+            return Err(invalid("health.stall_timeout", "must be at least 1s"));
+        }
         for key in self.kafka.keys() {
-            if MANAGED_KAFKA_KEYS.contains(&key.as_str()) {
+            if kafka::MANAGED_KEYS.contains(&key.as_str()) {
                 return Err(invalid(
                     format!("kafka.{key}"),
                     "is managed by tally; use the top-level key instead",
@@ -376,14 +350,46 @@ impl FlowConfig {
     }
 }
 
-/// An env override is a TOML literal when it parses as one (numbers, booleans), else a string.
-fn env_value(v: &str) -> toml::Value {
-    format!("v = {v}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .filter(|v| !matches!(v, toml::Value::Table(_) | toml::Value::Array(_)))
-        .unwrap_or_else(|| toml::Value::String(v.to_string()))
+/// Reads the secrets the document points at (`{ env = .. }`, `{ file = .. }`) with `env`, and
+/// flattens `[kafka]` into dotted librdkafka names; errors name the key, never a value.
+fn resolve_secrets(
+    doc: &mut toml::Table,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    if let Some(value) = doc.remove("kafka") {
+        let toml::Value::Table(table) = value else {
+            return Err(invalid("kafka", "must be a table of librdkafka settings"));
+        };
+        let flat = kafka::flatten(table, env).map_err(|(k, m)| invalid(format!("kafka.{k}"), m))?;
+        doc.insert("kafka".into(), toml::Value::Table(flat));
+    }
+    let resolve = |value: &mut toml::Value, key: String| -> Result<(), ConfigError> {
+        if let toml::Value::Table(_) = value {
+            let source = crate::secret::SecretSource::deserialize(value.clone())
+                .map_err(|e| invalid(&key, e.to_string()))?;
+            let secret = source.resolve(env).map_err(|m| invalid(&key, m))?;
+            *value = toml::Value::String(secret.expose().to_string());
+        }
+        Ok(())
+    };
+    if let Some(token) = doc
+        .get_mut("http")
+        .and_then(|h| h.as_table_mut())
+        .and_then(|h| h.get_mut("token"))
+    {
+        resolve(token, "http.token".into())?;
+    }
+    let keys = doc
+        .get_mut("control")
+        .and_then(|c| c.as_table_mut())
+        .and_then(|c| c.get_mut("keys"))
+        .and_then(|k| k.as_array_mut());
+    for (i, key) in keys.into_iter().flatten().enumerate() {
+        if let Some(secret) = key.as_table_mut().and_then(|k| k.get_mut("secret")) {
+            resolve(secret, format!("control.keys[{i}].secret"))?;
+        }
+    }
+    Ok(())
 }
 
 fn check_name(key: &str, v: &str) -> Result<(), ConfigError> {
