@@ -2,7 +2,7 @@
 //! rdkafka consume -> produce passthrough of the same events, plus restore speed and resources.
 //! Run: `cargo bench --bench e2e` (env TALLY_BENCH_EVENTS, _KEYS, _PARTITIONS, _KAFKA_PORT,
 //! _SCALE_KEYS, _SCALE_EVENTS; _LATENCY_RATE for a latency probe alone, _LOADER_LINGER_MS to
-//! batch its loader).
+//! batch its loader; _AB=binA,binB or _TLS=1 for paired A/B runs alone, _ROUNDS of them).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,6 +14,8 @@ use serde::Serialize;
 use tally::kafka::topics::{TopicRole, Topics};
 use tally::workload::{Flow, LoadSpec};
 
+#[path = "e2e/ab.rs"]
+mod ab;
 #[path = "e2e/latency.rs"]
 mod latency;
 #[path = "e2e/recovery.rs"]
@@ -78,10 +80,79 @@ struct Report {
     scale: Option<scale::Scale>,
 }
 
+/// A name for this run's topics and directories.
+fn run_id() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// `TALLY_BENCH_AB=binA,binB`: two builds of tally, alternating, on one broker.
+fn ab_builds(bins: &str) {
+    let broker = Broker::up();
+    let variants: Vec<ab::Variant> = bins
+        .split(',')
+        .enumerate()
+        .map(|(i, bin)| ab::Variant {
+            name: format!("{}:{}", ["A", "B", "C", "D"][i.min(3)], short(bin)),
+            bin: bin.into(),
+            bootstrap: broker.bootstrap.clone(),
+            kafka: BTreeMap::new(),
+            grant: None,
+        })
+        .collect();
+    ab::compare(&broker.bootstrap, &variants, None);
+}
+
+fn short(path: &str) -> String {
+    path.rsplit('/').nth(2).unwrap_or(path).to_string()
+}
+
+/// `TALLY_BENCH_TLS=1`: one build over plaintext and over SASL_SSL, on one secured broker.
+fn ab_tls() {
+    let port = Broker::port();
+    let broker = Broker::up_with(&["--secure"], &ab::plaintext_listener(port));
+    let bin = std::path::PathBuf::from(
+        std::env::var_os("TALLY_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_tally").into()),
+    );
+    let plain = format!("127.0.0.1:{}", port + 2);
+    let variant =
+        |name: &str, bootstrap: &str, who: Option<&str>, grant: Option<&str>| ab::Variant {
+            name: name.into(),
+            bin: bin.clone(),
+            bootstrap: bootstrap.into(),
+            kafka: who.map(|w| ab::settings(port, w)).unwrap_or_default(),
+            grant: grant.map(str::to_string),
+        };
+    let variants = [
+        variant("plaintext", &plain, None, None),
+        variant(
+            "sasl_ssl-admin",
+            &broker.bootstrap,
+            Some("admin-sasl"),
+            None,
+        ),
+        variant(
+            "sasl_ssl-acls",
+            &broker.bootstrap,
+            Some("tally-sasl"),
+            Some("User:tally"),
+        ),
+    ];
+    ab::compare(&plain, &variants, Some(port));
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing we need to honour.
     if std::env::args().any(|a| a == "--list") {
         return;
+    }
+    if let Ok(bins) = std::env::var("TALLY_BENCH_AB") {
+        return ab_builds(&bins);
+    }
+    if std::env::var_os("TALLY_BENCH_TLS").is_some() {
+        return ab_tls();
     }
     let events: u64 = env_or("TALLY_BENCH_EVENTS", 1_000_000);
     let keys: u64 = env_or("TALLY_BENCH_KEYS", 100_000);

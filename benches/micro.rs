@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use tally_state::{CommitBatch, DedupeEntry, Store, StoreOptions};
-use tally_topology::{Inventory, Ledger, Projection, SourceRef};
+use tally_topology::{Guard, Inventory, Ledger, Projection, SourceRef};
 
 const INVENTORY: &[u8] = br#"{"event_id":"mkt-evt-8f11a","schema_version":1,"sku":"1231241","seller_id":"seller-42","location_id":"fc-1","bucket":"sellable","operation":"adjust","quantity":100,"event_time":"2026-06-19T18:23:11Z"}"#;
 const LEDGER: &[u8] = br#"{"event_id":"e-1","schema_version":1,"account_id":"acc-1","type":"deposited","amount_minor":1000,"currency":"EUR","event_time":"2026-06-19T18:23:11Z","correlation_id":"c-1","causation_id":null}"#;
@@ -58,8 +58,13 @@ fn fixture<P: Projection>(key: &[u8], value: &[u8]) -> (P::Event, SourceRef, P::
         partition: 0,
         offset: 1,
     };
-    let state = P::apply(None, &ev, src).unwrap();
+    let state = P::apply(None, &ev, src, &guard::<P>()).unwrap();
     (ev, src, state)
+}
+
+/// The built-in contract's checks, as a flow guards them.
+fn guard<P: Projection>() -> Guard {
+    Guard::new(P::INVARIANTS.iter().copied(), false)
 }
 
 /// A store in a temporary directory holding dedupe entries `evt-0` .. `evt-{ids - 1}`.
@@ -87,6 +92,7 @@ fn projection_allocations<P: Projection>(name: &str, key: &[u8], value: &[u8]) -
     P::encode_state(&state, &mut buf);
     let encoded = buf.clone();
     let mut folded = state.clone();
+    let guard = guard::<P>();
     let n = 10_000;
     [
         (
@@ -98,13 +104,13 @@ fn projection_allocations<P: Projection>(name: &str, key: &[u8], value: &[u8]) -
         (
             "apply (copy of the state)",
             allocations_per_call(n, || {
-                black_box(P::apply(Some(&state), black_box(&ev), src).unwrap());
+                black_box(P::apply(Some(&state), black_box(&ev), src, &guard).unwrap());
             }),
         ),
         (
             "apply_in_place (the hot path)",
             allocations_per_call(n, || {
-                P::apply_in_place(&mut folded, black_box(&ev), src).unwrap();
+                P::apply_in_place(&mut folded, black_box(&ev), src, &guard).unwrap();
             }),
         ),
         (
@@ -252,13 +258,14 @@ fn projection<P: Projection>(c: &mut Criterion, name: &str, key: &[u8], value: &
         b.iter(|| P::decode(Some(black_box(key)), black_box(value)).unwrap())
     });
     let (ev, src, state) = fixture::<P>(key, value);
+    let guard = guard::<P>();
     g.bench_function("apply", |b| {
-        b.iter(|| P::apply(Some(black_box(&state)), black_box(&ev), src).unwrap())
+        b.iter(|| P::apply(Some(black_box(&state)), black_box(&ev), src, &guard).unwrap())
     });
     // The task folds into the state it holds: the same event applied again, no copy.
     let mut folded = state.clone();
     g.bench_function("apply_in_place", |b| {
-        b.iter(|| P::apply_in_place(black_box(&mut folded), black_box(&ev), src).unwrap())
+        b.iter(|| P::apply_in_place(black_box(&mut folded), black_box(&ev), src, &guard).unwrap())
     });
     g.bench_function("fingerprint", |b| b.iter(|| P::fingerprint(black_box(&ev))));
     let mut buf = Vec::new();
@@ -284,7 +291,7 @@ fn three_locations(c: &mut Criterion) {
     for loc in ["fc-2", "fc-3"] {
         let value = String::from_utf8_lossy(INVENTORY).replace("fc-1", loc);
         let ev = Inventory::decode(Some(b"1231241"), value.as_bytes()).unwrap();
-        Inventory::apply_in_place(&mut state, &ev, src).unwrap();
+        Inventory::apply_in_place(&mut state, &ev, src, &guard::<Inventory>()).unwrap();
     }
     let mut g = c.benchmark_group("inventory_3_locations");
     g.throughput(Throughput::Elements(1));

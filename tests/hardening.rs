@@ -232,3 +232,35 @@ fn a_numeric_instance_id_from_the_environment_is_a_name() {
     setup.wait_caught_up(LIMIT);
     assert_eq!(last_output(&setup, "sku-1")["sellable"], 2);
 }
+
+#[test]
+fn an_adjust_of_minus_2_pow_63_on_a_new_sku_is_refused_and_reconcile_stays_trusted() {
+    let setup = Setup::new("min-adjust", Flow::Inventory, 1);
+    let p = Processor::start(&setup, "a", &[]);
+    let most_negative = good("m-1", "sku-new", "fc-1", 0)
+        .replace("\"quantity\":0", &format!("\"quantity\":{}", i64::MIN));
+    send(
+        &setup.input,
+        &[
+            ("sku-new", &most_negative),
+            ("sku-new", &good("m-2", "sku-new", "fc-1", 4)),
+        ],
+    );
+    setup.wait_caught_up(LIMIT);
+    let dead = read_all(&setup.dlq);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].headers["tally.error.reason"], "invariant_violated");
+    assert!(dead[0].headers["tally.error.message"].contains("sellable_non_negative"));
+    assert_eq!(last_output(&setup, "sku-new")["sellable"], 4);
+    p.terminate();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["reconcile", "--flow", "inventory", "--config"])
+        .arg(setup.dir.join("a.toml"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let evidence: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "{evidence:#}");
+    assert_eq!(evidence["confidence_status"], "trusted");
+    assert_eq!(evidence["dead_lettered"], 1);
+}

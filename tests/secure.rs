@@ -13,34 +13,18 @@ use tally::workload::Flow;
 
 const LIMIT: Duration = Duration::from_secs(180);
 
-/// A flow on the secured broker whose processors run as `tally` on `listener` with `settings`;
-/// the test's own clients are the admin.
-fn secured(name: &str, listener: &str, settings: &str) -> Setup {
-    let b = secure();
-    let mut setup = Setup::with_clients(
-        &b.sasl(),
-        b.settings("admin-sasl"),
-        name,
-        Flow::Inventory,
-        3,
-        1,
-    );
-    setup.kafka = b.settings(settings);
-    setup.processor_bootstrap = Some(match listener {
-        "mtls" => b.mtls(),
-        _ => b.sasl(),
-    });
-    b.grant("User:tally", &setup);
-    setup
+/// A flow on the secured broker whose processors run as `tally` with `settings`.
+fn secured(name: &str, settings: &str) -> Setup {
+    secure().setup(name, Flow::Inventory, 3, settings)
 }
 
-fn exactly_once_over(name: &str, listener: &str, settings: &str) {
-    let setup = secured(name, listener, settings);
+fn exactly_once_over(name: &str, settings: &str) {
+    let setup = secured(name, settings);
     let started = Instant::now();
     let p = Processor::start(&setup, "a", &[]);
     p.wait_ready(3, LIMIT);
     eprintln!(
-        "secured start ({listener}) to ready: {:?}",
+        "secured start ({settings}) to ready: {:?}",
         started.elapsed()
     );
     setup.load(3_000, 300, 0.05, 0.01, 0.002, 11);
@@ -51,12 +35,12 @@ fn exactly_once_over(name: &str, listener: &str, settings: &str) {
 
 #[test]
 fn a_flow_runs_exactly_once_over_sasl_ssl_with_scram() {
-    exactly_once_over("sec-scram", "sasl", "tally-sasl");
+    exactly_once_over("sec-scram", "tally-sasl");
 }
 
 #[test]
 fn a_flow_runs_exactly_once_over_mtls() {
-    exactly_once_over("sec-mtls", "mtls", "tally-mtls");
+    exactly_once_over("sec-mtls", "tally-mtls");
 }
 
 /// Starts a processor that must stop within 30 s; returns everything it printed.
@@ -87,7 +71,7 @@ fn printed(p: &Processor) -> String {
 
 #[test]
 fn a_wrong_password_ends_the_start_naming_authentication() {
-    let mut setup = secured("sec-wrong-pw", "sasl", "tally-sasl");
+    let mut setup = secured("sec-wrong-pw", "tally-sasl");
     let planted = "planted-wrong-password-4711";
     setup.kafka.insert("sasl.password".into(), planted.into());
     let log = fails_fast(&setup, &[], &["refused this client", "uthentication"]);
@@ -96,7 +80,7 @@ fn a_wrong_password_ends_the_start_naming_authentication() {
 
 #[test]
 fn an_unknown_ca_ends_the_start_naming_the_tls_handshake() {
-    let mut setup = secured("sec-unknown-ca", "sasl", "tally-sasl");
+    let mut setup = secured("sec-unknown-ca", "tally-sasl");
     let untrusted = secure().dir.join("untrusted-ca.pem");
     setup
         .kafka
@@ -110,7 +94,7 @@ fn an_unknown_ca_ends_the_start_naming_the_tls_handshake() {
 
 #[test]
 fn a_principal_without_the_acls_ends_the_start_naming_the_topic() {
-    let mut setup = secured("sec-no-acl", "sasl", "tally-sasl");
+    let mut setup = secured("sec-no-acl", "tally-sasl");
     setup.kafka = secure().settings("stranger-sasl");
     fails_fast(&setup, &[], &["not authorized", &setup.input.clone()]);
 }
@@ -147,7 +131,7 @@ fn no_secret_is_printed_by_a_running_or_a_failing_processor() {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
 
     // A run that works: password and HTTP token from the environment, logs at debug.
-    let mut setup = secured("sec-secrets", "sasl", "tally-sasl");
+    let mut setup = secured("sec-secrets", "tally-sasl");
     setup.kafka.remove("sasl.password");
     setup.kafka_raw = "\"sasl.password\" = { env = \"KAFKA_PASSWORD_UNDER_TEST\" }\n".into();
     setup.extra = "[http.token]\nenv = \"TALLY_HTTP_TOKEN_UNDER_TEST\"\n".into();

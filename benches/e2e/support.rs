@@ -15,11 +15,22 @@ pub struct Broker {
 
 impl Broker {
     pub fn up() -> Self {
-        let port = env_or("TALLY_BENCH_KAFKA_PORT", 29092u16).to_string();
+        Self::up_with(&[], "")
+    }
+
+    /// `deploy/local/kafka up ARGS` with extra broker properties.
+    pub fn up_with(args: &[&str], properties: &str) -> Self {
+        let port = Self::port().to_string();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/kafka");
+        let _ = Command::new(&script)
+            .arg("down")
+            .env("KAFKA_PORT", &port)
+            .status();
         let ok = Command::new(&script)
             .arg("up")
+            .args(args)
             .env("KAFKA_PORT", &port)
+            .env("KAFKA_PROPERTIES", properties)
             .status()
             .expect("kafka up");
         assert!(ok.success(), "broker did not start");
@@ -28,6 +39,11 @@ impl Broker {
             script,
             port,
         }
+    }
+
+    /// The broker's first port (`TALLY_BENCH_KAFKA_PORT`, 29092).
+    pub fn port() -> u16 {
+        env_or("TALLY_BENCH_KAFKA_PORT", 29092u16)
     }
 }
 

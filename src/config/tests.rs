@@ -166,3 +166,77 @@ fn a_missing_contract_file_stops_the_start() {
         "{err}"
     );
 }
+
+#[rstest]
+#[case("TALLY_INSTANCE_ID", "1")]
+#[case("TALLY_APPLICATION_ID", "2024")]
+#[case("TALLY_BOOTSTRAP_SERVERS", "10.0.0.1:9092")]
+fn a_string_key_from_the_environment_is_taken_as_text(#[case] var: &str, #[case] value: &str) {
+    let env = |k: &str| (k == var).then(|| value.to_string());
+    let cfg = Config::from_toml(MINIMAL, env).unwrap();
+    let got = match var {
+        "TALLY_INSTANCE_ID" => cfg.instance_id.clone().unwrap(),
+        "TALLY_APPLICATION_ID" => cfg.application_id.clone(),
+        _ => cfg.bootstrap_servers.clone(),
+    };
+    assert_eq!(got, value);
+}
+
+#[test]
+fn kafka_settings_may_be_written_as_natural_dotted_toml() {
+    let text = format!(
+        "{MINIMAL}\n[kafka]\nsecurity.protocol = \"SASL_SSL\"\nsasl.mechanisms = \"SCRAM-SHA-512\"\nsession.timeout.ms = 6000\n"
+    );
+    let cfg = Config::from_toml(&text, no_env).unwrap();
+    assert_eq!(cfg.kafka["security.protocol"], "SASL_SSL");
+    assert_eq!(cfg.kafka["sasl.mechanisms"], "SCRAM-SHA-512");
+    assert_eq!(cfg.kafka["session.timeout.ms"], "6000");
+}
+
+#[test]
+fn secrets_come_from_the_environment_and_never_show_in_debug() {
+    let text = format!(
+        "{MINIMAL}\n[http]\ntoken = {{ env = \"T\" }}\n[kafka]\n\"sasl.password\" = {{ env = \"P\" }}\n\
+         [[control.keys]]\nid = \"ops\"\nsecret = {{ env = \"K\" }}\n"
+    );
+    let env = |k: &str| match k {
+        "T" => Some("token-from-env-config-test".to_string()),
+        "P" => Some("password-from-env-config-test".to_string()),
+        "K" => Some("control-key-from-env-config-test".to_string()),
+        _ => None,
+    };
+    let cfg = Config::from_toml(&text, env).unwrap();
+    assert_eq!(cfg.kafka["sasl.password"], "password-from-env-config-test");
+    assert_eq!(
+        cfg.http.token.as_ref().unwrap().expose(),
+        "token-from-env-config-test"
+    );
+    let debug = format!("{cfg:?}");
+    for secret in ["token-from", "password-from", "control-key-from"] {
+        assert!(!debug.contains(secret), "{debug}");
+    }
+}
+
+#[test]
+fn a_host_name_listen_address_is_accepted() {
+    let text = format!("{MINIMAL}\n[http]\nlisten = \"localhost:9464\"\n");
+    let cfg = Config::from_toml(&text, no_env).unwrap();
+    assert!(cfg.http.listen.ip().is_loopback());
+}
+
+#[rstest]
+#[case::short_control_key(
+    "[[control.keys]]\nid = \"ops\"\nsecret = \"too-short\"\n",
+    "control.keys[0].secret"
+)]
+#[case::unset_secret_env(
+    "[kafka]\nsasl.password = { env = \"TALLY_NEVER_SET_4711\" }\n",
+    "kafka.sasl.password"
+)]
+#[case::stall_timeout("[health]\nstall_timeout = \"0s\"\n", "health.stall_timeout")]
+fn a_bad_security_or_health_setting_fails_naming_it(#[case] table: &str, #[case] named: &str) {
+    let err = Config::from_toml(&format!("{MINIMAL}\n{table}"), no_env)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(named), "`{err}` should name `{named}`");
+}

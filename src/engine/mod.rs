@@ -24,7 +24,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use tally_state::Store;
-use tally_topology::FlowKind;
+use tally_topology::{FlowKind, Guard};
 
 pub use commit::CommitOutcome;
 pub use rebalance::EngineContext;
@@ -60,6 +60,8 @@ pub struct FlowInfo {
     pub evidence: String,
     /// The largest record the flow may produce to any of its topics.
     pub record_limit: RecordLimit,
+    /// The contract's invariants, which apply refuses to break.
+    pub guard: Guard,
 }
 
 /// Why the processor stopped.
@@ -470,10 +472,9 @@ fn prepare_topics(cfg: &Config) -> Result<Vec<Arc<FlowInfo>>, EngineError> {
         topics.ensure_copartitioned(&f.input, &f.dead_letter, partitions, rf, TopicRole::Log)?;
         let control = f.control_topic(&cfg.application_id);
         topics.ensure_copartitioned(&f.input, &control, partitions, rf, TopicRole::Log)?;
-        let evidence = f
-            .contract()
-            .map(|c| c.evidence_topic(&cfg.application_id))
-            .unwrap_or_else(|_| format!("{}-evidence", cfg.application_id));
+        // Validated when the config was loaded.
+        let contract = f.contract().map_err(EngineError::Fatal)?;
+        let evidence = contract.evidence_topic(&cfg.application_id);
         if topics.partitions(&evidence)?.is_none() {
             topics.create(&evidence, 1, rf, TopicRole::Log)?;
         }
@@ -498,6 +499,10 @@ fn prepare_topics(cfg: &Config) -> Result<Vec<Arc<FlowInfo>>, EngineError> {
             control,
             evidence,
             record_limit: RecordLimit::new(producer_max, topic_max),
+            guard: Guard::new(
+                contract.reconciliation.checks.iter().cloned(),
+                contract.reconciliation.allow_overdraft,
+            ),
         }));
     }
     Ok(out)

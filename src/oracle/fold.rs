@@ -264,10 +264,11 @@ impl Fold {
         }
         // Compute the new amounts apart, so an overflowing event changes nothing.
         let prev = self.keys.get(&ev.key);
-        let mut slot = prev
+        let old = prev
             .and_then(|e| e.amounts.get(&ev.slot))
             .copied()
             .unwrap_or_default();
+        let mut slot = old;
         match &ev.change {
             Change::Set(i, v) => slot[*i] = *v,
             Change::Add(deltas) => {
@@ -278,6 +279,15 @@ impl Fold {
                     }
                 }
             }
+        }
+        // The built-in contracts: sellable (inventory), available and reserved (ledger) do not
+        // go below zero from zero or above.
+        let guarded: &[usize] = match self.flow {
+            Flow::Inventory => &[0],
+            Flow::Ledger => &[0, 1],
+        };
+        if guarded.iter().any(|&i| old[i] >= 0 && slot[i] < 0) {
+            return Verdict::Invalid("invariant_violated");
         }
         let mut next = prev.cloned().unwrap_or_default();
         next.amounts.insert(ev.slot, slot);

@@ -181,16 +181,16 @@ fn ledger_types_move_money_between_available_and_reserved() {
         json!({"event_id":"3","type":"reserved","amount_minor":300}),
         json!({"event_id":"4","type":"released","amount_minor":50}),
         json!({"event_id":"5","type":"captured","amount_minor":200}),
-        json!({"event_id":"6","type":"withdrawn","amount_minor":5,"currency":"JPY"}),
+        json!({"event_id":"6","type":"deposited","amount_minor":5,"currency":"JPY"}),
     ];
     for (o, e) in events.into_iter().enumerate() {
         assert_eq!(f.record(0, o as i64, k, Some(&led(e))), Verdict::Applied);
     }
     let e = &f.keys["acc-1"];
     assert_eq!(e.amounts["EUR"][..2], [650, 50]);
-    assert_eq!(e.amounts["JPY"][..2], [-5, 0], "balances may go negative");
+    assert_eq!(e.amounts["JPY"][..2], [5, 0]);
     let out = json!({"account_id":"acc-1","balances":{"EUR":{"available":650,"reserved":50,
-        "total":700},"JPY":{"available":-5,"reserved":0,"total":-5}},"events_applied":6,
+        "total":700},"JPY":{"available":5,"reserved":0,"total":5}},"events_applied":6,
         "last_event_id":"6","last_event_time":"2026-06-19T18:23:11Z",
         "source":{"partition":0,"offset":5}});
     assert_eq!(compare(Flow::Ledger, "acc-1", e, &out), Outcome::Matched);
@@ -242,6 +242,25 @@ fn duplicates_are_skipped_and_conflicts_refused_per_partition() {
     assert_eq!(f.record(1, 0, k, Some(&first)), Verdict::Applied);
     let e = &f.keys["acc-1"];
     assert_eq!((e.events_applied, e.amounts["EUR"][0]), (2, 2000));
+}
+
+#[test]
+fn a_balance_or_stock_taken_below_zero_is_refused_as_the_contract_says() {
+    let mut f = Fold::new(Flow::Ledger);
+    let k = Some(&b"acc-1"[..]);
+    let overdraw = led(json!({"event_id":"1","type":"withdrawn","amount_minor":5}));
+    assert_eq!(
+        f.record(0, 0, k, Some(&overdraw)),
+        Verdict::Invalid("invariant_violated")
+    );
+    let mut f = Fold::new(Flow::Inventory);
+    let k = Some(&b"s-1"[..]);
+    let oversell = inv(json!({"event_id":"a","quantity":i64::MIN + 1}));
+    assert_eq!(
+        f.record(0, 0, k, Some(&oversell)),
+        Verdict::Invalid("invariant_violated")
+    );
+    assert!(f.keys.is_empty());
 }
 
 #[test]

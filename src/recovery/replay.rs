@@ -87,6 +87,11 @@ impl Plan {
         };
         Ok((plan, contract))
     }
+
+    /// The contract's invariants, as the live flow guards them.
+    pub fn guard(&self) -> tally_topology::Guard {
+        tally_topology::Guard::new(self.checks.iter().cloned(), self.allow_overdraft)
+    }
 }
 
 const MAX_EXAMPLES: usize = 20;
@@ -169,6 +174,7 @@ pub fn run<P: Projection>(plan: &Plan) -> Result<Evidence, RecoveryError> {
         plan.scope.clone(),
         plan.retention_ms,
         plan.late_tolerance_ms,
+        plan.guard(),
     );
     // The live view (changelog states, outputs) is read beside the history: the three reads
     // wait on the broker far more than they compute.

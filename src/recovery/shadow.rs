@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use tally_topology::{Projection, SourceRef};
+use tally_topology::{Guard, Projection, SourceRef};
 
 use super::scope::Scope;
 
@@ -79,6 +79,8 @@ pub struct Shadow<P: Projection> {
     scope: Scope,
     retention_ms: i64,
     late_tolerance_ms: i64,
+    /// The contract's invariants, refused as the live flow refuses them.
+    guard: Guard,
     partitions: HashMap<i32, PartitionFold>,
     pub states: BTreeMap<String, Rebuilt<P::State>>,
     counts: HashMap<String, Counts>,
@@ -93,12 +95,13 @@ pub struct Shadow<P: Projection> {
 }
 
 impl<P: Projection> Shadow<P> {
-    /// An empty shadow; `retention_ms` and `late_tolerance_ms` as the flow runs with.
-    pub fn new(scope: Scope, retention_ms: i64, late_tolerance_ms: i64) -> Self {
+    /// An empty shadow; `retention_ms`, `late_tolerance_ms` and `guard` as the flow runs with.
+    pub fn new(scope: Scope, retention_ms: i64, late_tolerance_ms: i64, guard: Guard) -> Self {
         Self {
             scope,
             retention_ms,
             late_tolerance_ms,
+            guard,
             partitions: HashMap::new(),
             states: BTreeMap::new(),
             counts: HashMap::new(),
@@ -189,7 +192,7 @@ impl<P: Projection> Shadow<P> {
         let late = prev.is_some_and(|r| {
             time < P::last_event_time_ms(&r.state).saturating_sub(self.late_tolerance_ms)
         });
-        match P::apply(prev.map(|r| &r.state), &ev, source) {
+        match P::apply(prev.map(|r| &r.state), &ev, source, &self.guard) {
             Ok(state) => {
                 let max = prev.map_or(time, |r| r.max_event_time_ms.max(time));
                 let version = P::schema_version(&ev);

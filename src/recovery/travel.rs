@@ -78,7 +78,12 @@ pub fn state_at<P: Projection>(
         key: Some(key.to_string()),
         ..Scope::default()
     };
-    let mut shadow = Shadow::<P>::new(scope, plan.retention_ms, plan.late_tolerance_ms);
+    let mut shadow = Shadow::<P>::new(
+        scope,
+        plan.retention_ms,
+        plan.late_tolerance_ms,
+        plan.guard(),
+    );
     if let Point::AsOf(t) = point {
         shadow.as_of_ms = Some(t);
     }

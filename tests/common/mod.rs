@@ -2,6 +2,7 @@
 //! test, the `tally` binary as a child process, and the independent oracle to judge results.
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod proof;
 pub mod secure;
 

@@ -41,6 +41,28 @@ pub fn secure() -> &'static SecureBroker {
 }
 
 impl SecureBroker {
+    /// A setup on this broker: the test's own clients are the admin, the processors run as
+    /// `tally` with the `settings` file (e.g. `tally-sasl`) on the listener it names, with the
+    /// ACLs `grant` gives.
+    pub fn setup(&self, name: &str, flow: super::Flow, partitions: i32, settings: &str) -> Setup {
+        let mut setup = Setup::with_clients(
+            &self.sasl(),
+            self.settings("admin-sasl"),
+            name,
+            flow,
+            partitions,
+            1,
+        );
+        setup.kafka = self.settings(settings);
+        setup.processor_bootstrap = Some(if settings.ends_with("mtls") {
+            self.mtls()
+        } else {
+            self.sasl()
+        });
+        self.grant("User:tally", &setup);
+        setup
+    }
+
     /// The SASL_SSL listener.
     pub fn sasl(&self) -> String {
         self.read("bootstrap-sasl")

@@ -18,11 +18,14 @@ pub enum Reason {
     /// Applying the event would make a record (the key's state or output) larger than the
     /// topics accept.
     TooLarge,
+    /// Applying the event would break one of the flow's contract invariants (e.g. sellable
+    /// below zero) that the key's state held.
+    InvariantViolated,
 }
 
 impl Reason {
     /// Every reason, for metrics and reports that list them all.
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::MalformedJson,
         Reason::MissingField,
         Reason::InvalidField,
@@ -35,6 +38,7 @@ impl Reason {
         Reason::KeyMismatch,
         Reason::DuplicateConflict,
         Reason::TooLarge,
+        Reason::InvariantViolated,
     ];
 
     /// The snake_case name written to the `tally.error.reason` header.
@@ -52,6 +56,7 @@ impl Reason {
             Reason::KeyMismatch => "key_mismatch",
             Reason::DuplicateConflict => "duplicate_conflict",
             Reason::TooLarge => "too_large",
+            Reason::InvariantViolated => "invariant_violated",
         }
     }
 }

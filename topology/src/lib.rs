@@ -26,5 +26,5 @@ pub use inventory::{Availability, Bucket, Buckets, Inventory, InventoryEvent, Op
 pub use json::rendered_source;
 pub use ledger::{Amounts, Balance, EntryType, Ledger, LedgerEvent};
 pub use partitioner::Partitioner;
-pub use projection::{FlowKind, Projection, SourceRef, StateDecodeError};
+pub use projection::{FlowKind, Guard, Projection, SourceRef, StateDecodeError};
 pub use small_map::SmallMap;

@@ -1,7 +1,7 @@
 //! The projection contract: how a flow decodes, deduplicates, applies and renders its events.
 //! The runtime is generic over it, so every flow gets the same exactly-once machinery.
 
-use crate::error::Invalid;
+use crate::error::{Invalid, Reason};
 
 /// Where the last applied event of a key came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bincode::Encode, bincode::Decode)]
@@ -38,6 +38,60 @@ impl std::str::FromStr for FlowKind {
     }
 }
 
+/// The invariants a flow's recovery contract checks. Apply refuses an event that would break one
+/// the state held before, so the live state never becomes what reconcile calls wrong; a state
+/// that broke one already (written by an older tally) still takes events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Guard {
+    checks: Vec<String>,
+    allow_overdraft: bool,
+}
+
+impl Guard {
+    /// Guards the named checks (names a projection does not know are ignored).
+    pub fn new<S: Into<String>>(
+        checks: impl IntoIterator<Item = S>,
+        allow_overdraft: bool,
+    ) -> Self {
+        Self {
+            checks: checks.into_iter().map(Into::into).collect(),
+            allow_overdraft,
+        }
+    }
+
+    /// Guards nothing: apply refuses only what cannot be computed (overflow).
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Whether the contract checks `name`.
+    pub fn checks(&self, name: &str) -> bool {
+        self.checks.iter().any(|c| c == name)
+    }
+
+    /// Whether balances may go below zero (credit lines), per the contract.
+    pub fn allow_overdraft(&self) -> bool {
+        self.allow_overdraft
+    }
+
+    /// Refuses a value that would newly break `check`: `after` fails it while `before` held.
+    pub fn refuse_if(
+        &self,
+        check: &str,
+        before_held: bool,
+        after_holds: bool,
+        what: &str,
+    ) -> Result<(), Invalid> {
+        if before_held && !after_holds && self.checks(check) {
+            return Err(Invalid::new(
+                Reason::InvariantViolated,
+                format!("{what} would break {check}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A stored state value this build cannot read (garbage, or a newer format version).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -60,17 +114,19 @@ pub trait Projection {
     fn event_time_ms(ev: &Self::Event) -> i64;
     /// Content fingerprint over every parsed field, so a redelivery and a conflict differ.
     fn fingerprint(ev: &Self::Event) -> u64;
-    /// Folds one event into the previous state of its key; overflow is an error.
+    /// Folds one event into the previous state of its key; overflow, and an invariant the
+    /// `guard` holds newly broken, are errors.
     fn apply(
         prev: Option<&Self::State>,
         ev: &Self::Event,
         source: SourceRef,
+        guard: &Guard,
     ) -> Result<Self::State, Invalid> {
         let mut s = match prev {
             Some(p) => p.clone(),
             None => Self::initial(ev, source),
         };
-        Self::apply_in_place(&mut s, ev, source)?;
+        Self::apply_in_place(&mut s, ev, source, guard)?;
         Ok(s)
     }
     /// The state of a key before its first event, which [`Projection::apply_in_place`] folds.
@@ -81,6 +137,7 @@ pub trait Projection {
         state: &mut Self::State,
         ev: &Self::Event,
         source: SourceRef,
+        guard: &Guard,
     ) -> Result<(), Invalid>;
     /// Renders the materialized output JSON into `out` (cleared first).
     fn render(state: &Self::State, out: &mut Vec<u8>) -> Result<(), Invalid>;

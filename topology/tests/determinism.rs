@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use tally_topology::{Inventory, Ledger, Projection, SourceRef};
+use tally_topology::{Guard, Inventory, Ledger, Projection, SourceRef};
 
 fn inventory_event(i: usize, key: u8, op: u8, q: i64) -> (Vec<u8>, Vec<u8>) {
     let (operation, to) = match op % 3 {
@@ -45,6 +45,7 @@ fn fold<P: Projection>(records: &[(Vec<u8>, Vec<u8>)]) -> BTreeMap<String, Vec<u
                 partition: 0,
                 offset: i as i64,
             },
+            &Guard::new(P::INVARIANTS.iter().copied(), false),
         ) {
             states.insert(key, s);
         }

@@ -2,7 +2,7 @@
 //! refuses (an overflow) must leave the state exactly as it was, or a refused event would leak.
 
 use proptest::prelude::*;
-use tally_topology::{Inventory, Ledger, Projection, SourceRef};
+use tally_topology::{Guard, Inventory, Ledger, Projection, SourceRef};
 
 /// Quantities around zero, and ones large enough that sums overflow.
 fn quantity() -> impl Strategy<Value = i64> {
@@ -45,7 +45,9 @@ fn refused_leave_the_state_unchanged<P: Projection>(key: &[u8], records: &[Vec<u
         let mut s = state.take().unwrap_or_else(|| P::initial(&ev, source));
         let (mut before, mut after) = (Vec::new(), Vec::new());
         P::encode_state(&s, &mut before);
-        if P::apply_in_place(&mut s, &ev, source).is_err() {
+        // Every invariant guarded: a refusal for any reason must leave the state as it was.
+        let guard = Guard::new(P::INVARIANTS.iter().copied(), false);
+        if P::apply_in_place(&mut s, &ev, source, &guard).is_err() {
             P::encode_state(&s, &mut after);
             assert_eq!(before, after, "refused event {i} changed the state");
             refused += 1;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use tally_topology::{Inventory, Ledger, Projection, SourceRef};
+use tally_topology::{Guard, Inventory, Ledger, Projection, SourceRef};
 
 fn fold<P: Projection>(records: &[(String, String)]) -> BTreeMap<String, Vec<u8>> {
     let mut states: BTreeMap<String, P::State> = BTreeMap::new();
@@ -18,7 +18,7 @@ fn fold<P: Projection>(records: &[(String, String)]) -> BTreeMap<String, Vec<u8>
             partition: 0,
             offset: i as i64,
         };
-        if let Ok(s) = P::apply(states.get(&key), &ev, source) {
+        if let Ok(s) = P::apply(states.get(&key), &ev, source, &Guard::none()) {
             states.insert(key, s);
         }
     }

@@ -4,6 +4,7 @@
 use tally_topology::{Invalid, Projection, Reason, SourceRef};
 
 use super::{Staged, StagedStates, Task, TaskError};
+use crate::engine::FlowInfo;
 use crate::kafka::limits::RecordLimit;
 
 impl<P: Projection> Task<P>
@@ -20,15 +21,15 @@ where
         event_bytes: usize,
         source: SourceRef,
     ) -> Result<Result<(), Invalid>, TaskError> {
-        let limit = self.flow.record_limit;
+        let flow = &self.flow;
         if let Some((i, _, slot)) = self.states.get_full_mut(key) {
             let applied = apply_within::<P>(
+                flow,
                 &mut slot.state,
                 key,
                 event,
                 event_bytes,
                 source,
-                limit,
                 &mut self.buf,
             );
             if let Err(invalid) = applied {
@@ -46,12 +47,12 @@ where
             None => (P::initial(event, source), false),
         };
         match apply_within::<P>(
+            &self.flow,
             &mut state,
             key,
             event,
             event_bytes,
             source,
-            limit,
             &mut self.buf,
         ) {
             Ok(()) => {
@@ -119,22 +120,24 @@ where
     }
 }
 
-/// Applies `event` in place, unless it is invalid or would make the state's records too large
-/// for the flow's topics; either way an error leaves the state as it was.
+/// Applies `event` in place, unless it is invalid, breaks an invariant of the flow's contract, or
+/// would make the state's records too large for the flow's topics; an error leaves the state as
+/// it was.
 fn apply_within<P: Projection>(
+    flow: &FlowInfo,
     state: &mut P::State,
     key: &str,
     event: &P::Event,
     event_bytes: usize,
     source: SourceRef,
-    limit: RecordLimit,
     buf: &mut Vec<u8>,
 ) -> Result<(), Invalid> {
+    let limit = flow.record_limit;
     // Only a state that might outgrow the limit pays for a copy to go back to.
     let before = limit
         .near(P::state_bytes(state), event_bytes)
         .then(|| state.clone());
-    P::apply_in_place(state, event, source)?;
+    P::apply_in_place(state, event, source, &flow.guard)?;
     if let Some(before) = before {
         if let Err(invalid) = too_large::<P>(key, state, limit, buf) {
             *state = before;

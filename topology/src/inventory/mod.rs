@@ -10,7 +10,7 @@ pub use event::{Bucket, InventoryEvent, Operation};
 
 use crate::codec::{self, Fingerprint};
 use crate::error::Invalid;
-use crate::projection::{FlowKind, Projection, SourceRef, StateDecodeError};
+use crate::projection::{FlowKind, Guard, Projection, SourceRef, StateDecodeError};
 use crate::small_map::SmallMap;
 
 /// Quantities of the three buckets at one location.
@@ -119,6 +119,7 @@ impl Projection for Inventory {
         s: &mut Availability,
         ev: &InventoryEvent,
         source: SourceRef,
+        guard: &Guard,
     ) -> Result<(), Invalid> {
         let events_applied = s
             .events_applied
@@ -147,6 +148,13 @@ impl Projection for Inventory {
                     .ok_or_else(|| Invalid::overflow("move"))?;
             }
         }
+        let was = before.unwrap_or_default().sellable;
+        guard.refuse_if(
+            "sellable_non_negative",
+            was >= 0,
+            at.sellable >= 0,
+            &format!("sellable {} at {}", at.sellable, ev.location_id),
+        )?;
         match s.locations.get_mut(ev.location_id.as_str()) {
             Some(slot) => *slot = at,
             None => {

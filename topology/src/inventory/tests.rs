@@ -19,7 +19,53 @@ fn event(op: &str, bucket: &str, to: Option<&str>, q: i64) -> String {
 
 fn apply(prev: Option<&Availability>, json: &str) -> Result<Availability, Invalid> {
     let ev = Inventory::decode(Some(b"1231241"), json.as_bytes())?;
-    Inventory::apply(prev, &ev, SRC)
+    Inventory::apply(prev, &ev, SRC, &Guard::none())
+}
+
+/// The built-in contract's checks.
+fn guarded(prev: Option<&Availability>, json: &str) -> Result<Availability, Invalid> {
+    let ev = Inventory::decode(Some(b"1231241"), json.as_bytes())?;
+    let guard = Guard::new(Inventory::INVARIANTS.iter().copied(), false);
+    Inventory::apply(prev, &ev, SRC, &guard)
+}
+
+#[rstest]
+#[case::most_negative_adjust_on_a_new_sku(i64::MIN + 1)]
+#[case::small_negative_adjust_on_a_new_sku(-5)]
+fn an_adjust_that_would_take_sellable_below_zero_is_refused(#[case] q: i64) {
+    let err = guarded(None, &event("adjust", "sellable", None, q)).unwrap_err();
+    assert_eq!(err.reason, Reason::InvariantViolated);
+    assert!(
+        err.message.contains("sellable_non_negative"),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+fn a_move_that_would_take_sellable_below_zero_is_refused() {
+    let s = start();
+    let err = guarded(Some(&s), &event("move", "sellable", Some("damaged"), 11)).unwrap_err();
+    assert_eq!(err.reason, Reason::InvariantViolated);
+    assert!(guarded(Some(&s), &event("move", "sellable", Some("damaged"), 10)).is_ok());
+}
+
+#[test]
+fn a_state_already_below_zero_still_takes_events() {
+    let negative = apply(None, &event("adjust", "sellable", None, -5)).unwrap();
+    let s = guarded(Some(&negative), &event("adjust", "sellable", None, 2)).unwrap();
+    assert_eq!(s.locations.get("fc-1").unwrap().sellable, -3);
+}
+
+#[test]
+fn without_the_check_in_the_contract_sellable_may_go_below_zero() {
+    let ev = Inventory::decode(
+        Some(b"1231241"),
+        event("adjust", "sellable", None, -5).as_bytes(),
+    )
+    .unwrap();
+    let guard = Guard::new(["stock_on_hand_equals_sum_of_buckets"], false);
+    assert!(Inventory::apply(None, &ev, SRC, &guard).is_ok());
 }
 
 fn start() -> Availability {

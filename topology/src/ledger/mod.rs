@@ -10,7 +10,7 @@ pub use event::{EntryType, LedgerEvent};
 use crate::codec::{self, Fingerprint};
 use crate::error::Invalid;
 use crate::json::{int, provenance, raw, string};
-use crate::projection::{FlowKind, Projection, SourceRef, StateDecodeError};
+use crate::projection::{FlowKind, Guard, Projection, SourceRef, StateDecodeError};
 use crate::small_map::SmallMap;
 
 /// Balances of one currency.
@@ -86,7 +86,12 @@ impl Projection for Ledger {
         }
     }
 
-    fn apply_in_place(s: &mut Balance, ev: &LedgerEvent, source: SourceRef) -> Result<(), Invalid> {
+    fn apply_in_place(
+        s: &mut Balance,
+        ev: &LedgerEvent,
+        source: SourceRef,
+        guard: &Guard,
+    ) -> Result<(), Invalid> {
         let events_applied = s
             .events_applied
             .checked_add(1)
@@ -107,9 +112,25 @@ impl Projection for Ledger {
             EntryType::Released => (a, neg),
             EntryType::Captured => (0, neg),
         };
+        let was = m;
         m.available = step(m.available, da, "available")?;
         m.reserved = step(m.reserved, dr, "reserved")?;
         step(m.available, m.reserved, "total")?;
+        let cur = &ev.currency;
+        guard.refuse_if(
+            "reserved_non_negative",
+            was.reserved >= 0,
+            m.reserved >= 0,
+            &format!("reserved {} {cur}", m.reserved),
+        )?;
+        if !guard.allow_overdraft() {
+            guard.refuse_if(
+                "available_non_negative",
+                was.available >= 0,
+                m.available >= 0,
+                &format!("available {} {cur}", m.available),
+            )?;
+        }
         match s.balances.get_mut(ev.currency.as_str()) {
             Some(slot) => *slot = m,
             None => {

@@ -18,7 +18,36 @@ fn posting(kind: &str, amount: i64, currency: &str) -> String {
 
 fn apply(prev: Option<&Balance>, json: &str) -> Result<Balance, Invalid> {
     let ev = Ledger::decode(Some(b"acc-1"), json.as_bytes())?;
-    Ledger::apply(prev, &ev, SRC)
+    Ledger::apply(prev, &ev, SRC, &Guard::none())
+}
+
+fn guarded(prev: Option<&Balance>, json: &str, overdraft: bool) -> Result<Balance, Invalid> {
+    let ev = Ledger::decode(Some(b"acc-1"), json.as_bytes())?;
+    let guard = Guard::new(Ledger::INVARIANTS.iter().copied(), overdraft);
+    Ledger::apply(prev, &ev, SRC, &guard)
+}
+
+#[rstest]
+#[case::withdrawal_beyond_available("withdrawn", 101, "available_non_negative")]
+#[case::reservation_beyond_available("reserved", 101, "available_non_negative")]
+#[case::release_beyond_reserved("released", 1, "reserved_non_negative")]
+#[case::capture_beyond_reserved("captured", 1, "reserved_non_negative")]
+fn a_posting_that_would_break_an_invariant_is_refused(
+    #[case] kind: &str,
+    #[case] amount: i64,
+    #[case] check: &str,
+) {
+    let s = guarded(None, &posting("deposited", 100, "EUR"), false).unwrap();
+    let err = guarded(Some(&s), &posting(kind, amount, "EUR"), false).unwrap_err();
+    assert_eq!(err.reason, Reason::InvariantViolated);
+    assert!(err.message.contains(check), "{}", err.message);
+}
+
+#[test]
+fn an_overdraft_is_taken_when_the_contract_allows_it() {
+    let s = guarded(None, &posting("deposited", 100, "EUR"), true).unwrap();
+    let s = guarded(Some(&s), &posting("withdrawn", 150, "EUR"), true).unwrap();
+    assert_eq!(s.balances.get("EUR").unwrap().available, -50);
 }
 
 #[test]
