@@ -95,7 +95,7 @@ fn ab_builds(bins: &str) {
         .split(',')
         .enumerate()
         .map(|(i, bin)| ab::Variant {
-            name: format!("{}:{}", ["A", "B", "C", "D"][i.min(3)], short(bin)),
+            name: format!("{}-{}", ["A", "B", "C", "D"][i.min(3)], short(bin)),
             bin: bin.into(),
             bootstrap: broker.bootstrap.clone(),
             kafka: BTreeMap::new(),
@@ -105,8 +105,12 @@ fn ab_builds(bins: &str) {
     ab::compare(&broker.bootstrap, &variants, None);
 }
 
+/// A binary's file name, kept to what names a topic.
 fn short(path: &str) -> String {
-    path.rsplit('/').nth(2).unwrap_or(path).to_string()
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .collect()
 }
 
 /// `TALLY_BENCH_TLS=1`: one build over plaintext and over SASL_SSL, on one secured broker.

@@ -80,6 +80,23 @@ fn reported_lag(p: &Processor, setup: &Setup) -> BTreeMap<i32, i64> {
         .collect()
 }
 
+fn delete_topic(topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        tally::kafka::clients::base(bootstrap(), &BTreeMap::new())
+            .create()
+            .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let res = rt
+        .block_on(admin.delete_topics(&[topic], &AdminOptions::new()))
+        .unwrap();
+    assert!(res.iter().all(Result::is_ok), "{res:?}");
+}
+
 fn json(p: &Processor, path: &str) -> (u16, serde_json::Value) {
     let (code, body) = p.get(path).expect("http answers");
     (code, serde_json::from_str(&body).unwrap_or_default())
@@ -153,4 +170,25 @@ fn consumer_lag_is_the_brokers_view_for_a_stuck_and_a_caught_up_partition() {
     until("the lag gauge falls to 0", Duration::from_secs(30), || {
         reported_lag(&p, &setup) == BTreeMap::from([(0, 0), (1, 0)])
     });
+}
+
+#[test]
+fn a_commit_that_fails_again_and_again_makes_the_instance_unhealthy() {
+    let mut setup = Setup::new("rollback-loop", Flow::Inventory, 2);
+    setup.extra = "[health]\nstall_timeout = \"3s\"\n".into();
+    let p = Processor::start(&setup, "a", &[]);
+    p.wait_ready(2, LIMIT);
+    load(&setup, 0, 10);
+    setup.wait_caught_up(LIMIT);
+    assert_eq!(json(&p, "/healthz").0, 200);
+    // The output topic goes away under the processor: every commit fails and rolls back, and
+    // nothing commits again (not an error that stops it: a topic can come back).
+    delete_topic(&setup.output);
+    load(&setup, 1, 10);
+    until("healthz fails", Duration::from_secs(60), || {
+        json(&p, "/healthz").0 == 503
+    });
+    let (_, v) = json(&p, "/healthz");
+    assert!(v["partitions_stalled"].as_u64().unwrap_or(0) >= 1, "{v}");
+    assert!(p.metric("tally_transactions_aborted_total") >= 1.0);
 }

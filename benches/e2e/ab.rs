@@ -11,7 +11,7 @@ use tally::kafka::topics::{TopicRole, Topics};
 use tally::workload::{Flow, LoadSpec};
 
 use super::env_or;
-use super::support::{timed_catch_up, write_instance_config};
+use super::support::{measured_catch_up, write_instance_config, Broker, Measured};
 
 /// One way of running the processor: a binary, a bootstrap and extra `[kafka]` settings.
 pub struct Variant {
@@ -50,7 +50,7 @@ pub fn compare(load_bootstrap: &str, variants: &[Variant], secure_port: Option<u
     };
     tally::workload::produce(load_bootstrap, &none, &input, &spec).unwrap();
     eprintln!("loaded {events} events ({keys} SKUs, {partitions} partitions)");
-    let mut results: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut results: BTreeMap<String, Vec<Measured>> = BTreeMap::new();
     // Round 0 warms the broker's transactional paths and is not counted.
     for round in 0..=rounds {
         let order: Vec<&Variant> = if round % 2 == 0 {
@@ -68,29 +68,54 @@ pub fn compare(load_bootstrap: &str, variants: &[Variant], secure_port: Option<u
             }
             std::env::set_var("TALLY_BENCH_BIN", &v.bin);
             let log = work.join(format!("{app}.log"));
-            let (eps, rss) = timed_catch_up(&config, &log, load_bootstrap, &app, &input, events);
+            let m = measured_catch_up(
+                &config,
+                &log,
+                load_bootstrap,
+                &app,
+                &input,
+                events,
+                Broker::port(),
+            );
             eprintln!(
-                "round {round} {:<14} {eps:>9.0} events/s, peak RSS {rss:.0} MiB",
-                v.name
+                "round {round} {:<16} {:>7.0} events/s, {:>5.2} us CPU/event (broker {:.2}), peak RSS {:.0} MiB",
+                v.name,
+                m.events_per_sec,
+                m.cpu_seconds * 1e6 / events as f64,
+                m.broker_cpu_seconds * 1e6 / events as f64,
+                m.peak_rss_mib
             );
             if round > 0 {
-                results.entry(v.name.clone()).or_default().push((eps, rss));
+                results.entry(v.name.clone()).or_default().push(m);
             }
         }
     }
+    let per_event = |s: f64| s * 1e6 / events as f64;
     for (name, runs) in &results {
-        let mut eps: Vec<f64> = runs.iter().map(|r| r.0).collect();
-        eps.sort_by(f64::total_cmp);
-        let rss: Vec<String> = runs.iter().map(|r| format!("{:.0}", r.1)).collect();
         eprintln!(
-            "{name:<14} events/s min {:.0} median {:.0} max {:.0}; peak RSS MiB {}",
-            eps[0],
-            eps[eps.len() / 2],
-            eps[eps.len() - 1],
-            rss.join(", ")
+            "{name:<16} events/s {}; us CPU/event {}; broker us CPU/event {}; peak RSS MiB {}",
+            spread(runs.iter().map(|m| m.events_per_sec), 0),
+            spread(runs.iter().map(|m| per_event(m.cpu_seconds)), 2),
+            spread(runs.iter().map(|m| per_event(m.broker_cpu_seconds)), 2),
+            spread(runs.iter().map(|m| m.peak_rss_mib), 0),
         );
     }
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// "min / median / max" of the values.
+fn spread(values: impl Iterator<Item = f64>, decimals: usize) -> String {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    format!(
+        "{:.*} / {:.*} / {:.*}",
+        decimals,
+        v[0],
+        decimals,
+        v[v.len() / 2],
+        decimals,
+        v[v.len() - 1]
+    )
 }
 
 fn append_kafka(config: &Path, kafka: &BTreeMap<String, String>) {

@@ -198,6 +198,72 @@ pub fn timed_catch_up(
     (eps, rss)
 }
 
+/// CPU seconds (user + system) a process has used so far; 0 when it cannot be read.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start at its closing parenthesis.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf takes a plain integer and reads no memory of ours.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// The pid of the local broker on `port` (node 1), from its pid file.
+pub fn broker_pid(port: u16) -> Option<u32> {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("deploy/local/run/{port}/node1/pid"));
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// A catch-up measured for an A/B: events/s, peak RSS, and the CPU seconds of the processor
+/// and of the broker it ran against.
+pub struct Measured {
+    pub events_per_sec: f64,
+    pub peak_rss_mib: f64,
+    pub cpu_seconds: f64,
+    pub broker_cpu_seconds: f64,
+}
+
+/// [`timed_catch_up`] with the CPU the processor and the broker on `broker_port` used.
+#[allow(clippy::too_many_arguments)]
+pub fn measured_catch_up(
+    config: &Path,
+    log: &Path,
+    bootstrap: &str,
+    group: &str,
+    input: &str,
+    events: u64,
+    broker_port: u16,
+) -> Measured {
+    let broker = broker_pid(broker_port);
+    let broker_before = broker.map_or(0.0, cpu_seconds);
+    let started = Instant::now();
+    let mut child = start(config, log);
+    wait_lag_zero(bootstrap, group, input);
+    let events_per_sec = events as f64 / started.elapsed().as_secs_f64();
+    let measured = Measured {
+        events_per_sec,
+        peak_rss_mib: peak_rss_mib(child.id()),
+        cpu_seconds: cpu_seconds(child.id()),
+        broker_cpu_seconds: broker.map_or(0.0, cpu_seconds) - broker_before,
+    };
+    stop_child(&mut child);
+    measured
+}
+
 /// A full restore from empty: seconds from process start until every partition is served,
 /// records restored, and the process's peak RSS.
 #[derive(serde::Serialize, Default)]

@@ -285,23 +285,10 @@ fn signer(cfg: &Config, args: &OperatorArgs, what: &str) -> anyhow::Result<Signe
         operator: Operator {
             actor,
             key_id: key.id.clone(),
-            host: host_name(),
+            host: tally::config::host_name().unwrap_or_else(|| "unknown".into()),
             reason: reason.to_string(),
         },
     })
-}
-
-/// This machine's name, for the evidence of who changed what from where.
-fn host_name() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Runs a replay plan with the flow's projection.

@@ -288,17 +288,10 @@ impl Config {
 
     /// The instance name: `instance_id`, else the host name.
     pub fn instance(&self) -> String {
-        self.instance_id.clone().unwrap_or_else(|| {
-            std::env::var("HOSTNAME")
-                .ok()
-                .filter(|h| !h.is_empty())
-                .or_else(|| {
-                    std::fs::read_to_string("/etc/hostname")
-                        .ok()
-                        .map(|s| s.trim().to_string())
-                })
-                .unwrap_or_else(|| "tally".into())
-        })
+        self.instance_id
+            .clone()
+            .or_else(host_name)
+            .unwrap_or_else(|| "tally".into())
     }
 
     /// Commit interval as a duration.
@@ -348,6 +341,19 @@ impl FlowConfig {
     pub fn control_topic(&self, application_id: &str) -> String {
         format!("{application_id}-{}-control", self.name)
     }
+}
+
+/// This machine's name (`HOSTNAME`, else /etc/hostname): a pod's name in Kubernetes.
+pub fn host_name() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|h| !h.is_empty())
+        })
 }
 
 /// Reads the secrets the document points at (`{ env = .. }`, `{ file = .. }`) with `env`, and

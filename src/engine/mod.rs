@@ -280,10 +280,10 @@ pub fn run(
         Arc::clone(&health),
         Arc::clone(&readings),
     );
-    let consumer: Arc<BaseConsumer<EngineContext>> = Arc::new(
-        clients::group_consumer(&cfg.bootstrap_servers, &cfg.kafka, &cfg.application_id)
-            .create_with_context(context)?,
-    );
+    let consumer: Arc<BaseConsumer<EngineContext>> = Arc::new(clients::create(
+        &clients::group_consumer(&cfg.bootstrap_servers, &cfg.kafka, &cfg.application_id),
+        context,
+    )?);
     let inputs: Vec<&str> = flows.iter().map(|f| f.input.as_str()).collect();
     consumer.subscribe(&inputs)?;
     lock(&engine).group_consumer = Some(Arc::clone(&consumer));

@@ -37,7 +37,7 @@ pub(super) fn reader(
     if !kafka.contains_key("max.partition.fetch.bytes") {
         c.set("max.partition.fetch.bytes", "1048576");
     }
-    Ok(c.create_with_context(Quiet)?)
+    Ok(crate::kafka::clients::create(&c, Quiet)?)
 }
 
 /// The partitions of `topic`; an error when the topic does not exist.

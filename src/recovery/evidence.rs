@@ -136,9 +136,10 @@ pub fn publish(
     if topics.partitions(topic)?.is_none() {
         topics.create(topic, 1, replication, crate::kafka::topics::TopicRole::Log)?;
     }
-    let producer: BaseProducer = crate::kafka::clients::producer(bootstrap, kafka, None, 60_000)
-        .create()
-        .map_err(super::RecoveryError::Kafka)?;
+    let producer: BaseProducer = crate::kafka::clients::create(
+        &crate::kafka::clients::producer(bootstrap, kafka, None, 60_000),
+        rdkafka::producer::DefaultProducerContext,
+    )?;
     let body = serde_json::to_vec(ev).unwrap_or_default();
     producer
         .send(BaseRecord::to(topic).key(ev.flow.as_bytes()).payload(&body))

@@ -65,7 +65,7 @@ pub fn produce(
     spec: &LoadSpec,
 ) -> anyhow::Result<LoadReport> {
     let producer: BaseProducer<Deliveries> =
-        config(bootstrap, kafka).create_with_context(Deliveries::default())?;
+        crate::kafka::clients::create(&config(bootstrap, kafka), Deliveries::default())?;
     // Fail fast on a topic that is missing (inputs are never auto-created).
     let md = producer
         .client()

@@ -74,18 +74,19 @@ impl Guard {
         self.allow_overdraft
     }
 
-    /// Refuses a value that would newly break `check`: `after` fails it while `before` held.
+    /// Refuses a value that would newly break `check`: it held before and fails after;
+    /// `what` names the value, and is only called then.
     pub fn refuse_if(
         &self,
         check: &str,
         before_held: bool,
         after_holds: bool,
-        what: &str,
+        what: impl FnOnce() -> String,
     ) -> Result<(), Invalid> {
         if before_held && !after_holds && self.checks(check) {
             return Err(Invalid::new(
                 Reason::InvariantViolated,
-                format!("{what} would break {check}"),
+                format!("{} would break {check}", what()),
             ));
         }
         Ok(())

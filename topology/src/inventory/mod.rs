@@ -149,12 +149,9 @@ impl Projection for Inventory {
             }
         }
         let was = before.unwrap_or_default().sellable;
-        guard.refuse_if(
-            "sellable_non_negative",
-            was >= 0,
-            at.sellable >= 0,
-            &format!("sellable {} at {}", at.sellable, ev.location_id),
-        )?;
+        guard.refuse_if("sellable_non_negative", was >= 0, at.sellable >= 0, || {
+            format!("sellable {} at {}", at.sellable, ev.location_id)
+        })?;
         match s.locations.get_mut(ev.location_id.as_str()) {
             Some(slot) => *slot = at,
             None => {

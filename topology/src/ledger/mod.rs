@@ -121,14 +121,14 @@ impl Projection for Ledger {
             "reserved_non_negative",
             was.reserved >= 0,
             m.reserved >= 0,
-            &format!("reserved {} {cur}", m.reserved),
+            || format!("reserved {} {cur}", m.reserved),
         )?;
         if !guard.allow_overdraft() {
             guard.refuse_if(
                 "available_non_negative",
                 was.available >= 0,
                 m.available >= 0,
-                &format!("available {} {cur}", m.available),
+                || format!("available {} {cur}", m.available),
             )?;
         }
         match s.balances.get_mut(ev.currency.as_str()) {
