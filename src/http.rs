@@ -13,11 +13,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tally_topology::{FlowKind, Inventory, Ledger, Projection};
 
 use crate::config::HttpConfig;
 use crate::engine::StoreRegistry;
 use crate::health::Health;
+use crate::registry::Registered;
 use crate::secret::Secret;
 
 #[derive(Clone)]
@@ -25,7 +25,8 @@ struct AppState {
     metrics: PrometheusHandle,
     health: Arc<Health>,
     stores: Arc<StoreRegistry>,
-    kinds: Arc<HashMap<String, FlowKind>>,
+    /// Flow name -> the projection that renders its states.
+    projections: Arc<HashMap<String, Arc<dyn Registered>>>,
 }
 
 /// Why the endpoint could not start.
@@ -44,12 +45,12 @@ pub enum HttpError {
 
 /// Serves until the process exits; binds (and loads the TLS files) before returning, so a bad
 /// address or certificate fails the start.
-pub fn serve(
+pub(crate) fn serve(
     http: &HttpConfig,
     metrics: PrometheusHandle,
     health: Arc<Health>,
     stores: Arc<StoreRegistry>,
-    kinds: HashMap<String, FlowKind>,
+    projections: HashMap<String, Arc<dyn Registered>>,
 ) -> Result<SocketAddr, HttpError> {
     let listen = http.listen;
     let listener = std::net::TcpListener::bind(listen)
@@ -73,7 +74,7 @@ pub fn serve(
         metrics,
         health,
         stores,
-        kinds: Arc::new(kinds),
+        projections: Arc::new(projections),
     };
     let queries = Router::new()
         .route("/state/{flow}/{key}", get(state_route))
@@ -189,7 +190,7 @@ async fn state_route(
     State(s): State<AppState>,
     Path((flow, key)): Path<(String, String)>,
 ) -> Response {
-    let Some(kind) = s.kinds.get(&flow).copied() else {
+    let Some(projection) = s.projections.get(&flow) else {
         return error(StatusCode::NOT_FOUND, format!("unknown flow `{flow}`"));
     };
     let found = s
@@ -203,18 +204,8 @@ async fn state_route(
             format!("key `{key}` is not in a partition owned here"),
         );
     };
-    let mut out = Vec::new();
-    let rendered = match kind {
-        FlowKind::Inventory => render::<Inventory>(&bytes, &mut out),
-        FlowKind::Ledger => render::<Ledger>(&bytes, &mut out),
-    };
-    match rendered {
-        Ok(()) => ([(header::CONTENT_TYPE, "application/json")], out).into_response(),
+    match projection.render_state(&bytes) {
+        Ok(out) => ([(header::CONTENT_TYPE, "application/json")], out).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
-}
-
-fn render<P: Projection>(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-    let state = P::decode_state(bytes).map_err(|e| e.to_string())?;
-    P::render(&state, out).map_err(|e| e.to_string())
 }

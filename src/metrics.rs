@@ -8,8 +8,6 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 use tally_topology::Reason;
 
-use crate::engine::FlowInfo;
-
 /// Installs the global recorder (idempotent) and returns the handle `/metrics` renders.
 pub fn install() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -94,13 +92,13 @@ fn describe() {
 
 /// Counts one committed batch of a task.
 pub fn record_commit(
-    flow: &FlowInfo,
+    flow: &str,
     applied: u64,
     duplicates: u64,
-    dead: &[u64],
+    dead: &[(Reason, u64)],
     timestamps: &[i64],
 ) {
-    let name = flow.name.clone();
+    let name = flow.to_string();
     if applied > 0 {
         metrics::counter!("tally_events_processed_total", "flow" => name.clone())
             .increment(applied);
@@ -109,11 +107,9 @@ pub fn record_commit(
         metrics::counter!("tally_duplicates_skipped_total", "flow" => name.clone())
             .increment(duplicates);
     }
-    for (reason, n) in Reason::ALL.iter().zip(dead) {
-        if *n > 0 {
-            metrics::counter!("tally_dead_lettered_total", "flow" => name.clone(), "reason" => reason.as_str())
-                .increment(*n);
-        }
+    for (reason, n) in dead {
+        metrics::counter!("tally_dead_lettered_total", "flow" => name.clone(), "reason" => reason.as_str())
+            .increment(*n);
     }
     if !timestamps.is_empty() {
         let now = crate::clock::now_ms();
@@ -125,31 +121,30 @@ pub fn record_commit(
 }
 
 /// Counts lookups of committed states the task's cache answered, and those that read the store.
-pub fn record_state_cache(flow: &FlowInfo, hits: u64, misses: u64) {
+pub fn record_state_cache(flow: &str, hits: u64, misses: u64) {
     if hits > 0 {
-        metrics::counter!("tally_state_cache_hits_total", "flow" => flow.name.clone())
+        metrics::counter!("tally_state_cache_hits_total", "flow" => flow.to_string())
             .increment(hits);
     }
     if misses > 0 {
-        metrics::counter!("tally_state_cache_misses_total", "flow" => flow.name.clone())
+        metrics::counter!("tally_state_cache_misses_total", "flow" => flow.to_string())
             .increment(misses);
     }
 }
 
 /// Counts changelog records read by a restore.
-pub fn record_restore(flow: &FlowInfo, records: u64) {
-    metrics::counter!("tally_restore_records_total", "flow" => flow.name.clone())
-        .increment(records);
+pub fn record_restore(flow: &str, records: u64) {
+    metrics::counter!("tally_restore_records_total", "flow" => flow.to_string()).increment(records);
 }
 
 /// Counts committed repair decisions: applied, and refused by reason.
-pub fn record_repairs(flow: &FlowInfo, applied: u64, refused: &[crate::signing::Refusal]) {
+pub fn record_repairs(flow: &str, applied: u64, refused: &[crate::signing::Refusal]) {
     if applied > 0 {
-        metrics::counter!("tally_repairs_applied_total", "flow" => flow.name.clone())
+        metrics::counter!("tally_repairs_applied_total", "flow" => flow.to_string())
             .increment(applied);
     }
     for r in refused {
-        metrics::counter!("tally_repairs_refused_total", "flow" => flow.name.clone(), "reason" => r.as_str())
+        metrics::counter!("tally_repairs_refused_total", "flow" => flow.to_string(), "reason" => r.as_str())
             .increment(1);
     }
 }

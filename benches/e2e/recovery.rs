@@ -13,8 +13,9 @@ use super::support::{http, start};
 
 /// (seconds, events processed, trusted) of a dry-run replay of `scope` over the config's flow.
 pub fn replay_time(config: &Path, scope: &[&str]) -> (f64, u64, bool) {
-    let cfg = Config::load(config).expect("bench config");
-    let (mut plan, _) = Plan::for_flow(&cfg, &cfg.flows[0], "replay").expect("contract");
+    let registry = tally::Registry::builtin();
+    let cfg = Config::load(config, &registry).expect("bench config");
+    let (mut plan, _) = Plan::for_flow(&cfg, &cfg.flows[0], "replay", &registry).expect("contract");
     plan.scope =
         Scope::parse(&scope.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("scope");
     let started = Instant::now();

@@ -8,13 +8,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::config::Config;
+use crate::workload;
 use anyhow::{bail, Context};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use tally::config::Config;
-use tally::workload;
+
+use crate::registry::Registry;
 
 use super::{ensure_input, load_spec, oracle_spec, DemoArgs, LoadArgs};
 
@@ -49,14 +51,14 @@ fn kafka(script: &PathBuf, port: u16, cmd: &str) -> anyhow::Result<()> {
 }
 
 /// Runs the demo end to end; exits non-zero when the independent check fails.
-pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: DemoArgs, registry: &Registry) -> anyhow::Result<ExitCode> {
     let script = kafka_script()?;
     say(format!(
         "Starting a real Apache Kafka broker (KRaft) on 127.0.0.1:{}",
         args.kafka_port
     ));
     kafka(&script, args.kafka_port, "up")?;
-    let result = run_on_broker(&args);
+    let result = run_on_broker(&args, registry);
     if !args.keep_broker {
         say("Stopping the local broker (pass --keep-broker to keep it)");
         kafka(&script, args.kafka_port, "down")?;
@@ -64,7 +66,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     result
 }
 
-fn run_on_broker(args: &DemoArgs) -> anyhow::Result<ExitCode> {
+fn run_on_broker(args: &DemoArgs, registry: &Registry) -> anyhow::Result<ExitCode> {
     let bootstrap = format!("127.0.0.1:{}", args.kafka_port);
     let run_id = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let state_dir = std::env::temp_dir().join(format!("tally-demo-{run_id}"));
@@ -98,7 +100,7 @@ listen = "127.0.0.1:0"
         lo = t("ledger.balances"),
         ld = t("ledger.events.dlq"),
     );
-    let cfg = Config::from_toml(&config, |_| None)?;
+    let cfg = Config::from_toml(&config, |_| None, registry)?;
     let passthrough = BTreeMap::new();
     for f in &cfg.flows {
         ensure_input(&bootstrap, &passthrough, &f.input, PARTITIONS)?;
@@ -107,8 +109,8 @@ listen = "127.0.0.1:0"
     say("Starting the tally processor (exactly_once, 2 flows, 6 partitions each)");
     let shutdown = Arc::new(AtomicBool::new(false));
     let processor = {
-        let (cfg, shutdown) = (cfg.clone(), Arc::clone(&shutdown));
-        std::thread::spawn(move || super::run_processor(cfg, shutdown))
+        let (cfg, shutdown, registry) = (cfg.clone(), Arc::clone(&shutdown), registry.clone());
+        std::thread::spawn(move || super::run_processor(cfg, &registry, shutdown))
     };
 
     let mut loads = Vec::new();
@@ -145,7 +147,7 @@ listen = "127.0.0.1:0"
         if processor.is_finished() {
             bail!("the processor stopped early: {:?}", processor.join());
         }
-        let lag = tally::kafka::progress::group_lag(
+        let lag = crate::kafka::progress::group_lag(
             &bootstrap,
             &passthrough,
             &cfg.application_id,
@@ -174,7 +176,7 @@ listen = "127.0.0.1:0"
     );
 
     say("What the processor counted (committed)");
-    let metrics = tally::metrics::install().render();
+    let metrics = crate::metrics::install().render();
     let mut counted: Vec<&str> = metrics
         .lines()
         .filter(|l| {
@@ -202,7 +204,7 @@ listen = "127.0.0.1:0"
             "Independent recomputation of every `{}` key from {}",
             f.name, f.input
         ));
-        let report = tally::oracle::check(&oracle_spec(&cfg, f, false, true)?)?;
+        let report = crate::oracle::check(&oracle_spec(&cfg, f, false, true)?)?;
         eprintln!(
             "    events checked {}, applied {}, duplicates {}, conflicts {}, invalid {}",
             report.events_checked,
@@ -244,8 +246,8 @@ listen = "127.0.0.1:0"
             "tally reconcile --flow {}: rebuild from history under the recovery contract, with evidence",
             f.name
         ));
-        let (plan, contract) = super::recovery::plan(&cfg, f, "reconcile")?;
-        let ev = super::recovery::run_plan(f, &plan)?;
+        let (plan, contract) = super::recovery::plan(&cfg, f, "reconcile", registry)?;
+        let ev = super::recovery::run_plan(f, &plan, registry)?;
         super::recovery::emit(&cfg, &contract, &ev, None)?;
         trusted &= ev.trusted();
     }
@@ -265,7 +267,7 @@ listen = "127.0.0.1:0"
 /// The first `n` records of partition 0 of a topic, as text.
 fn sample(bootstrap: &str, topic: &str, n: usize) -> anyhow::Result<Vec<String>> {
     let consumer =
-        tally::kafka::clients::quiet_reader(bootstrap, &BTreeMap::new(), "tally-demo-sample")?;
+        crate::kafka::clients::quiet_reader(bootstrap, &BTreeMap::new(), "tally-demo-sample")?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
     consumer.assign(&tpl)?;

@@ -5,15 +5,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::config::{Config, FlowConfig};
+use crate::recovery::dlq;
+use crate::recovery::evidence::{self, Evidence, Operator};
+use crate::recovery::replay::{Plan, Signer};
+use crate::recovery::scope::Scope;
+use crate::recovery::travel::Point;
+use crate::registry::Registry;
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use tally::config::{Config, FlowConfig};
-use tally::recovery::dlq;
-use tally::recovery::evidence::{self, Evidence, Operator};
-use tally::recovery::replay::{self, Plan, Signer};
-use tally::recovery::scope::Scope;
-use tally::recovery::travel::{self, Point};
-use tally_topology::{Contract, FlowKind, Inventory, Ledger};
+use tally_topology::Contract;
 
 /// Which config and flow a recovery command works on.
 #[derive(Args, Debug, Clone)]
@@ -139,35 +140,28 @@ pub(super) fn plan(
     cfg: &Config,
     f: &FlowConfig,
     kind: &'static str,
+    registry: &Registry,
 ) -> anyhow::Result<(Plan, Contract)> {
-    Plan::for_flow(cfg, f, kind)
+    Plan::for_flow(cfg, f, kind, registry)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("flow `{}`", f.name))
 }
 
 /// `tally contract show`.
-pub fn contract(cmd: ContractCommand) -> anyhow::Result<ExitCode> {
+pub fn contract(cmd: ContractCommand, registry: &Registry) -> anyhow::Result<ExitCode> {
     let ContractCommand::Show { config, flow, json } = cmd;
     let contract = match config {
         Some(path) => {
-            let cfg = Config::load(&path)?;
+            let cfg = Config::load(&path, registry)?;
             flow_of(&cfg, &flow)?
-                .contract()
+                .contract(registry)
                 .map_err(anyhow::Error::msg)?
         }
         None => {
-            let kind: FlowKind = flow.parse().map_err(anyhow::Error::msg)?;
-            FlowConfig {
-                name: flow.clone(),
-                projection: None,
-                input: String::new(),
-                output: String::new(),
-                dead_letter: String::new(),
-                contract: None,
-            }
-            .contract()
-            .map_err(anyhow::Error::msg)
-            .with_context(|| format!("built-in contract of {}", kind.as_str()))?
+            let projection = registry.get(&flow).map_err(anyhow::Error::msg)?;
+            projection
+                .parse_contract(projection.contract_text())
+                .with_context(|| format!("the contract of projection {flow}"))?
         }
     };
     if json {
@@ -221,23 +215,23 @@ pub(super) fn emit(
 }
 
 /// `tally reconcile`: a replay that only reports.
-pub fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
-    let (cfg, plan, contract) = scoped_plan(&args, "reconcile")?;
+pub fn reconcile(args: ReconcileArgs, registry: &Registry) -> anyhow::Result<ExitCode> {
+    let (cfg, plan, contract) = scoped_plan(&args, "reconcile", registry)?;
     let f = flow_of(&cfg, &args.target.flow)?;
-    let ev = run_plan(f, &plan)?;
+    let ev = run_plan(f, &plan, registry)?;
     emit(&cfg, &contract, &ev, args.evidence_file.as_ref())
 }
 
 /// `tally replay`: a dry run, or with `--apply` a signed repair by a named operator.
-pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let (cfg, mut plan, contract) = scoped_plan(&args.base, "replay")?;
+pub fn replay(args: ReplayArgs, registry: &Registry) -> anyhow::Result<ExitCode> {
+    let (cfg, mut plan, contract) = scoped_plan(&args.base, "replay", registry)?;
     let f = flow_of(&cfg, &args.base.target.flow)?;
     if args.apply {
         plan.apply = true;
         plan.signer = Some(signer(&cfg, &args.operator, "replay --apply")?);
     }
     plan.confirm_timeout = Duration::from_secs(args.confirm_timeout);
-    let ev = run_plan(f, &plan)?;
+    let ev = run_plan(f, &plan, registry)?;
     emit(&cfg, &contract, &ev, args.base.evidence_file.as_ref())
 }
 
@@ -245,10 +239,11 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 fn scoped_plan(
     args: &ReconcileArgs,
     kind: &'static str,
+    registry: &Registry,
 ) -> anyhow::Result<(Config, Plan, Contract)> {
-    let cfg = Config::load(&args.target.config)?;
+    let cfg = Config::load(&args.target.config, registry)?;
     let f = flow_of(&cfg, &args.target.flow)?;
-    let (mut plan, contract) = plan(&cfg, f, kind)?;
+    let (mut plan, contract) = plan(&cfg, f, kind, registry)?;
     plan.scope = Scope::parse(&args.scope)?;
     for (name, used) in [
         ("key", plan.scope.key.is_some()),
@@ -278,45 +273,49 @@ fn signer(cfg: &Config, args: &OperatorArgs, what: &str) -> anyhow::Result<Signe
         (None, Some(user)) => format!("User:{user}"),
         (None, None) => anyhow::bail!("{what} changes state: name the operator with --actor"),
     };
-    let key = tally::signing::signing_key(&cfg.control, args.key_id.as_deref(), &actor)
+    let key = crate::signing::signing_key(&cfg.control, args.key_id.as_deref(), &actor)
         .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
     Ok(Signer {
         key: key.clone(),
         operator: Operator {
             actor,
             key_id: key.id.clone(),
-            host: tally::config::host_name().unwrap_or_else(|| "unknown".into()),
+            host: crate::config::host_name().unwrap_or_else(|| "unknown".into()),
             reason: reason.to_string(),
         },
     })
 }
 
 /// Runs a replay plan with the flow's projection.
-pub(super) fn run_plan(f: &FlowConfig, plan: &Plan) -> anyhow::Result<Evidence> {
-    Ok(match f.kind().map_err(anyhow::Error::msg)? {
-        FlowKind::Inventory => replay::run::<Inventory>(plan)?,
-        FlowKind::Ledger => replay::run::<Ledger>(plan)?,
-    })
+pub(super) fn run_plan(
+    f: &FlowConfig,
+    plan: &Plan,
+    registry: &Registry,
+) -> anyhow::Result<Evidence> {
+    let projection = registry
+        .get(f.projection_name())
+        .map_err(anyhow::Error::msg)?;
+    Ok(projection.replay(plan)?)
 }
 
 /// `tally dlq replay`: re-submits dead letters, signed for a named operator.
-pub fn dlq(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
+pub fn dlq(cmd: DlqCommand, registry: &Registry) -> anyhow::Result<ExitCode> {
     let DlqCommand::Replay {
         target,
         only_reason,
         operator,
         evidence_file,
     } = cmd;
-    let cfg = Config::load(&target.config)?;
+    let cfg = Config::load(&target.config, registry)?;
     let f = flow_of(&cfg, &target.flow)?;
-    let (mut plan, contract) = plan(&cfg, f, "dlq_replay")?;
+    let (mut plan, contract) = plan(&cfg, f, "dlq_replay", registry)?;
     plan.signer = Some(signer(&cfg, &operator, "dlq replay")?);
     let ev = dlq::replay(&plan, &f.dead_letter, only_reason.as_deref())?;
     emit(&cfg, &contract, &ev, evidence_file.as_ref())
 }
 
 /// `tally state get`.
-pub fn state(cmd: StateCommand) -> anyhow::Result<ExitCode> {
+pub fn state(cmd: StateCommand, registry: &Registry) -> anyhow::Result<ExitCode> {
     let StateCommand::Get {
         target,
         key,
@@ -324,9 +323,9 @@ pub fn state(cmd: StateCommand) -> anyhow::Result<ExitCode> {
         at_offset,
         explain,
     } = cmd;
-    let cfg = Config::load(&target.config)?;
+    let cfg = Config::load(&target.config, registry)?;
     let f = flow_of(&cfg, &target.flow)?;
-    let (plan, _) = plan(&cfg, f, "state")?;
+    let (plan, _) = plan(&cfg, f, "state", registry)?;
     let point = match (as_of, at_offset) {
         (Some(t), _) => Point::AsOf(
             tally_topology::time::parse_event_time(&t)
@@ -341,10 +340,10 @@ pub fn state(cmd: StateCommand) -> anyhow::Result<ExitCode> {
         }
         (None, None) => Point::Now,
     };
-    let answer = match f.kind().map_err(anyhow::Error::msg)? {
-        FlowKind::Inventory => travel::state_at::<Inventory>(&plan, &key, point, explain)?,
-        FlowKind::Ledger => travel::state_at::<Ledger>(&plan, &key, point, explain)?,
-    };
+    let projection = registry
+        .get(f.projection_name())
+        .map_err(anyhow::Error::msg)?;
+    let answer = projection.state_at(&plan, &key, point, explain)?;
     println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(ExitCode::SUCCESS)
 }

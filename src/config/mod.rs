@@ -8,8 +8,8 @@ mod sections;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::registry::Registry;
 use serde::Deserialize;
-use tally_topology::FlowKind;
 
 pub use kafka::{is_secret_key, KafkaSettings};
 pub use sections::{
@@ -106,7 +106,8 @@ pub struct Config {
 pub struct FlowConfig {
     /// Flow name; also names its changelog and state folder.
     pub name: String,
-    /// Built-in projection (`inventory` | `ledger`); defaults to the flow's name.
+    /// The registered projection the flow runs (built in: `inventory`, `ledger`); defaults to
+    /// the flow's name.
     #[serde(default)]
     pub projection: Option<String>,
     pub input: String,
@@ -180,19 +181,21 @@ pub(crate) fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Dura
 }
 
 impl Config {
-    /// Reads the file, applies `TALLY_*` overrides from the process environment, validates.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    /// Reads the file, applies `TALLY_*` overrides from the process environment, validates
+    /// (every flow names a projection of `registry`, and its contract fits it).
+    pub fn load(path: &Path, registry: &Registry) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_toml(&text, |k| std::env::var(k).ok())
+        Self::from_toml(&text, |k| std::env::var(k).ok(), registry)
     }
 
     /// Parses TOML text with overrides looked up by `env`, then validates.
     pub fn from_toml(
         text: &str,
         env: impl Fn(&str) -> Option<String>,
+        registry: &Registry,
     ) -> Result<Self, ConfigError> {
         let mut doc: toml::Table = text
             .parse()
@@ -202,11 +205,11 @@ impl Config {
         let cfg: Config = toml::Value::Table(doc)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
-        cfg.validate()?;
+        cfg.validate(registry)?;
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self, registry: &Registry) -> Result<(), ConfigError> {
         check_name("application_id", &self.application_id)?;
         if self.bootstrap_servers.trim().is_empty() {
             return Err(invalid("bootstrap_servers", "must not be empty"));
@@ -243,8 +246,11 @@ impl Config {
             if !names.insert(f.name.as_str()) {
                 return Err(invalid(at("name"), format!("duplicate flow `{}`", f.name)));
             }
-            f.kind().map_err(|m| invalid(at("projection"), m))?;
-            f.contract().map_err(|m| invalid(at("contract"), m))?;
+            registry
+                .get(f.projection_name())
+                .map_err(|m| invalid(at("projection"), m))?;
+            f.contract(registry)
+                .map_err(|m| invalid(at("contract"), m))?;
             for (k, t) in [
                 ("input", &f.input),
                 ("output", &f.output),
@@ -309,11 +315,9 @@ impl Config {
 }
 
 impl FlowConfig {
-    /// The built-in projection this flow runs.
-    pub fn kind(&self) -> Result<FlowKind, String> {
-        let name = self.projection.as_deref().unwrap_or(&self.name);
-        name.parse::<FlowKind>()
-            .map_err(|_| format!("unknown projection `{name}` (built-in: inventory, ledger)"))
+    /// The registered projection this flow runs: `projection`, else the flow's name.
+    pub fn projection_name(&self) -> &str {
+        self.projection.as_deref().unwrap_or(&self.name)
     }
 
     /// `{application_id}-{flow}-changelog`.
@@ -321,20 +325,16 @@ impl FlowConfig {
         format!("{application_id}-{}-changelog", self.name)
     }
 
-    /// The flow's recovery contract, loaded and validated: a flow without one does not start.
-    pub fn contract(&self) -> Result<tally_topology::Contract, String> {
-        use tally_topology::{Contract, FlowKind, Inventory, Ledger, Projection};
-        let kind = self.kind()?;
+    /// The flow's recovery contract (its file, else its projection's own), loaded and checked
+    /// against the projection: a flow without a valid one does not start.
+    pub fn contract(&self, registry: &Registry) -> Result<tally_topology::Contract, String> {
+        let projection = registry.get(self.projection_name())?;
         let text = match &self.contract {
             Some(path) => std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?,
-            None => Contract::builtin(kind).to_string(),
+            None => projection.contract_text().to_string(),
         };
-        let (invariants, versions) = match kind {
-            FlowKind::Inventory => (Inventory::INVARIANTS, Inventory::SCHEMA_VERSIONS),
-            FlowKind::Ledger => (Ledger::INVARIANTS, Ledger::SCHEMA_VERSIONS),
-        };
-        Contract::parse(&text, kind, invariants, versions).map_err(|e| e.to_string())
+        projection.parse_contract(&text).map_err(|e| e.to_string())
     }
 
     /// `{application_id}-{flow}-control`: replays' repairs for the owning tasks.

@@ -15,9 +15,13 @@ fn no_env(_: &str) -> Option<String> {
     None
 }
 
+fn builtin() -> crate::registry::Registry {
+    crate::registry::Registry::builtin()
+}
+
 #[test]
 fn defaults_match_kafka_streams_names_and_values() {
-    let cfg = Config::from_toml(MINIMAL, no_env).unwrap();
+    let cfg = Config::from_toml(MINIMAL, no_env, &builtin()).unwrap();
     assert_eq!(cfg.processing_guarantee, ProcessingGuarantee::ExactlyOnce);
     assert_eq!(cfg.commit_interval_ms, 100);
     assert_eq!(cfg.state_dir, PathBuf::from("/var/lib/tally"));
@@ -40,7 +44,7 @@ fn env_overrides_win_and_are_typed() {
         "TALLY_STATESTORE_CACHE_MAX_BYTES" => Some("0".to_string()),
         _ => None,
     };
-    let cfg = Config::from_toml(MINIMAL, env).unwrap();
+    let cfg = Config::from_toml(MINIMAL, env, &builtin()).unwrap();
     assert_eq!(cfg.statestore_cache_max_bytes, 0);
     assert_eq!(cfg.commit_interval_ms, 250);
     assert_eq!(cfg.processing_guarantee, ProcessingGuarantee::AtLeastOnce);
@@ -63,28 +67,34 @@ fn a_bad_config_fails_naming_the_key(#[case] line: &str, #[case] named: &str) {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    let err = Config::from_toml(&text, no_env).unwrap_err().to_string();
+    let err = Config::from_toml(&text, no_env, &builtin())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains(named), "`{err}` should name `{named}`");
 }
 
 #[test]
 fn an_unknown_projection_is_refused() {
     let text = MINIMAL.replace("name = \"inventory\"", "name = \"payroll\"");
-    let err = Config::from_toml(&text, no_env).unwrap_err().to_string();
+    let err = Config::from_toml(&text, no_env, &builtin())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("flows[0].projection"), "{err}");
 }
 
 #[test]
 fn managed_kafka_keys_cannot_be_overridden() {
     let text = format!("{MINIMAL}\n[kafka]\n\"group.id\" = \"other\"\n");
-    let err = Config::from_toml(&text, no_env).unwrap_err().to_string();
+    let err = Config::from_toml(&text, no_env, &builtin())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("kafka.group.id"), "{err}");
 }
 
 #[test]
 fn kafka_passthrough_keeps_settings_as_is() {
     let text = format!("{MINIMAL}\n[kafka]\n\"security.protocol\" = \"plaintext\"\n");
-    let cfg = Config::from_toml(&text, no_env).unwrap();
+    let cfg = Config::from_toml(&text, no_env, &builtin()).unwrap();
     assert_eq!(cfg.kafka["security.protocol"], "plaintext");
 }
 
@@ -116,16 +126,16 @@ fn with_contract(body: &str) -> (tempfile::TempDir, String) {
 
 #[test]
 fn the_builtin_contract_is_used_when_none_is_named() {
-    let cfg = Config::from_toml(MINIMAL, no_env).unwrap();
-    let contract = cfg.flows[0].contract().unwrap();
+    let cfg = Config::from_toml(MINIMAL, no_env, &builtin()).unwrap();
+    let contract = cfg.flows[0].contract(&builtin()).unwrap();
     assert_eq!(contract.projection.name, "inventory");
 }
 
 #[test]
 fn a_valid_contract_file_is_accepted() {
-    let builtin = tally_topology::Contract::builtin(tally_topology::FlowKind::Inventory);
-    let (_dir, text) = with_contract(builtin);
-    assert!(Config::from_toml(&text, no_env).is_ok());
+    let contract = <tally_topology::Inventory as tally_topology::Projection>::CONTRACT;
+    let (_dir, text) = with_contract(contract);
+    assert!(Config::from_toml(&text, no_env, &builtin()).is_ok());
 }
 
 #[rstest]
@@ -146,10 +156,12 @@ fn a_bad_contract_stops_the_start_naming_the_flow_and_field(
     #[case] to: &str,
     #[case] named: &str,
 ) {
-    let builtin = tally_topology::Contract::builtin(tally_topology::FlowKind::Inventory);
-    assert!(builtin.contains(from), "the case edits `{from}`");
-    let (_dir, text) = with_contract(&builtin.replacen(from, to, 1));
-    let err = Config::from_toml(&text, no_env).unwrap_err().to_string();
+    let contract = <tally_topology::Inventory as tally_topology::Projection>::CONTRACT;
+    assert!(contract.contains(from), "the case edits `{from}`");
+    let (_dir, text) = with_contract(&contract.replacen(from, to, 1));
+    let err = Config::from_toml(&text, no_env, &builtin())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("flows[0].contract"), "{err}");
     assert!(err.contains(named), "`{err}` should name `{named}`");
 }
@@ -160,7 +172,9 @@ fn a_missing_contract_file_stops_the_start() {
         "dead_letter = \"inventory.events.dlq\"",
         "dead_letter = \"inventory.events.dlq\"\ncontract = \"/nonexistent/inventory.toml\"",
     );
-    let err = Config::from_toml(&text, no_env).unwrap_err().to_string();
+    let err = Config::from_toml(&text, no_env, &builtin())
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("flows[0].contract") && err.contains("cannot read"),
         "{err}"
@@ -173,7 +187,7 @@ fn a_missing_contract_file_stops_the_start() {
 #[case("TALLY_BOOTSTRAP_SERVERS", "10.0.0.1:9092")]
 fn a_string_key_from_the_environment_is_taken_as_text(#[case] var: &str, #[case] value: &str) {
     let env = |k: &str| (k == var).then(|| value.to_string());
-    let cfg = Config::from_toml(MINIMAL, env).unwrap();
+    let cfg = Config::from_toml(MINIMAL, env, &builtin()).unwrap();
     let got = match var {
         "TALLY_INSTANCE_ID" => cfg.instance_id.clone().unwrap(),
         "TALLY_APPLICATION_ID" => cfg.application_id.clone(),
@@ -187,7 +201,7 @@ fn kafka_settings_may_be_written_as_natural_dotted_toml() {
     let text = format!(
         "{MINIMAL}\n[kafka]\nsecurity.protocol = \"SASL_SSL\"\nsasl.mechanisms = \"SCRAM-SHA-512\"\nsession.timeout.ms = 6000\n"
     );
-    let cfg = Config::from_toml(&text, no_env).unwrap();
+    let cfg = Config::from_toml(&text, no_env, &builtin()).unwrap();
     assert_eq!(cfg.kafka["security.protocol"], "SASL_SSL");
     assert_eq!(cfg.kafka["sasl.mechanisms"], "SCRAM-SHA-512");
     assert_eq!(cfg.kafka["session.timeout.ms"], "6000");
@@ -205,7 +219,7 @@ fn secrets_come_from_the_environment_and_never_show_in_debug() {
         "K" => Some("control-key-from-env-config-test".to_string()),
         _ => None,
     };
-    let cfg = Config::from_toml(&text, env).unwrap();
+    let cfg = Config::from_toml(&text, env, &builtin()).unwrap();
     assert_eq!(cfg.kafka["sasl.password"], "password-from-env-config-test");
     assert_eq!(
         cfg.http.token.as_ref().unwrap().expose(),
@@ -220,7 +234,7 @@ fn secrets_come_from_the_environment_and_never_show_in_debug() {
 #[test]
 fn a_host_name_listen_address_is_accepted() {
     let text = format!("{MINIMAL}\n[http]\nlisten = \"localhost:9464\"\n");
-    let cfg = Config::from_toml(&text, no_env).unwrap();
+    let cfg = Config::from_toml(&text, no_env, &builtin()).unwrap();
     assert!(cfg.http.listen.ip().is_loopback());
 }
 
@@ -235,7 +249,7 @@ fn a_host_name_listen_address_is_accepted() {
 )]
 #[case::stall_timeout("[health]\nstall_timeout = \"0s\"\n", "health.stall_timeout")]
 fn a_bad_security_or_health_setting_fails_naming_it(#[case] table: &str, #[case] named: &str) {
-    let err = Config::from_toml(&format!("{MINIMAL}\n{table}"), no_env)
+    let err = Config::from_toml(&format!("{MINIMAL}\n{table}"), no_env, &builtin())
         .unwrap_err()
         .to_string();
     assert!(err.contains(named), "`{err}` should name `{named}`");

@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tally_state::{Store, StoreOptions};
-use tally_topology::{FlowKind, Inventory, Ledger};
 
-use super::task::{Status, Task, TaskOps};
+use super::task::Status;
 use super::{Engine, EngineError, FlowInfo};
 
 /// First wait before opening a store that failed to open again; it doubles up to the cap.
@@ -108,15 +107,13 @@ impl Engine {
         self.stores
             .insert((flow.name.clone(), partition), store.clone());
         let cache = self.cache_bytes_per_task();
-        let writer = self.writer.clone();
-        let task: Box<dyn TaskOps> = match flow.kind {
-            FlowKind::Inventory => Box::new(Task::<Inventory>::new(
-                flow, partition, store, writer, cache,
-            )),
-            FlowKind::Ledger => {
-                Box::new(Task::<Ledger>::new(flow, partition, store, writer, cache))
-            }
-        };
+        let task = flow.projection.task(
+            Arc::clone(&flow),
+            partition,
+            store,
+            self.writer.clone(),
+            cache,
+        );
         self.tasks.insert((flow_idx, partition), task);
         self.start_restore(flow_idx, partition);
     }

@@ -277,10 +277,9 @@ impl Engine {
         &mut self,
         consumer: &BaseConsumer<C>,
     ) -> Result<(), super::EngineError> {
-        // A transaction takes no records while it commits. Under at_least_once, records shipped
-        // during a commit widened what a crash leaves in flight: the full s9 proof once saw an
-        // output land without its changelog state, and the redelivery re-emit an older state
-        // after it. So nothing ships during a commit under either guarantee.
+        // A transaction takes no records while it commits; under at_least_once, records shipped
+        // during a commit would widen what a crash leaves in flight (an output without its
+        // state). So nothing ships during a commit under either guarantee.
         if self.committing() || !self.tasks.values().any(|t| t.unshipped()) {
             return Ok(());
         }

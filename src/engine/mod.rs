@@ -24,28 +24,31 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use tally_state::Store;
-use tally_topology::{FlowKind, Guard};
+use tally_topology::Guard;
 
 pub use commit::CommitOutcome;
 pub use rebalance::EngineContext;
 use restore::RestoreDone;
 pub use sink::DeliveredOffsets;
 use sink::Sink;
-use task::{Status, TaskOps};
-use writer::StoreWriter;
+use task::Status;
+pub(crate) use task::{Task, TaskOps};
+pub(crate) use writer::StoreWriter;
 
 use crate::config::{Config, ProcessingGuarantee};
 use crate::health::Health;
 use crate::kafka::clients;
 use crate::kafka::limits::{self, RecordLimit};
 use crate::kafka::topics::{TopicRole, Topics};
+use crate::registry::{Registered, Registry};
 
 /// A flow's names, resolved once at start.
 #[derive(Debug)]
 pub struct FlowInfo {
     pub idx: usize,
     pub name: String,
-    pub kind: FlowKind,
+    /// The registered projection the flow runs.
+    pub(crate) projection: Arc<dyn Registered>,
     pub input: String,
     pub output: String,
     pub dead_letter: String,
@@ -185,9 +188,11 @@ impl Engine {
     }
 }
 
-/// Prepares topics, then runs the processor until `shutdown` is set.
+/// Prepares topics, then runs the processor until `shutdown` is set; each flow runs the
+/// projection its config names in `registry`.
 pub fn run(
     cfg: Config,
+    registry: &Registry,
     shutdown: Arc<AtomicBool>,
     health: Arc<Health>,
     stores: Arc<StoreRegistry>,
@@ -205,7 +210,7 @@ pub fn run(
     // for a broker connection) overlaps the topics' preparation.
     let (flows, sink) = std::thread::scope(|s| {
         let sink = s.spawn(|| Engine::create_sink(&cfg, &delivered));
-        let flows = prepare_topics(&cfg);
+        let flows = prepare_topics(&cfg, registry);
         let sink = sink.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
         (flows, sink)
     });
@@ -457,7 +462,7 @@ fn lock(engine: &Mutex<Engine>) -> std::sync::MutexGuard<'_, Engine> {
 
 /// Resolves every flow's topics: the input must exist; changelog, output and dead-letter topics
 /// are created with its partition count, or checked against it.
-fn prepare_topics(cfg: &Config) -> Result<Vec<Arc<FlowInfo>>, EngineError> {
+fn prepare_topics(cfg: &Config, registry: &Registry) -> Result<Vec<Arc<FlowInfo>>, EngineError> {
     let topics = Topics::connect(&cfg.bootstrap_servers, &cfg.kafka)?;
     let producer_max = limits::producer_max(&cfg.kafka);
     let mut out = Vec::new();
@@ -473,7 +478,10 @@ fn prepare_topics(cfg: &Config) -> Result<Vec<Arc<FlowInfo>>, EngineError> {
         let control = f.control_topic(&cfg.application_id);
         topics.ensure_copartitioned(&f.input, &control, partitions, rf, TopicRole::Log)?;
         // Validated when the config was loaded.
-        let contract = f.contract().map_err(EngineError::Fatal)?;
+        let projection = registry
+            .get(f.projection_name())
+            .map_err(EngineError::Fatal)?;
+        let contract = f.contract(registry).map_err(EngineError::Fatal)?;
         let evidence = contract.evidence_topic(&cfg.application_id);
         if topics.partitions(&evidence)?.is_none() {
             topics.create(&evidence, 1, rf, TopicRole::Log)?;
@@ -488,7 +496,7 @@ fn prepare_topics(cfg: &Config) -> Result<Vec<Arc<FlowInfo>>, EngineError> {
         out.push(Arc::new(FlowInfo {
             idx,
             name: f.name.clone(),
-            kind: f.kind().unwrap_or(FlowKind::Inventory),
+            projection,
             input: f.input.clone(),
             output: f.output.clone(),
             dead_letter: f.dead_letter.clone(),

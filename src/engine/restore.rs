@@ -17,8 +17,7 @@ use super::{FastHash, FlowInfo};
 use crate::kafka::clients;
 
 /// Restores that run at once: restoring is CPU-bound (sled inserts), so more threads than cores
-/// only add memory (a fetch queue and a chunk each, and the allocator's pages of each thread:
-/// four threads, two of them reading at a time, peaked 60-90 MiB higher than two) and contention.
+/// only add memory (a fetch queue, a chunk and allocator pages each) and contention.
 const CONCURRENT_RESTORES: usize = 2;
 /// How long end-of-partition below the high watermark may stay unexplained before restore
 /// accepts it (the tail is then transaction markers or aborted records), once it read every
@@ -237,7 +236,7 @@ impl RestoreJob {
             };
             self.store.restore(&mut chunk)?;
         }
-        crate::metrics::record_restore(&self.flow, records);
+        crate::metrics::record_restore(&self.flow.name, records);
         tracing::info!(flow = %self.flow.name, partition = self.partition, records, full,
             from, to = next, committed, elapsed_ms = started.elapsed().as_millis() as u64,
             "store restored");

@@ -60,14 +60,11 @@ pub fn group_consumer(
     set_default(&mut c, passthrough, "session.timeout.ms", "10000");
     set_default(&mut c, passthrough, "heartbeat.interval.ms", "1000");
     // A fetch waits for 32 KiB or 5 ms: answered at the first byte, a partition fed one record
-    // at a time came back in many tiny responses. At 23k events/s that cut tally's CPU per event
-    // by a quarter (most in librdkafka's thread) and at_least_once p99 from 127-147 to 49-56 ms.
+    // at a time comes back in many tiny responses that cost CPU per event.
     set_default(&mut c, passthrough, "fetch.min.bytes", "32768");
     set_default(&mut c, passthrough, "fetch.wait.max.ms", "5");
-    // A few commits' worth of prefetched input is enough to keep the poll loop busy: 4 MiB ran
-    // as fast as 16 MiB on the end-to-end benchmark, with ~190 MiB less peak RSS. Fetch responses
-    // outlive the queue limit (a record pins its whole response buffer), so smaller ones matter
-    // too: 1 MiB and 256 KiB per partition took ~60 MiB off the peak RSS at the same events/s.
+    // A few commits' worth of prefetched input keeps the poll loop busy; more only costs memory.
+    // A record pins its whole fetch response, so small responses bound memory as the queue does.
     set_default(&mut c, passthrough, "queued.max.messages.kbytes", "1024");
     set_default(&mut c, passthrough, "max.partition.fetch.bytes", "262144");
     set_default(
@@ -80,8 +77,7 @@ pub fn group_consumer(
 }
 
 /// How long librdkafka postpones a partition's next fetch once its prefetch queue is over the
-/// limit. Its default (1 s) left a processor idle for up to a second with a backlog waiting:
-/// at 16k events/s the slowest events took 2.5 s to commit, and all under 250 ms with 10 ms.
+/// limit: its default (1 s) leaves a processor idle for up to a second with a backlog waiting.
 const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
 /// A consumer that reads assigned partitions to their end and never joins a group.
@@ -164,7 +160,7 @@ impl rdkafka::ClientContext for Quiet {
 impl rdkafka::consumer::ConsumerContext for Quiet {}
 
 /// A [`quiet_reader`] for one-off scans of whole partitions (the recovery tools): it may
-/// prefetch 64 MiB, which made a key-scoped replay among 1M events ~30% faster than 8 MiB.
+/// prefetch 64 MiB, as one scan reads far more than a restore reader holds.
 pub fn scan_reader(
     bootstrap: &str,
     passthrough: &BTreeMap<String, String>,

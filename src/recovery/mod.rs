@@ -3,6 +3,8 @@
 
 pub mod dlq;
 pub mod evidence;
+pub mod live;
+pub mod plan;
 pub mod progress;
 pub mod repair;
 pub mod replay;

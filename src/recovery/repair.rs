@@ -7,7 +7,8 @@ use std::time::Duration;
 use rdkafka::producer::{BaseProducer, BaseRecord};
 use tally_topology::Projection;
 
-use super::replay::{last_values, state_key, until, Plan, Repair, Signer};
+use super::live::{last_values, state_key, until};
+use super::plan::{Plan, Repair, Signer};
 use super::RecoveryError;
 use crate::kafka::clients;
 use crate::signing::{self, Authority};

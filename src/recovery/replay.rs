@@ -3,96 +3,20 @@
 //! hand the corrections to the owning tasks through the control topic and confirm them.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use tally_state::{ChangelogKey, RecordKind};
-use tally_topology::{Partitioner, Projection};
+use tally_topology::Projection;
 
 use super::evidence::{self, CheckResult, Evidence, OffsetRange, TimeRange};
+use super::live::{last_values, state_key};
+pub use super::plan::{Plan, Repair, Signer};
 use super::progress::Progress;
-use super::scope::Scope;
 use super::shadow::Shadow;
 use super::RecoveryError;
 use crate::kafka::clients::{self, Quiet};
 use crate::kafka::scan;
-
-/// Everything one replay or reconcile needs, resolved from the config and the flow's contract.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    /// replay or reconcile.
-    pub kind: &'static str,
-    pub flow: String,
-    pub bootstrap: String,
-    pub kafka: BTreeMap<String, String>,
-    pub application_id: String,
-    pub input: String,
-    pub output: String,
-    pub changelog: String,
-    pub control: String,
-    pub contract_version: u32,
-    pub contract_digest: String,
-    pub projection_version: u32,
-    pub checks: Vec<String>,
-    pub allow_overdraft: bool,
-    pub retention_ms: i64,
-    pub late_tolerance_ms: i64,
-    pub partitioner: Partitioner,
-    pub scope: Scope,
-    pub apply: bool,
-    /// How long an apply waits for the owners to confirm the repairs.
-    pub confirm_timeout: Duration,
-    /// Who signs the repairs of an apply (and is named in its evidence).
-    pub signer: Option<Signer>,
-}
-
-/// The operator an apply acts for, and the control key that vouches for them.
-#[derive(Debug, Clone)]
-pub struct Signer {
-    pub key: crate::config::ControlKey,
-    pub operator: super::evidence::Operator,
-}
-
-impl Plan {
-    /// A whole-flow dry run of `kind` over a configured flow, under its recovery contract.
-    pub fn for_flow(
-        cfg: &crate::config::Config,
-        f: &crate::config::FlowConfig,
-        kind: &'static str,
-    ) -> Result<(Plan, tally_topology::Contract), String> {
-        let contract = f.contract()?;
-        let plan = Plan {
-            kind,
-            flow: f.name.clone(),
-            bootstrap: cfg.bootstrap_servers.clone(),
-            kafka: (*cfg.kafka).clone(),
-            application_id: cfg.application_id.clone(),
-            input: f.input.clone(),
-            output: f.output.clone(),
-            changelog: f.changelog_topic(&cfg.application_id),
-            control: f.control_topic(&cfg.application_id),
-            contract_version: contract.contract_version,
-            contract_digest: contract.digest(),
-            projection_version: contract.projection.version,
-            checks: contract.reconciliation.checks.clone(),
-            allow_overdraft: contract.reconciliation.allow_overdraft,
-            retention_ms: i64::try_from(cfg.dedupe_retention.as_millis()).unwrap_or(i64::MAX),
-            late_tolerance_ms: contract.late_tolerance_ms(),
-            partitioner: contract.ordering.partitioner,
-            scope: Scope::default(),
-            apply: false,
-            confirm_timeout: Duration::from_secs(60),
-            signer: None,
-        };
-        Ok((plan, contract))
-    }
-
-    /// The contract's invariants, as the live flow guards them.
-    pub fn guard(&self) -> tally_topology::Guard {
-        tally_topology::Guard::new(self.checks.iter().cloned(), self.allow_overdraft)
-    }
-}
 
 const MAX_EXAMPLES: usize = 20;
 const MAX_CHANGED: usize = 100;
@@ -280,53 +204,9 @@ pub fn run<P: Projection>(plan: &Plan) -> Result<Evidence, RecoveryError> {
     Ok(ev)
 }
 
-/// A corrected row for the owning task: the rebuilt state's encoding, or `None` to delete.
-#[derive(Debug, Clone)]
-pub struct Repair {
-    pub key: String,
-    pub partition: i32,
-    pub state: Option<Vec<u8>>,
-}
-
 /// A scoped thread's result; its panic goes on in the caller.
 fn joined<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
     h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
-}
-
-/// The last value of every scoped key in whole partitions of `topic`; `key_of` picks the
-/// aggregate key out of a record key, or skips the record.
-pub(super) fn last_values(
-    consumer: &BaseConsumer<Quiet>,
-    plan: &Plan,
-    parts: &[i32],
-    topic: &str,
-    key_of: impl Fn(&[u8]) -> Option<&[u8]>,
-) -> Result<BTreeMap<String, Vec<u8>>, RecoveryError> {
-    let ends = scan::high_watermarks(consumer, topic, parts)?;
-    let ranges = ends.iter().map(|(p, e)| (*p, (0, *e))).collect();
-    let mut values = BTreeMap::new();
-    scan::read(consumer, topic, &ranges, |m| {
-        let Some(k) = m.key().and_then(&key_of) else {
-            return;
-        };
-        if !plan.scope.wants_key(k) {
-            return;
-        }
-        let key = String::from_utf8_lossy(k).into_owned();
-        match m.payload() {
-            Some(v) => values.insert(key, v.to_vec()),
-            None => values.remove(&key),
-        };
-    })?;
-    Ok(values)
-}
-
-/// The aggregate key of a changelog state record (dedupe records and unreadable keys: none).
-pub(super) fn state_key(changelog_key: &[u8]) -> Option<&[u8]> {
-    ChangelogKey::parse(changelog_key)
-        .ok()
-        .filter(|k| k.kind == RecordKind::State)
-        .map(|k| k.id)
 }
 
 /// The last changelog state record of every scoped key, still encoded.
@@ -413,6 +293,7 @@ fn compare<P: Projection>(
     bounds: &BTreeMap<i32, i64>,
     ev: &mut Evidence,
 ) -> Vec<Repair> {
+    let guard = plan.guard();
     let mut keys: Vec<&String> = shadow
         .states
         .keys()
@@ -518,7 +399,7 @@ fn compare<P: Projection>(
                     }
                 }
                 for (name, c) in &mut invariants {
-                    if let Err(why) = P::invariant(name, s, plan.allow_overdraft) {
+                    if let Err(why) = P::invariant(name, s, &guard) {
                         c.fail(format!("{key}: {why}"));
                     }
                 }
@@ -545,22 +426,5 @@ fn describe<P: Projection>(s: &P::State) -> String {
     match P::render(s, &mut out) {
         Ok(()) => String::from_utf8_lossy(&out).into_owned(),
         Err(e) => format!("(unrenderable: {e})"),
-    }
-}
-
-/// Waits with a bound; used by the repair confirmation.
-pub(super) fn until(
-    limit: Duration,
-    mut f: impl FnMut() -> Result<bool, RecoveryError>,
-) -> Result<bool, RecoveryError> {
-    let started = Instant::now();
-    loop {
-        if f()? {
-            return Ok(true);
-        }
-        if started.elapsed() > limit {
-            return Ok(false);
-        }
-        std::thread::sleep(Duration::from_millis(500));
     }
 }

@@ -12,7 +12,7 @@ fn config() -> bincode::config::Configuration {
 const DECODE_LIMIT: usize = 64 << 20;
 
 /// Writes `version` then the bincode encoding of `state` into `out` (cleared first).
-pub(crate) fn encode<S: bincode::Encode>(version: u8, state: &S, out: &mut Vec<u8>) {
+pub fn encode<S: bincode::Encode>(version: u8, state: &S, out: &mut Vec<u8>) {
     out.clear();
     out.push(version);
     // Encoding into a Vec cannot fail for these plain data types; writing straight into the
@@ -21,7 +21,7 @@ pub(crate) fn encode<S: bincode::Encode>(version: u8, state: &S, out: &mut Vec<u
 }
 
 /// Reads a value written by [`encode`] with exactly `version`.
-pub(crate) fn decode<S: bincode::Decode<()>>(
+pub fn decode<S: bincode::Decode<()>>(
     what: &str,
     version: u8,
     bytes: &[u8],
@@ -52,14 +52,15 @@ const INLINE: usize = 320;
 /// A field-by-field content hasher; every field is length-delimited so fields cannot blur.
 /// Fields are gathered and hashed in one pass: xxh3 of the whole input is the digest its
 /// streaming hasher gives, at a fraction of the cost of many small updates.
-pub(crate) struct Fingerprint {
+pub struct Fingerprint {
     inline: [u8; INLINE],
     len: usize,
     spill: Vec<u8>,
 }
 
 impl Fingerprint {
-    pub(crate) fn new(tag: &str) -> Self {
+    /// A hasher whose every digest starts with `tag` (the projection's name, say).
+    pub fn new(tag: &str) -> Self {
         let mut f = Self {
             inline: [0; INLINE],
             len: 0,
@@ -80,22 +81,26 @@ impl Fingerprint {
         }
         self.spill.extend_from_slice(bytes);
     }
-    pub(crate) fn str(&mut self, s: &str) -> &mut Self {
+    /// Adds a string field.
+    pub fn str(&mut self, s: &str) -> &mut Self {
         self.put(&(s.len() as u64).to_le_bytes());
         self.put(s.as_bytes());
         self
     }
-    pub(crate) fn opt(&mut self, s: Option<&str>) -> &mut Self {
+    /// Adds an optional string field (absent and empty differ).
+    pub fn opt(&mut self, s: Option<&str>) -> &mut Self {
         match s {
             Some(s) => self.int(1).str(s),
             None => self.int(0),
         }
     }
-    pub(crate) fn int(&mut self, v: i64) -> &mut Self {
+    /// Adds an integer field.
+    pub fn int(&mut self, v: i64) -> &mut Self {
         self.put(&v.to_le_bytes());
         self
     }
-    pub(crate) fn finish(&self) -> u64 {
+    /// The digest of every field added.
+    pub fn finish(&self) -> u64 {
         let bytes = if self.spill.is_empty() {
             &self.inline[..self.len]
         } else {

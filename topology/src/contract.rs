@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::partitioner::Partitioner;
-use crate::projection::FlowKind;
+use crate::projection::Projection;
 
 /// The contract file format versions this build reads.
 pub const CONTRACT_VERSIONS: [u32; 1] = [1];
@@ -106,34 +106,42 @@ const COMMON_CHECKS: [&str; 3] = [
 ];
 const SCOPES: [&str; 3] = ["key", "time", "partition"];
 
-impl Contract {
-    /// The contract shipped for a built-in flow.
-    pub fn builtin(kind: FlowKind) -> &'static str {
-        match kind {
-            FlowKind::Inventory => include_str!("../contracts/inventory.toml"),
-            FlowKind::Ledger => include_str!("../contracts/ledger.toml"),
+/// What a contract is checked against: the projection it names, as that projection describes
+/// itself.
+#[derive(Debug, Clone, Copy)]
+pub struct ContractSpec {
+    /// The projection's name, which the contract's `flow` and `projection.name` must give.
+    pub name: &'static str,
+    /// The event field that orders and keys it (`ordering.key`).
+    pub key_field: &'static str,
+    /// The checks on one state it can evaluate.
+    pub invariants: &'static [&'static str],
+    /// The event schema versions it reads.
+    pub schema_versions: &'static [u32],
+}
+
+impl ContractSpec {
+    /// The spec of projection `P`.
+    pub fn of<P: Projection>() -> Self {
+        Self {
+            name: P::NAME,
+            key_field: P::KEY_FIELD,
+            invariants: P::INVARIANTS,
+            schema_versions: P::SCHEMA_VERSIONS,
         }
     }
+}
 
-    /// Parses and validates a contract for a flow of `kind` whose projection evaluates
-    /// `invariants` and reads event versions `versions`.
-    pub fn parse(
-        text: &str,
-        kind: FlowKind,
-        invariants: &[&str],
-        versions: &[u32],
-    ) -> Result<Self, ContractError> {
+impl Contract {
+    /// Parses and validates a contract for a flow of the projection `spec` describes.
+    pub fn parse(text: &str, spec: &ContractSpec) -> Result<Self, ContractError> {
         let c: Contract = toml::from_str(text).map_err(|e| ContractError(e.to_string()))?;
-        c.validate(kind, invariants, versions)?;
+        c.validate(spec)?;
         Ok(c)
     }
 
-    fn validate(
-        &self,
-        kind: FlowKind,
-        invariants: &[&str],
-        versions: &[u32],
-    ) -> Result<(), ContractError> {
+    fn validate(&self, spec: &ContractSpec) -> Result<(), ContractError> {
+        let name = spec.name;
         if !CONTRACT_VERSIONS.contains(&self.contract_version) {
             return Err(err(
                 "contract_version",
@@ -143,10 +151,10 @@ impl Contract {
                 ),
             ));
         }
-        if self.flow != kind.as_str() {
+        if self.flow != name {
             return Err(err(
                 "flow",
-                format!("`{}` but the flow runs {}", self.flow, kind.as_str()),
+                format!("`{}` but the flow runs {name}", self.flow),
             ));
         }
         if self.history.kind != "kafka" {
@@ -158,10 +166,7 @@ impl Contract {
         if self.history.topics.is_empty() {
             return Err(err("history.topics", "names no topic"));
         }
-        let key = match kind {
-            FlowKind::Inventory => "sku",
-            FlowKind::Ledger => "account_id",
-        };
+        let key = spec.key_field;
         if self.ordering.key != key {
             return Err(err(
                 "ordering.key",
@@ -189,10 +194,10 @@ impl Contract {
                 ),
             ));
         }
-        if self.projection.name != kind.as_str() {
+        if self.projection.name != name {
             return Err(err(
                 "projection.name",
-                format!("`{}` is not {}", self.projection.name, kind.as_str()),
+                format!("`{}` is not {name}", self.projection.name),
             ));
         }
         if self.projection.version == 0 {
@@ -205,6 +210,7 @@ impl Contract {
                 "must be non-empty, ascending and unique",
             ));
         }
+        let versions = spec.schema_versions;
         if let Some(v) = sv.iter().find(|v| !versions.contains(v)) {
             return Err(err(
                 "projection.schema_versions",
@@ -228,10 +234,10 @@ impl Contract {
         parse_duration_ms(&self.replay.late_tolerance)
             .map_err(|m| err("replay.late_tolerance", m))?;
         for c in &self.reconciliation.checks {
-            if !COMMON_CHECKS.contains(&c.as_str()) && !invariants.contains(&c.as_str()) {
+            if !COMMON_CHECKS.contains(&c.as_str()) && !spec.invariants.contains(&c.as_str()) {
                 return Err(err(
                     "reconciliation.checks",
-                    format!("`{c}` is not a check of the {} flow", kind.as_str()),
+                    format!("`{c}` is not a check of the {name} flow"),
                 ));
             }
         }
@@ -348,24 +354,13 @@ mod tests {
     use rstest::rstest;
 
     fn inventory(text: &str) -> Result<Contract, ContractError> {
-        Contract::parse(
-            text,
-            FlowKind::Inventory,
-            Inventory::INVARIANTS,
-            Inventory::SCHEMA_VERSIONS,
-        )
+        Contract::parse(text, &ContractSpec::of::<Inventory>())
     }
 
     #[test]
     fn the_built_in_contracts_are_valid() {
-        inventory(Contract::builtin(FlowKind::Inventory)).unwrap();
-        Contract::parse(
-            Contract::builtin(FlowKind::Ledger),
-            FlowKind::Ledger,
-            Ledger::INVARIANTS,
-            Ledger::SCHEMA_VERSIONS,
-        )
-        .unwrap();
+        inventory(Inventory::CONTRACT).unwrap();
+        Contract::parse(Ledger::CONTRACT, &ContractSpec::of::<Ledger>()).unwrap();
     }
 
     #[rstest]
@@ -406,27 +401,18 @@ mod tests {
         #[case] to: &str,
         #[case] field: &str,
     ) {
-        let text = Contract::builtin(FlowKind::Inventory).replace(from, to);
-        assert_ne!(
-            text,
-            Contract::builtin(FlowKind::Inventory),
-            "case did not apply"
-        );
+        let text = Inventory::CONTRACT.replace(from, to);
+        assert_ne!(text, Inventory::CONTRACT, "case did not apply");
         let e = inventory(&text).unwrap_err();
         assert!(e.to_string().contains(field), "{e}");
     }
 
     #[test]
     fn the_digest_changes_with_the_content_only() {
-        let a = inventory(Contract::builtin(FlowKind::Inventory)).unwrap();
-        let b = inventory(&format!(
-            "# a comment\n{}",
-            Contract::builtin(FlowKind::Inventory)
-        ))
-        .unwrap();
+        let a = inventory(Inventory::CONTRACT).unwrap();
+        let b = inventory(&format!("# a comment\n{}", Inventory::CONTRACT)).unwrap();
         assert_eq!(a.digest(), b.digest());
-        let c =
-            inventory(&Contract::builtin(FlowKind::Inventory).replace("\"5m\"", "\"6m\"")).unwrap();
+        let c = inventory(&Inventory::CONTRACT.replace("\"5m\"", "\"6m\"")).unwrap();
         assert_ne!(a.digest(), c.digest());
     }
 

@@ -21,10 +21,14 @@ pub enum Reason {
     /// Applying the event would break one of the flow's contract invariants (e.g. sellable
     /// below zero) that the key's state held.
     InvariantViolated,
+    /// A projection's own reason, in snake_case (e.g. `unknown_meter`): the closed list above
+    /// names what every flow shares, a projection adds what only it knows.
+    Custom(&'static str),
 }
 
 impl Reason {
-    /// Every reason, for metrics and reports that list them all.
+    /// Every reason every flow shares (a projection's [`Reason::Custom`] ones come on top), for
+    /// reports that list them all.
     pub const ALL: [Reason; 13] = [
         Reason::MalformedJson,
         Reason::MissingField,
@@ -57,6 +61,7 @@ impl Reason {
             Reason::DuplicateConflict => "duplicate_conflict",
             Reason::TooLarge => "too_large",
             Reason::InvariantViolated => "invariant_violated",
+            Reason::Custom(name) => name,
         }
     }
 }

@@ -13,18 +13,19 @@ pub mod projection;
 pub mod small_map;
 pub mod time;
 pub mod upcast;
+pub mod wire;
 
 #[cfg(test)]
 mod cases;
-mod codec;
+pub mod codec;
 mod fields;
 mod json;
 
-pub use contract::{Contract, ContractError};
+pub use contract::{Contract, ContractError, ContractSpec};
 pub use error::{Invalid, Reason};
 pub use inventory::{Availability, Bucket, Buckets, Inventory, InventoryEvent, Operation};
 pub use json::rendered_source;
 pub use ledger::{Amounts, Balance, EntryType, Ledger, LedgerEvent};
 pub use partitioner::Partitioner;
-pub use projection::{FlowKind, Guard, Projection, SourceRef, StateDecodeError};
+pub use projection::{Guard, Projection, SourceRef, StateDecodeError};
 pub use small_map::SmallMap;

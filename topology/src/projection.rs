@@ -10,34 +10,6 @@ pub struct SourceRef {
     pub offset: i64,
 }
 
-/// The built-in projections a flow can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FlowKind {
-    Inventory,
-    Ledger,
-}
-
-impl FlowKind {
-    /// The name used in configs and contracts.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            FlowKind::Inventory => "inventory",
-            FlowKind::Ledger => "ledger",
-        }
-    }
-}
-
-impl std::str::FromStr for FlowKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "inventory" => Ok(FlowKind::Inventory),
-            "ledger" => Ok(FlowKind::Ledger),
-            other => Err(format!("unknown projection `{other}`")),
-        }
-    }
-}
-
 /// The invariants a flow's recovery contract checks. Apply refuses an event that would break one
 /// the state held before, so the live state never becomes what reconcile calls wrong; a state
 /// that broke one already (written by an older tally) still takes events.
@@ -98,11 +70,18 @@ impl Guard {
 #[error("{0}")]
 pub struct StateDecodeError(pub String);
 
-/// A deterministic fold of one event contract into per-key state.
-pub trait Projection {
-    type Event: std::fmt::Debug + Clone + PartialEq;
-    type State: std::fmt::Debug + Clone + PartialEq;
-    const KIND: FlowKind;
+/// A deterministic fold of one event contract into per-key state: everything tally needs to
+/// run a flow of it exactly once, restore it, replay it and prove it right.
+pub trait Projection: 'static {
+    type Event: std::fmt::Debug + Clone + PartialEq + Send;
+    type State: std::fmt::Debug + Clone + PartialEq + Send;
+    /// The name a flow's config (`projection`) and its recovery contract use.
+    const NAME: &'static str;
+    /// The event field that is the aggregate and record key, as the contract names it.
+    const KEY_FIELD: &'static str;
+    /// The recovery contract a flow of this projection runs under unless its config names
+    /// another (TOML, see `topology/contracts/`).
+    const CONTRACT: &'static str;
     /// Format version written in front of every encoded state value.
     const STATE_VERSION: u8;
     /// Parses and validates one Kafka record (the key must match the event's aggregate key).
@@ -149,8 +128,10 @@ pub trait Projection {
     /// The key a state belongs to.
     fn state_key(state: &Self::State) -> &str;
     /// About how many bytes of memory a decoded state holds, itself and its heap, so a cache
-    /// of states keeps to a budget.
-    fn state_bytes(state: &Self::State) -> usize;
+    /// of states keeps to a budget (the default counts only the value itself).
+    fn state_bytes(state: &Self::State) -> usize {
+        std::mem::size_of_val(state)
+    }
     /// Where the state's last applied event came from.
     fn source(state: &Self::State) -> SourceRef;
     /// Event time of the state's last applied event, for late-event and freshness checks.
@@ -161,6 +142,7 @@ pub trait Projection {
     const SCHEMA_VERSIONS: &'static [u32];
     /// The reconciliation checks on a single state this projection can evaluate.
     const INVARIANTS: &'static [&'static str];
-    /// Evaluates one of [`Projection::INVARIANTS`]; `Err` says why the state breaks it.
-    fn invariant(name: &str, state: &Self::State, allow_overdraft: bool) -> Result<(), String>;
+    /// Evaluates one of [`Projection::INVARIANTS`] under the contract's `guard` (which says,
+    /// for example, whether overdrafts are allowed); `Err` says why the state breaks it.
+    fn invariant(name: &str, state: &Self::State, guard: &Guard) -> Result<(), String>;
 }

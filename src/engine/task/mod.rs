@@ -209,7 +209,8 @@ pub struct Task<P: Projection> {
 struct Counts {
     applied: u64,
     duplicates: u64,
-    dead: [u64; Reason::ALL.len()],
+    /// Dead letters by reason (a handful of reasons at most).
+    dead: Vec<(Reason, u64)>,
     timestamps: Vec<i64>,
     repairs_applied: u64,
     repairs_refused: Vec<crate::signing::Refusal>,
@@ -275,7 +276,15 @@ where
     }
 
     fn dead_letter(&mut self, msg: &BorrowedMessage<'_>, invalid: Invalid, stage: &'static str) {
-        self.counts.dead[reason_index(invalid.reason)] += 1;
+        match self
+            .counts
+            .dead
+            .iter_mut()
+            .find(|(r, _)| *r == invalid.reason)
+        {
+            Some((_, n)) => *n += 1,
+            None => self.counts.dead.push((invalid.reason, 1)),
+        }
         let headers = msg
             .headers()
             .into_iter()
@@ -600,8 +609,4 @@ where
         self.control_committed = committed;
         self.control_next = committed;
     }
-}
-
-fn reason_index(r: Reason) -> usize {
-    Reason::ALL.iter().position(|x| *x == r).unwrap_or(0)
 }

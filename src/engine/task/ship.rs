@@ -252,10 +252,16 @@ where
         self.committed_watermark = resume_watermark;
         self.control_committed = sealed.control_next;
         let c = sealed.counts;
-        metrics::record_commit(&self.flow, c.applied, c.duplicates, &c.dead, &c.timestamps);
-        metrics::record_repairs(&self.flow, c.repairs_applied, &c.repairs_refused);
+        metrics::record_commit(
+            &self.flow.name,
+            c.applied,
+            c.duplicates,
+            &c.dead,
+            &c.timestamps,
+        );
+        metrics::record_repairs(&self.flow.name, c.repairs_applied, &c.repairs_refused);
         let (hits, misses) = self.cache.take_counts();
-        metrics::record_state_cache(&self.flow, hits, misses);
+        metrics::record_state_cache(&self.flow.name, hits, misses);
         Ok(())
     }
 

@@ -10,7 +10,7 @@ pub use event::{Bucket, InventoryEvent, Operation};
 
 use crate::codec::{self, Fingerprint};
 use crate::error::Invalid;
-use crate::projection::{FlowKind, Guard, Projection, SourceRef, StateDecodeError};
+use crate::projection::{Guard, Projection, SourceRef, StateDecodeError};
 use crate::small_map::SmallMap;
 
 /// Quantities of the three buckets at one location.
@@ -69,7 +69,9 @@ pub struct Inventory;
 impl Projection for Inventory {
     type Event = InventoryEvent;
     type State = Availability;
-    const KIND: FlowKind = FlowKind::Inventory;
+    const NAME: &'static str = "inventory";
+    const KEY_FIELD: &'static str = "sku";
+    const CONTRACT: &'static str = include_str!("../../contracts/inventory.toml");
     const STATE_VERSION: u8 = 1;
 
     fn decode(key: Option<&[u8]>, value: &[u8]) -> Result<InventoryEvent, Invalid> {
@@ -219,7 +221,7 @@ impl Projection for Inventory {
         "sellable_non_negative",
     ];
 
-    fn invariant(name: &str, state: &Availability, _allow_overdraft: bool) -> Result<(), String> {
+    fn invariant(name: &str, state: &Availability, _guard: &Guard) -> Result<(), String> {
         match name {
             "stock_on_hand_equals_sum_of_buckets" => state
                 .totals()

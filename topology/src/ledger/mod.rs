@@ -10,7 +10,7 @@ pub use event::{EntryType, LedgerEvent};
 use crate::codec::{self, Fingerprint};
 use crate::error::Invalid;
 use crate::json::{int, provenance, raw, string};
-use crate::projection::{FlowKind, Guard, Projection, SourceRef, StateDecodeError};
+use crate::projection::{Guard, Projection, SourceRef, StateDecodeError};
 use crate::small_map::SmallMap;
 
 /// Balances of one currency.
@@ -41,7 +41,9 @@ fn step(v: i64, delta: i64, what: &str) -> Result<i64, Invalid> {
 impl Projection for Ledger {
     type Event = LedgerEvent;
     type State = Balance;
-    const KIND: FlowKind = FlowKind::Ledger;
+    const NAME: &'static str = "ledger";
+    const KEY_FIELD: &'static str = "account_id";
+    const CONTRACT: &'static str = include_str!("../../contracts/ledger.toml");
     const STATE_VERSION: u8 = 1;
 
     fn decode(key: Option<&[u8]>, value: &[u8]) -> Result<LedgerEvent, Invalid> {
@@ -210,7 +212,7 @@ impl Projection for Ledger {
     const INVARIANTS: &'static [&'static str] =
         &["reserved_non_negative", "available_non_negative"];
 
-    fn invariant(name: &str, state: &Balance, allow_overdraft: bool) -> Result<(), String> {
+    fn invariant(name: &str, state: &Balance, guard: &Guard) -> Result<(), String> {
         let negative = |f: fn(&Amounts) -> i64, what: &str| match state
             .balances
             .iter()
@@ -221,7 +223,7 @@ impl Projection for Ledger {
         };
         match name {
             "reserved_non_negative" => negative(|a| a.reserved, "reserved"),
-            "available_non_negative" if allow_overdraft => Ok(()),
+            "available_non_negative" if guard.allow_overdraft() => Ok(()),
             "available_non_negative" => negative(|a| a.available, "available"),
             other => Err(format!("`{other}` is not a ledger check")),
         }
