@@ -170,7 +170,7 @@ impl Engine {
             return Ok(());
         };
         if let Some(task) = self.tasks.get_mut(&(flow, msg.partition())) {
-            task.process(msg)?;
+            task.process(&crate::kafka::record::InputRecord::of(msg))?;
         }
         Ok(())
     }

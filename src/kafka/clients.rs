@@ -15,6 +15,17 @@ pub fn base(bootstrap: &str, passthrough: &BTreeMap<String, String>) -> ClientCo
     for (k, v) in passthrough {
         c.set(k, v);
     }
+    // OpenSSL is built in, with its own default CA directory rather than the system's: TLS
+    // without a CA named finds the system's certificates (ca-certificates) by librdkafka's probe.
+    let tls = passthrough
+        .get("security.protocol")
+        .is_some_and(|p| p.to_ascii_lowercase().contains("ssl"));
+    if tls
+        && !passthrough.contains_key("ssl.ca.location")
+        && !passthrough.contains_key("ssl.ca.pem")
+    {
+        c.set("ssl.ca.location", "probe");
+    }
     c
 }
 
@@ -240,5 +251,32 @@ pub fn flush<C: rdkafka::producer::ProducerContext>(
             ));
         }
         std::thread::sleep(FLUSH_STEP);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_without_a_named_ca_probes_the_systems_and_the_client_accepts_it() {
+        let settings = BTreeMap::from([("security.protocol".to_string(), "SSL".to_string())]);
+        let c = base("127.0.0.1:1", &settings);
+        assert_eq!(c.get("ssl.ca.location"), Some("probe"));
+        let created: KafkaResult<rdkafka::consumer::BaseConsumer> =
+            create(&c, rdkafka::consumer::DefaultConsumerContext);
+        assert!(created.is_ok(), "{:?}", created.err());
+    }
+
+    #[test]
+    fn a_named_ca_is_kept() {
+        let settings = BTreeMap::from([
+            ("security.protocol".to_string(), "SASL_SSL".to_string()),
+            ("ssl.ca.location".to_string(), "/etc/ca.pem".to_string()),
+        ]);
+        assert_eq!(
+            base("x:1", &settings).get("ssl.ca.location"),
+            Some("/etc/ca.pem")
+        );
     }
 }

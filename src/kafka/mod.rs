@@ -6,5 +6,6 @@ pub mod errors;
 pub mod limits;
 pub mod probe;
 pub mod progress;
+pub mod record;
 pub mod scan;
 pub mod topics;

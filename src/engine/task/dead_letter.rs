@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use tally_topology::{Invalid, Reason};
 
 use crate::kafka::limits::RecordLimit;
+use crate::kafka::record::{HeaderSource, InputRecord};
 
 /// Longest error message kept (a parser's message can quote much of a large value).
 const MESSAGE_MAX: usize = 1024;
@@ -27,6 +28,13 @@ pub(crate) struct DeadLetter {
     stage: &'static str,
 }
 
+/// A record's headers, copied.
+fn owned(headers: &dyn HeaderSource) -> Vec<(String, Option<Vec<u8>>)> {
+    let mut out = Vec::new();
+    headers.each(&mut |k, v| out.push((k.to_string(), v.map(<[u8]>::to_vec))));
+    out
+}
+
 /// A key or value cut to `keep` bytes: its original size and digest, for the headers.
 fn cut(bytes: &[u8], keep: usize) -> (Vec<u8>, String, String) {
     let digest = Sha256::digest(bytes);
@@ -39,16 +47,14 @@ fn cut(bytes: &[u8], keep: usize) -> (Vec<u8>, String, String) {
 }
 
 impl DeadLetter {
-    /// The dead letter of the record at `offset`, cut to fit `limit`.
-    pub(crate) fn new<'a>(
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        headers: impl Iterator<Item = (&'a str, Option<&'a [u8]>)>,
+    /// The dead letter of `record`, cut to fit `limit`.
+    pub(crate) fn new(
+        record: &InputRecord<'_>,
         invalid: Invalid,
-        offset: i64,
         stage: &'static str,
         limit: RecordLimit,
     ) -> Self {
+        let (key, value, offset) = (record.key, record.value, record.offset);
         let mut message = invalid.message;
         if message.len() > MESSAGE_MAX {
             let mut end = MESSAGE_MAX;
@@ -61,9 +67,7 @@ impl DeadLetter {
         let mut d = Self {
             key: None,
             value: None,
-            headers: headers
-                .map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec)))
-                .collect(),
+            headers: owned(record.headers),
             cut: Vec::new(),
             reason: invalid.reason,
             message,
@@ -172,15 +176,15 @@ mod tests {
 
     fn dead(key: Option<&[u8]>, value: &[u8], limit: RecordLimit) -> DeadLetter {
         let invalid = Invalid::new(Reason::MalformedJson, "not json");
-        DeadLetter::new(
+        let record = InputRecord {
+            partition: 0,
+            offset: 7,
             key,
-            Some(value),
-            std::iter::empty(),
-            invalid,
-            7,
-            "decode",
-            limit,
-        )
+            value: Some(value),
+            timestamp_ms: None,
+            headers: &(),
+        };
+        DeadLetter::new(&record, invalid, "decode", limit)
     }
 
     fn cut_headers(d: &DeadLetter) -> std::collections::BTreeMap<&str, &str> {
@@ -210,6 +214,28 @@ mod tests {
         let total = d.key().map_or(0, <[u8]>::len) + d.value().map_or(0, <[u8]>::len);
         assert!(limit.fits(total + OWN_HEADERS + d.message.len()));
         assert_eq!(d.value().unwrap(), &value[..d.value().unwrap().len()]);
+    }
+
+    #[test]
+    fn the_input_records_own_headers_ride_along() {
+        let headers: Vec<(&str, Option<&[u8]>)> = vec![("id", Some(b"evt-1")), ("empty", None)];
+        let record = InputRecord {
+            partition: 0,
+            offset: 3,
+            key: Some(b"k"),
+            value: Some(b"{nope"),
+            timestamp_ms: None,
+            headers: &headers,
+        };
+        let invalid = Invalid::new(Reason::MalformedJson, "not json");
+        let d = DeadLetter::new(&record, invalid, "decode", RecordLimit::default());
+        assert_eq!(
+            d.headers,
+            vec![
+                ("id".to_string(), Some(b"evt-1".to_vec())),
+                ("empty".to_string(), None)
+            ]
+        );
     }
 
     #[test]

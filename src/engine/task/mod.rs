@@ -3,26 +3,28 @@
 
 mod cache;
 mod dead_letter;
+mod decide;
 mod fold;
+mod ops;
 mod reemit;
 mod repair;
 mod ship;
 
+pub(crate) use ops::TaskOps;
 pub(crate) use repair::ControlRecord;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use indexmap::IndexMap;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
 use tally_state::{BundleBuilder, CommitBatch, DedupeEntry, StateError, Store};
 use tally_topology::{Invalid, Projection, Reason, SourceRef};
 
 use dead_letter::DeadLetter;
 
-use super::sink::{DeliveredOffsets, Sink};
 use super::writer::{Pending, StoreWriter};
 use super::{FastHash, FlowInfo};
+use crate::kafka::record::InputRecord;
 
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,62 +52,6 @@ pub enum TaskError {
         key: String,
         message: String,
     },
-}
-
-/// What the engine needs from a task, whatever its projection.
-pub trait TaskOps: Send {
-    fn flow(&self) -> &Arc<FlowInfo>;
-    fn partition(&self) -> i32;
-    fn status(&self) -> Status;
-    /// Generation of the current restore, so a stale restore result is ignored.
-    fn epoch(&self) -> u64;
-    fn store(&self) -> &Store;
-    /// Stages one input record.
-    fn process(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), TaskError>;
-    /// Events staged since the last commit.
-    fn staged(&self) -> usize;
-    /// Whether the input position moved since the last commit.
-    fn has_progress(&self) -> bool;
-    /// Next input offset to commit.
-    fn position(&self) -> i64;
-    /// The input offset the last successful commit moved past.
-    fn committed(&self) -> i64;
-    /// Whether input was processed that no commit holds yet (staged, or sealed and committing).
-    fn uncommitted(&self) -> bool;
-    /// The watermark after every record before [`TaskOps::position`], committed beside it.
-    fn watermark(&self) -> i64;
-    /// Whether staged records wait to be handed to the producer.
-    fn unshipped(&self) -> bool;
-    /// Hands the records staged since the last call to the producer (inside the open
-    /// transaction), so their acknowledgements arrive while later input is processed.
-    fn ship(&mut self, sink: &Sink) -> Result<(), ProduceError>;
-    /// Ships what is left and the dedupe expiry of this commit.
-    fn produce(&mut self, sink: &Sink, retention_ms: i64) -> Result<(), ProduceError>;
-    /// Sets everything staged (and shipped) aside as the batch of the commit that starts now;
-    /// processing goes on into a new batch, which sees the sealed one.
-    fn seal(&mut self);
-    /// Hands the sealed batch, now committed, to the store writer.
-    fn after_commit(&mut self, offsets: &DeliveredOffsets) -> Result<(), TaskError>;
-    /// Waits until every committed batch is in the store.
-    fn settle(&mut self) -> Result<(), TaskError>;
-    /// Drops staged work and starts a new restore generation.
-    fn restart(&mut self) -> u64;
-    /// Restore finished: process from its committed offset on, whose watermark the restore
-    /// recovered, holding back the outputs of the keys whose newer outputs a crash left ahead.
-    fn activate(&mut self, restored: super::restore::Restored);
-    /// The output partition's end when the task became active: the at_least_once commit
-    /// metadata's floor, raised to what this process delivered (`Ends::stamp`).
-    fn output_end(&self) -> i64;
-    /// The changelog partition's end after this task's committed records, for the commit
-    /// metadata; `None` when the batch being committed wrote records there (their end is
-    /// known once they are acknowledged, `Ends::stamp`).
-    fn changelog_end(&self) -> Option<i64>;
-    /// Stages a corrected row from the control topic (a replay's repair), or refuses it.
-    fn repair(&mut self, record: ControlRecord<'_>);
-    /// The control offset to commit, when repairs were staged since the last commit.
-    fn control_position(&self) -> Option<i64>;
-    /// The control partition was assigned from its committed offset `committed`.
-    fn activate_control(&mut self, committed: i64);
 }
 
 /// A produce failed: either Kafka refused or a staged state cannot be rendered.
@@ -275,7 +221,7 @@ where
         }
     }
 
-    fn dead_letter(&mut self, msg: &BorrowedMessage<'_>, invalid: Invalid, stage: &'static str) {
+    fn dead_letter(&mut self, record: &InputRecord<'_>, invalid: Invalid, stage: &'static str) {
         match self
             .counts
             .dead
@@ -285,19 +231,9 @@ where
             Some((_, n)) => *n += 1,
             None => self.counts.dead.push((invalid.reason, 1)),
         }
-        let headers = msg
-            .headers()
-            .into_iter()
-            .flat_map(|h| h.iter().map(|x| (x.key, x.value)));
-        self.dead.push(DeadLetter::new(
-            msg.key(),
-            msg.payload(),
-            headers,
-            invalid,
-            msg.offset(),
-            stage,
-            self.flow.record_limit,
-        ));
+        let limit = self.flow.record_limit;
+        self.dead
+            .push(DeadLetter::new(record, invalid, stage, limit));
     }
 
     /// Stages a new state of `key` and marks it for shipping.
@@ -367,17 +303,13 @@ where
             Some(staged) => Some(staged.state.clone()),
             None => self.load_state(key)?,
         };
+        let lost = decide::lost_in_crash(current.as_ref().map(|s| P::source(s).offset), offset);
         match current {
-            Some(state) if P::source(&state).offset >= offset => {
-                self.reemit(key, offset, state);
-                Ok(false)
-            }
-            _ => {
-                ::metrics::counter!("tally_redeliveries_reapplied_total", "flow" => self.flow.name.clone())
-                    .increment(1);
-                Ok(true)
-            }
+            Some(state) if !lost => self.reemit(key, offset, state),
+            _ => ::metrics::counter!("tally_redeliveries_reapplied_total", "flow" => self.flow.name.clone())
+                .increment(1),
         }
+        Ok(lost)
     }
 
     /// Input and control positions the batch being staged starts at: where the sealed batch
@@ -404,49 +336,52 @@ where
     P::Event: Send,
 {
     /// Decodes, dedupes and folds one input record; a bad one becomes a dead letter.
-    fn process_record(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), TaskError> {
-        let offset = msg.offset();
+    fn process_record(&mut self, record: &InputRecord<'_>) -> Result<(), TaskError> {
+        let offset = record.offset;
         if self.status != Status::Active || offset < self.next {
             return Ok(());
         }
         self.next = offset + 1;
-        if let Some(ts) = msg.timestamp().to_millis() {
+        if let Some(ts) = record.timestamp_ms {
             self.counts.timestamps.push(ts);
         }
-        let Some(value) = msg.payload() else {
-            let invalid = Invalid {
-                reason: Reason::MalformedJson,
-                message: "record has no value".into(),
-            };
-            self.dead_letter(msg, invalid, "decode");
+        let Some(value) = record.value else {
+            let invalid = Invalid::new(Reason::MalformedJson, "record has no value");
+            self.dead_letter(record, invalid, "decode");
             return Ok(());
         };
-        let event = match P::decode(msg.key(), value) {
+        let event = match P::decode(record.key, value) {
             Ok(ev) => ev,
             Err(invalid) => {
-                self.dead_letter(msg, invalid, "decode");
+                self.dead_letter(record, invalid, "decode");
                 return Ok(());
             }
         };
         let event_id = P::event_id(&event);
         let fingerprint = P::fingerprint(&event);
         let key = P::aggregate_key(&event);
-        if let Some(seen) = self.applied_before(event_id)? {
-            if seen.fingerprint != fingerprint {
-                let invalid = Invalid {
-                    reason: Reason::DuplicateConflict,
-                    message: format!(
-                        "event_id `{event_id}` was already applied with different content"
-                    ),
-                };
-                self.dead_letter(msg, invalid, "dedupe");
+        let seen = self.applied_before(event_id)?;
+        match decide::classify(seen.as_ref(), fingerprint, offset) {
+            decide::Verdict::New => {}
+            decide::Verdict::Conflict => {
+                let message =
+                    format!("event_id `{event_id}` was already applied with different content");
+                self.dead_letter(
+                    record,
+                    Invalid::new(Reason::DuplicateConflict, message),
+                    "dedupe",
+                );
                 return Ok(());
             }
-            // The very record again, after a crash, is applied when only its entry landed (entries
-            // are sent before states); any other repeat is a duplicate.
-            if seen.offset != offset || !self.lost_in_crash(key, offset)? {
+            decide::Verdict::Redelivery => {
                 self.counts.duplicates += 1;
                 return Ok(());
+            }
+            decide::Verdict::SameRecord => {
+                if !self.lost_in_crash(key, offset)? {
+                    self.counts.duplicates += 1;
+                    return Ok(());
+                }
             }
         }
         let source = SourceRef {
@@ -454,7 +389,7 @@ where
             offset,
         };
         if let Err(invalid) = self.fold(key, &event, value.len(), source)? {
-            self.dead_letter(msg, invalid, "project");
+            self.dead_letter(record, invalid, "project");
             return Ok(());
         }
         let event_time_ms = P::event_time_ms(&event);
@@ -469,144 +404,5 @@ where
         );
         self.counts.applied += 1;
         Ok(())
-    }
-}
-
-impl<P: Projection + 'static> TaskOps for Task<P>
-where
-    P::State: Send,
-    P::Event: Send,
-{
-    fn flow(&self) -> &Arc<FlowInfo> {
-        &self.flow
-    }
-    fn partition(&self) -> i32 {
-        self.partition
-    }
-    fn status(&self) -> Status {
-        self.status
-    }
-    fn epoch(&self) -> u64 {
-        self.epoch
-    }
-    fn store(&self) -> &Store {
-        &self.store
-    }
-
-    fn process(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), TaskError> {
-        self.process_record(msg)?;
-        self.release_reemits()
-    }
-
-    fn staged(&self) -> usize {
-        (self.next - self.base().0).max(0) as usize
-    }
-
-    fn has_progress(&self) -> bool {
-        let (next, control_next) = self.base();
-        self.status == Status::Active && (self.next > next || self.control_next > control_next)
-    }
-
-    fn position(&self) -> i64 {
-        self.reemits.resume(self.next, self.watermark).0
-    }
-
-    fn watermark(&self) -> i64 {
-        self.reemits.resume(self.next, self.watermark).1
-    }
-
-    fn committed(&self) -> i64 {
-        self.committed
-    }
-
-    fn uncommitted(&self) -> bool {
-        self.status == Status::Active
-            && (self.next > self.committed || self.control_next > self.control_committed)
-    }
-
-    fn unshipped(&self) -> bool {
-        self.status == Status::Active
-            && (!self.dirty.is_empty()
-                || self.dedupe.len() > self.dedupe_shipped
-                || !self.dedupe_reship.is_empty()
-                || self.dead.len() > self.dead_shipped
-                || self.audits.len() > self.audits_shipped)
-    }
-
-    fn ship(&mut self, sink: &Sink) -> Result<(), ProduceError> {
-        self.ship_staged(sink)
-    }
-
-    fn produce(&mut self, sink: &Sink, retention_ms: i64) -> Result<(), ProduceError> {
-        self.ship_staged(sink)?;
-        self.ship_expiry(sink, retention_ms)
-    }
-
-    fn seal(&mut self) {
-        self.seal_staged();
-    }
-
-    fn after_commit(&mut self, offsets: &DeliveredOffsets) -> Result<(), TaskError> {
-        self.hand_to_writer(offsets)
-    }
-
-    fn settle(&mut self) -> Result<(), TaskError> {
-        while let Some(i) = self.inflight.pop_front() {
-            i.pending.wait().map_err(|e| self.store_err(e))?;
-            self.retire(i.states);
-        }
-        Ok(())
-    }
-
-    fn restart(&mut self) -> u64 {
-        // Committed batches belong in the store before a restore reads its checkpoint.
-        if let Err(e) = self.settle() {
-            tracing::error!(error = %e, "writing a committed batch failed; the restore rebuilds it");
-        }
-        self.drop_staged();
-        self.cache.clear();
-        self.sealed = None;
-        self.reemits.reset(0, None);
-        self.counts = Counts::default();
-        self.status = Status::Restoring;
-        self.epoch += 1;
-        self.epoch
-    }
-
-    fn activate(&mut self, restored: super::restore::Restored) {
-        if let Ok(Some(cp)) = self.store.checkpoint() {
-            self.watermark = cp.watermark_ms;
-            self.changelog_from = cp.changelog_offset;
-        }
-        self.committed_watermark = self.watermark;
-        self.committed = restored.committed;
-        self.next = restored.committed;
-        self.changelog_end = restored.changelog_end;
-        let ahead = restored.ahead;
-        self.output_end = ahead.output_end;
-        self.reemits.reset(ahead.horizon, ahead.keys);
-        self.status = Status::Active;
-    }
-
-    fn output_end(&self) -> i64 {
-        self.output_end
-    }
-
-    fn changelog_end(&self) -> Option<i64> {
-        (!self.wrote_changelog).then_some(self.changelog_end)
-    }
-
-    fn repair(&mut self, record: ControlRecord<'_>) {
-        self.stage_repair(record);
-    }
-
-    fn control_position(&self) -> Option<i64> {
-        (self.status == Status::Active && self.control_next > self.base().1)
-            .then_some(self.control_next)
-    }
-
-    fn activate_control(&mut self, committed: i64) {
-        self.control_committed = committed;
-        self.control_next = committed;
     }
 }
