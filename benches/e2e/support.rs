@@ -189,13 +189,8 @@ pub fn timed_catch_up(
     input: &str,
     events: u64,
 ) -> (f64, f64) {
-    let started = Instant::now();
-    let mut child = start(config, log);
-    wait_lag_zero(bootstrap, group, input);
-    let eps = events as f64 / started.elapsed().as_secs_f64();
-    let rss = peak_rss_mib(child.id());
-    stop_child(&mut child);
-    (eps, rss)
+    let m = measured_catch_up(config, log, bootstrap, group, input, events, Broker::port());
+    (m.events_per_sec, m.peak_rss_mib)
 }
 
 /// CPU seconds (user + system) a process has used so far; 0 when it cannot be read.
