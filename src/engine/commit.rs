@@ -6,11 +6,11 @@ use std::time::Instant;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 use tally_state::CommitMetadata;
 
 use super::committer::{Timings, Work};
+use super::producer::Failure;
 use super::task::ProduceError;
 use super::Engine;
 use crate::config::ProcessingGuarantee;
@@ -65,7 +65,7 @@ impl Engine {
         if !self.tasks.values().any(|t| t.has_progress()) {
             // Shipped records always come with progress; a transaction without any has nothing
             // worth committing.
-            self.abort_open();
+            self.producer.abort_open(&self.health);
             return Ok(());
         }
         let started = Instant::now();
@@ -76,8 +76,8 @@ impl Engine {
                         t.seal();
                     }
                 }
-                let timeout = self.sink.timeout;
-                self.committer.submit(self.sink.shared(), work, timeout);
+                let sink = self.producer.sink();
+                self.committer.submit(sink.shared(), work, sink.timeout);
                 self.running = Some(Running {
                     events,
                     started,
@@ -100,15 +100,16 @@ impl Engine {
         consumer: &BaseConsumer<C>,
         cause: &KafkaError,
     ) -> Result<(), super::EngineError> {
-        let fatal = crate::kafka::errors::fatal(cause)
-            .map(|why| format!("{why}: {cause}"))
-            .or_else(|| self.sink.fatal());
-        if let Some(why) = fatal {
-            self.abort_open();
-            return Err(super::EngineError::Fatal(why));
+        match self.producer.classify(cause) {
+            Failure::Fatal(why) => {
+                self.producer.abort_open(&self.health);
+                Err(super::EngineError::Fatal(why))
+            }
+            Failure::RollBack => {
+                self.roll_back(consumer, cause);
+                Ok(())
+            }
         }
-        self.roll_back(consumer, cause);
-        Ok(())
     }
 
     /// Produces what is left of the batch (with the dedupe expiry) and says what the committer
@@ -119,11 +120,11 @@ impl Engine {
     ) -> Result<(Work, usize, Option<TopicPartitionList>), ProduceError> {
         let retention_ms = i64::try_from(self.cfg.dedupe_retention.as_millis()).unwrap_or(i64::MAX);
         if self.cfg.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
-            self.begin()?;
+            self.producer.begin()?;
         }
         for t in self.tasks.values_mut() {
             if t.has_progress() {
-                t.produce(&self.sink, retention_ms)?;
+                t.produce(self.producer.sink(), retention_ms)?;
             }
         }
         let (offsets, events) = self.positions()?;
@@ -148,7 +149,7 @@ impl Engine {
                     Some(_) => (offsets, None),
                     None => (TopicPartitionList::new(), Some(offsets)),
                 };
-                let failures = self.failures_before;
+                let failures = self.producer.failures_before();
                 let work = Work::Acknowledged {
                     offsets,
                     consumer,
@@ -223,14 +224,14 @@ impl Engine {
         let Some(running) = self.running.take() else {
             return Ok(None);
         };
-        self.txn_open = false;
+        self.producer.ended();
         let committed = result.and_then(|timings| self.commit_offsets(consumer, &running, timings));
         if let Err(e) = committed {
             tracing::warn!(error = %e, "commit failed; rolling back to the committed offsets");
             self.fail(consumer, &e)?;
             return Ok(Some(CommitOutcome::RolledBack));
         }
-        self.failures_before = self.sink.failures();
+        self.producer.committed();
         let kafka_done = running.started.elapsed();
         for t in self.tasks.values_mut() {
             t.after_commit(&self.delivered)?;
@@ -283,12 +284,17 @@ impl Engine {
         if self.committing() || !self.tasks.values().any(|t| t.unshipped()) {
             return Ok(());
         }
-        let shipped = self.begin().map_err(ProduceError::from).and_then(|()| {
-            self.tasks
-                .values_mut()
-                .filter(|t| t.unshipped())
-                .try_for_each(|t| t.ship(&self.sink))
-        });
+        let shipped = self
+            .producer
+            .begin()
+            .map_err(ProduceError::from)
+            .and_then(|()| {
+                let sink = self.producer.sink();
+                self.tasks
+                    .values_mut()
+                    .filter(|t| t.unshipped())
+                    .try_for_each(|t| t.ship(sink))
+            });
         match shipped {
             Ok(()) => Ok(()),
             Err(ProduceError::Task(e)) => Err(e.into()),
@@ -297,29 +303,6 @@ impl Engine {
                 self.fail(consumer, &e)
             }
         }
-    }
-
-    /// Opens the transaction of the next commit unless one is open (exactly_once only).
-    fn begin(&mut self) -> Result<(), KafkaError> {
-        if self.sink.is_transactional() && !self.txn_open {
-            self.sink.producer().begin_transaction()?;
-            self.txn_open = true;
-        }
-        Ok(())
-    }
-
-    /// Aborts the open transaction, if any; a producer that cannot abort is replaced, which
-    /// fences and aborts it as well.
-    pub(super) fn abort_open(&mut self) {
-        if !self.txn_open {
-            return;
-        }
-        self.txn_open = false;
-        if let Err(e) = self.sink.abort() {
-            tracing::warn!(error = %e, "cannot abort the open transaction; re-creating the producer");
-            self.recreate_sink();
-        }
-        self.failures_before = self.sink.failures();
     }
 
     /// Drops staged work everywhere and restores every task from its changelog: the state that
@@ -335,21 +318,11 @@ impl Engine {
             self.running.is_none(),
             "a running commit ends before a rollback"
         );
-        self.txn_open = false;
         // The restores start first, so they overlap the producer's replacement (a transactional
         // one takes half a second to start). They read only committed records and offsets, so
         // the old transaction, aborted or fenced by the replacement, is invisible to them
         // whichever ends first; the poll loop goes on only once the new producer is ready.
         self.restart_all(consumer);
-        if self.sink.is_transactional() {
-            let abortable = matches!(cause, KafkaError::Transaction(e) if e.txn_requires_abort());
-            let aborted = abortable && self.sink.abort().is_ok();
-            if !aborted {
-                self.recreate_sink();
-            }
-        } else {
-            self.recreate_sink();
-        }
-        self.failures_before = self.sink.failures();
+        self.producer.roll_back(cause, &self.health);
     }
 }

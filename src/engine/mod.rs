@@ -7,6 +7,7 @@ mod commit;
 mod committer;
 mod control;
 mod faults;
+mod producer;
 mod rebalance;
 mod restore;
 mod sink;
@@ -30,12 +31,11 @@ pub use commit::CommitOutcome;
 pub use rebalance::EngineContext;
 use restore::RestoreDone;
 pub use sink::DeliveredOffsets;
-use sink::Sink;
 use task::Status;
 pub(crate) use task::{Task, TaskOps};
 pub(crate) use writer::StoreWriter;
 
-use crate::config::{Config, ProcessingGuarantee};
+use crate::config::Config;
 use crate::health::Health;
 use crate::kafka::clients;
 use crate::kafka::limits::{self, RecordLimit};
@@ -101,15 +101,10 @@ pub struct Engine {
     restores: HashMap<(usize, i32), activate::RestoreHandle>,
     open_stores: HashMap<(usize, i32), Store>,
     writer: StoreWriter,
-    sink: Sink,
-    /// Whether records were shipped into a transaction that is not committed yet.
-    txn_open: bool,
+    producer: producer::TxnProducer,
     committer: committer::Committer,
     /// The commit the committer thread works on, if any.
     running: Option<commit::Running>,
-    /// The producer's delivery failures when the last commit or rollback ended: the records
-    /// of the next commit fail it by adding to them.
-    failures_before: u64,
     /// The group's consumer, so the committer thread commits at_least_once offsets off the poll
     /// loop; unset before the loop runs and after it ended (it would keep the consumer alive).
     group_consumer: Option<Arc<BaseConsumer<EngineContext>>>,
@@ -131,39 +126,6 @@ pub struct Engine {
 }
 
 impl Engine {
-    fn transactional_id(cfg: &Config) -> Option<String> {
-        (cfg.processing_guarantee == ProcessingGuarantee::ExactlyOnce)
-            .then(|| format!("{}-{}", cfg.application_id, cfg.instance()))
-    }
-
-    fn create_sink(cfg: &Config, offsets: &Arc<DeliveredOffsets>) -> Result<Sink, KafkaError> {
-        let tid = Self::transactional_id(cfg);
-        let pc = clients::producer(
-            &cfg.bootstrap_servers,
-            &cfg.kafka,
-            tid.as_deref(),
-            cfg.transaction_timeout_ms,
-        );
-        Sink::create(&pc, Arc::clone(offsets), Duration::from_secs(60))
-    }
-
-    fn recreate_sink(&mut self) {
-        loop {
-            match Self::create_sink(&self.cfg, &self.delivered) {
-                Ok(s) => {
-                    self.sink = s;
-                    self.txn_open = false;
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot re-create the producer; retrying");
-                    self.health.broker_reachable(false);
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-            }
-        }
-    }
-
     /// Stages one input record in its task.
     fn process(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), EngineError> {
         let Some(&flow) = self.by_input.get(msg.topic()) else {
@@ -209,7 +171,7 @@ pub fn run(
     // The producer's start (half a second: librdkafka's first transactional id request waits
     // for a broker connection) overlaps the topics' preparation.
     let (flows, sink) = std::thread::scope(|s| {
-        let sink = s.spawn(|| Engine::create_sink(&cfg, &delivered));
+        let sink = s.spawn(|| producer::TxnProducer::start(&cfg, &delivered));
         let flows = prepare_topics(&cfg, registry);
         let sink = sink.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
         (flows, sink)
@@ -248,14 +210,12 @@ pub fn run(
             path: cfg.state_dir.clone(),
             source,
         })?,
-        sink,
-        txn_open: false,
+        producer: sink,
         committer: committer::Committer::start().map_err(|source| tally_state::StateError::Fs {
             path: cfg.state_dir.clone(),
             source,
         })?,
         running: None,
-        failures_before: 0,
         group_consumer: None,
         delivered,
         ends,
@@ -343,7 +303,7 @@ pub fn run(
                 e.check_stalls();
             }
             e.poll_control();
-            e.sink.poll();
+            e.producer.sink().poll();
             e.finish_restores(&consumer);
             if polled > 0 {
                 e.health.broker_reachable(true);

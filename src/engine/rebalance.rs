@@ -84,7 +84,8 @@ impl ConsumerContext for EngineContext {
             if let Err(e) = engine.finish_commit(consumer, true) {
                 tracing::error!(error = %e, "the running commit failed");
             }
-            engine.abort_open();
+            let health = Arc::clone(&engine.health);
+            engine.producer.abort_open(&health);
             for &(f, p) in &revoked {
                 engine.remove_task(f, p);
             }
