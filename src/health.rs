@@ -164,14 +164,6 @@ impl Health {
             reasons,
         }
     }
-
-    /// (assigned, restoring) partitions.
-    pub fn partitions(&self) -> (usize, usize) {
-        (
-            self.assigned.load(Ordering::Acquire),
-            self.restoring.load(Ordering::Acquire),
-        )
-    }
 }
 
 #[cfg(test)]

@@ -26,9 +26,10 @@ pub const MANAGED_KEYS: &[&str] = &[
 #[serde(transparent)]
 pub struct KafkaSettings(BTreeMap<String, String>);
 
+#[cfg(test)]
 impl KafkaSettings {
-    /// Settings from plain pairs (tools and tests that build a client without a config file).
-    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+    /// Settings from plain pairs.
+    fn from_pairs<K: Into<String>, V: Into<String>>(
         pairs: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
         Self(
