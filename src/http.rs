@@ -15,9 +15,8 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::HttpConfig;
-use crate::engine::StoreRegistry;
+use crate::engine::{Projector, StoreRegistry};
 use crate::health::Health;
-use crate::registry::Registered;
 use crate::secret::Secret;
 
 #[derive(Clone)]
@@ -26,7 +25,7 @@ struct AppState {
     health: Arc<Health>,
     stores: Arc<StoreRegistry>,
     /// Flow name -> the projection that renders its states.
-    projections: Arc<HashMap<String, Arc<dyn Registered>>>,
+    projections: Arc<HashMap<String, Projector>>,
 }
 
 /// Why the endpoint could not start.
@@ -50,7 +49,7 @@ pub(crate) fn serve(
     metrics: PrometheusHandle,
     health: Arc<Health>,
     stores: Arc<StoreRegistry>,
-    projections: HashMap<String, Arc<dyn Registered>>,
+    projections: HashMap<String, Projector>,
 ) -> Result<SocketAddr, HttpError> {
     let listen = http.listen;
     let listener = std::net::TcpListener::bind(listen)

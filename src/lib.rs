@@ -139,10 +139,14 @@
 //!
 //! # Layout
 //!
-//! The runtime (Kafka IO, tasks per partition, rebalance and restore, transactions, HTTP) and
-//! the tools (recovery, the workload generator and independent oracle of the built-ins, the
-//! demo) live here; pure logic lives in `tally-topology`, local state in `tally-state`.
+//! The runtime lives here: [`engine`] (tasks per partition, the task manager, the commit
+//! protocol, rebalance and restore), [`processor`] (a whole processor in one call), Kafka IO,
+//! config and HTTP. So do the tools, behind the `tools` feature (on by default): [`cli`],
+//! [`recovery`], the workload generator and the independent oracle of the built-ins. The runtime
+//! imports no tool; [`registry`] joins them. Pure logic lives in `tally-topology`, local state
+//! in `tally-state`.
 
+#[cfg(feature = "tools")]
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -151,12 +155,16 @@ pub mod health;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+#[cfg(feature = "tools")]
 pub mod oracle;
+pub mod processor;
+#[cfg(feature = "tools")]
 pub mod recovery;
 pub mod redact;
 pub mod registry;
 pub mod secret;
 pub mod signing;
+#[cfg(feature = "tools")]
 pub mod workload;
 
 pub use registry::Registry;

@@ -1,24 +1,36 @@
 //! The projections a process can run, by name: a flow's config names one, and the runtime, the
-//! HTTP queries and the recovery tools reach it here, whatever its event and state types.
+//! HTTP queries and the recovery tools reach it here, each through its own trait, whatever its
+//! event and state types.
 
 use std::collections::BTreeMap;
-use std::marker::PhantomData;
-use std::sync::Arc;
 
-use tally_state::Store;
 use tally_topology::{Contract, ContractError, ContractSpec, Inventory, Ledger, Projection};
 
-use crate::engine::{FlowInfo, StoreWriter, Task, TaskOps};
-use crate::recovery::evidence::Evidence;
-use crate::recovery::replay::{self, Plan};
-use crate::recovery::travel::{self, Answer, Point};
-use crate::recovery::RecoveryError;
+use crate::config::Contracts;
+use crate::engine::{Projector, Projectors};
+#[cfg(feature = "tools")]
+use crate::recovery::recoverable::Recoverable;
 
 /// The projections flows may name. Start from [`Registry::builtin`] (inventory and ledger) or
-/// [`Registry::new`], add yours with [`Registry::register`], and hand it to [`crate::cli::main`].
+/// [`Registry::new`], add yours with [`Registry::register`], and hand it to `tally::cli::main`.
 #[derive(Clone, Default)]
 pub struct Registry {
-    entries: BTreeMap<&'static str, Arc<dyn Registered>>,
+    entries: BTreeMap<&'static str, Entry>,
+}
+
+/// One registered projection, as each part of tally reaches it.
+#[derive(Clone, Copy)]
+struct Entry {
+    contract: &'static str,
+    parse: fn(&str) -> Result<Contract, ContractError>,
+    runtime: Projector,
+    #[cfg(feature = "tools")]
+    tools: Recoverable,
+}
+
+/// Parses a contract and checks it against projection `P`.
+fn parse<P: Projection>(text: &str) -> Result<Contract, ContractError> {
+    Contract::parse(text, &ContractSpec::of::<P>())
 }
 
 impl Registry {
@@ -39,7 +51,13 @@ impl Registry {
     /// When another projection of that name is registered already: two projections of one
     /// name would make a flow's config ambiguous, and this is found at start-up, in `main`.
     pub fn register<P: Projection>(mut self) -> Self {
-        let entry: Arc<dyn Registered> = Arc::new(Entry::<P>(PhantomData));
+        let entry = Entry {
+            contract: P::CONTRACT,
+            parse: parse::<P>,
+            runtime: Projector::of::<P>(),
+            #[cfg(feature = "tools")]
+            tools: Recoverable::of::<P>(),
+        };
         if self.entries.insert(P::NAME, entry).is_some() {
             panic!("two projections are registered as `{}`", P::NAME);
         }
@@ -51,99 +69,39 @@ impl Registry {
         self.entries.keys().copied().collect()
     }
 
-    /// The projection registered as `name`.
-    pub(crate) fn get(&self, name: &str) -> Result<Arc<dyn Registered>, String> {
-        self.entries.get(name).cloned().ok_or_else(|| {
+    fn get(&self, name: &str) -> Result<&Entry, String> {
+        self.entries.get(name).ok_or_else(|| {
             format!(
                 "unknown projection `{name}` (registered: {})",
                 self.names().join(", ")
             )
         })
     }
-}
 
-/// What the runtime and the tools need of a projection, without its types.
-pub(crate) trait Registered: Send + Sync {
-    fn name(&self) -> &'static str;
-    /// The contract a flow runs under unless its config names a file.
-    fn contract_text(&self) -> &'static str;
-    /// Parses and checks a contract against this projection.
-    fn parse_contract(&self, text: &str) -> Result<Contract, ContractError>;
-    /// A task of this projection over a store, restoring.
-    fn task(
-        &self,
-        flow: Arc<FlowInfo>,
-        partition: i32,
-        store: Store,
-        writer: StoreWriter,
-        cache_bytes: usize,
-    ) -> Box<dyn TaskOps>;
-    /// A replay or reconcile, with its evidence.
-    fn replay(&self, plan: &Plan) -> Result<Evidence, RecoveryError>;
-    /// A key's state at a point in its history.
-    fn state_at(
-        &self,
-        plan: &Plan,
-        key: &str,
-        point: Point,
-        explain: bool,
-    ) -> Result<Answer, RecoveryError>;
-    /// A stored state rendered as its output record.
-    fn render_state(&self, bytes: &[u8]) -> Result<Vec<u8>, String>;
-}
-
-impl std::fmt::Debug for dyn Registered {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "projection `{}`", self.name())
+    /// The recovery tools of the projection registered as `name`.
+    #[cfg(feature = "tools")]
+    pub(crate) fn recoverable(&self, name: &str) -> Result<Recoverable, String> {
+        Ok(self.get(name)?.tools)
     }
 }
 
-/// [`Registered`] for projection `P`.
-struct Entry<P>(PhantomData<fn() -> P>);
-
-impl<P: Projection> Registered for Entry<P> {
-    fn name(&self) -> &'static str {
-        P::NAME
+impl Contracts for Registry {
+    fn contract_text(&self, name: &str) -> Result<&'static str, String> {
+        Ok(self.get(name)?.contract)
     }
 
-    fn contract_text(&self) -> &'static str {
-        P::CONTRACT
+    fn parse_contract(&self, name: &str, text: &str) -> Result<Contract, String> {
+        (self.get(name)?.parse)(text).map_err(|e| e.to_string())
+    }
+}
+
+impl Projectors for Registry {
+    fn projector(&self, name: &str) -> Result<Projector, String> {
+        Ok(self.get(name)?.runtime)
     }
 
-    fn parse_contract(&self, text: &str) -> Result<Contract, ContractError> {
-        Contract::parse(text, &ContractSpec::of::<P>())
-    }
-
-    fn task(
-        &self,
-        flow: Arc<FlowInfo>,
-        partition: i32,
-        store: Store,
-        writer: StoreWriter,
-        cache_bytes: usize,
-    ) -> Box<dyn TaskOps> {
-        Box::new(Task::<P>::new(flow, partition, store, writer, cache_bytes))
-    }
-
-    fn replay(&self, plan: &Plan) -> Result<Evidence, RecoveryError> {
-        replay::run::<P>(plan)
-    }
-
-    fn state_at(
-        &self,
-        plan: &Plan,
-        key: &str,
-        point: Point,
-        explain: bool,
-    ) -> Result<Answer, RecoveryError> {
-        travel::state_at::<P>(plan, key, point, explain)
-    }
-
-    fn render_state(&self, bytes: &[u8]) -> Result<Vec<u8>, String> {
-        let state = P::decode_state(bytes).map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        P::render(&state, &mut out).map_err(|e| e.to_string())?;
-        Ok(out)
+    fn contracts(&self) -> &dyn Contracts {
+        self
     }
 }
 
@@ -158,7 +116,7 @@ mod tests {
 
     #[test]
     fn an_unknown_projection_is_named_with_the_registered_ones() {
-        let err = Registry::builtin().get("payroll").err().unwrap();
+        let err = Registry::builtin().contract_text("payroll").unwrap_err();
         assert!(
             err.contains("payroll") && err.contains("inventory, ledger"),
             "{err}"

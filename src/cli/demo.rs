@@ -110,7 +110,7 @@ listen = "127.0.0.1:0"
     let shutdown = Arc::new(AtomicBool::new(false));
     let processor = {
         let (cfg, shutdown, registry) = (cfg.clone(), Arc::clone(&shutdown), registry.clone());
-        std::thread::spawn(move || super::run_processor(cfg, &registry, shutdown))
+        std::thread::spawn(move || crate::processor::run(cfg, &registry, shutdown))
     };
 
     let mut loads = Vec::new();

@@ -12,7 +12,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::config::{Config, ProcessingGuarantee};
-use crate::health::Health;
 use crate::oracle::{self, OracleSpec};
 use crate::registry::Registry;
 use crate::workload::{self, Flow, LoadSpec};
@@ -125,33 +124,8 @@ pub fn run(config: &Path, registry: &Registry) -> anyhow::Result<ExitCode> {
         signal_hook::flag::register(sig, Arc::clone(&shutdown))
             .context("installing signal handlers")?;
     }
-    run_processor(cfg, registry, shutdown)?;
+    crate::processor::run(cfg, registry, shutdown)?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Starts HTTP and runs the engine in the calling thread until `shutdown`.
-pub fn run_processor(
-    cfg: Config,
-    registry: &Registry,
-    shutdown: Arc<AtomicBool>,
-) -> anyhow::Result<std::net::SocketAddr> {
-    let handle = crate::metrics::install();
-    let health = Arc::new(Health::new(cfg.health.stall_timeout));
-    let stores = Arc::new(crate::engine::StoreRegistry::default());
-    let projections = cfg
-        .flows
-        .iter()
-        .filter_map(|f| Some((f.name.clone(), registry.get(f.projection_name()).ok()?)))
-        .collect();
-    let bound = crate::http::serve(
-        &cfg.http,
-        handle,
-        Arc::clone(&health),
-        Arc::clone(&stores),
-        projections,
-    )?;
-    crate::engine::run(cfg, registry, shutdown, health, stores)?;
-    Ok(bound)
 }
 
 /// Arguments of `tally load`.

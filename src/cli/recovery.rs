@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::config::Contracts;
 use crate::config::{Config, FlowConfig};
 use crate::recovery::dlq;
 use crate::recovery::evidence::{self, Evidence, Operator};
@@ -158,9 +159,10 @@ pub fn contract(cmd: ContractCommand, registry: &Registry) -> anyhow::Result<Exi
                 .map_err(anyhow::Error::msg)?
         }
         None => {
-            let projection = registry.get(&flow).map_err(anyhow::Error::msg)?;
-            projection
-                .parse_contract(projection.contract_text())
+            let text = registry.contract_text(&flow).map_err(anyhow::Error::msg)?;
+            registry
+                .parse_contract(&flow, text)
+                .map_err(anyhow::Error::msg)
                 .with_context(|| format!("the contract of projection {flow}"))?
         }
     };
@@ -293,9 +295,9 @@ pub(super) fn run_plan(
     registry: &Registry,
 ) -> anyhow::Result<Evidence> {
     let projection = registry
-        .get(f.projection_name())
+        .recoverable(f.projection_name())
         .map_err(anyhow::Error::msg)?;
-    Ok(projection.replay(plan)?)
+    Ok((projection.replay)(plan)?)
 }
 
 /// `tally dlq replay`: re-submits dead letters, signed for a named operator.
@@ -341,9 +343,9 @@ pub fn state(cmd: StateCommand, registry: &Registry) -> anyhow::Result<ExitCode>
         (None, None) => Point::Now,
     };
     let projection = registry
-        .get(f.projection_name())
+        .recoverable(f.projection_name())
         .map_err(anyhow::Error::msg)?;
-    let answer = projection.state_at(&plan, &key, point, explain)?;
+    let answer = (projection.state_at)(&plan, &key, point, explain)?;
     println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -8,8 +8,8 @@ mod sections;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::registry::Registry;
 use serde::Deserialize;
+use tally_topology::Contract;
 
 pub use kafka::{is_secret_key, KafkaSettings};
 pub use sections::{
@@ -182,20 +182,20 @@ pub(crate) fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Dura
 
 impl Config {
     /// Reads the file, applies `TALLY_*` overrides from the process environment, validates
-    /// (every flow names a projection of `registry`, and its contract fits it).
-    pub fn load(path: &Path, registry: &Registry) -> Result<Self, ConfigError> {
+    /// (every flow names one of the `projections`, and its contract fits it).
+    pub fn load(path: &Path, projections: &dyn Contracts) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_toml(&text, |k| std::env::var(k).ok(), registry)
+        Self::from_toml(&text, |k| std::env::var(k).ok(), projections)
     }
 
     /// Parses TOML text with overrides looked up by `env`, then validates.
     pub fn from_toml(
         text: &str,
         env: impl Fn(&str) -> Option<String>,
-        registry: &Registry,
+        projections: &dyn Contracts,
     ) -> Result<Self, ConfigError> {
         let mut doc: toml::Table = text
             .parse()
@@ -205,11 +205,11 @@ impl Config {
         let cfg: Config = toml::Value::Table(doc)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
-        cfg.validate(registry)?;
+        cfg.validate(projections)?;
         Ok(cfg)
     }
 
-    fn validate(&self, registry: &Registry) -> Result<(), ConfigError> {
+    fn validate(&self, projections: &dyn Contracts) -> Result<(), ConfigError> {
         check_name("application_id", &self.application_id)?;
         if self.bootstrap_servers.trim().is_empty() {
             return Err(invalid("bootstrap_servers", "must not be empty"));
@@ -246,10 +246,10 @@ impl Config {
             if !names.insert(f.name.as_str()) {
                 return Err(invalid(at("name"), format!("duplicate flow `{}`", f.name)));
             }
-            registry
-                .get(f.projection_name())
+            projections
+                .contract_text(f.projection_name())
                 .map_err(|m| invalid(at("projection"), m))?;
-            f.contract(registry)
+            f.contract(projections)
                 .map_err(|m| invalid(at("contract"), m))?;
             for (k, t) in [
                 ("input", &f.input),
@@ -314,6 +314,15 @@ impl Config {
     }
 }
 
+/// The projections a config's flows may name, as validation sees them: each one's own recovery
+/// contract, and the check of a flow's contract against its projection.
+pub trait Contracts {
+    /// Projection `name`'s own contract (TOML); the error names the registered projections.
+    fn contract_text(&self, name: &str) -> Result<&'static str, String>;
+    /// Parses `text` and checks that it fits projection `name`.
+    fn parse_contract(&self, name: &str, text: &str) -> Result<Contract, String>;
+}
+
 impl FlowConfig {
     /// The registered projection this flow runs: `projection`, else the flow's name.
     pub fn projection_name(&self) -> &str {
@@ -327,14 +336,15 @@ impl FlowConfig {
 
     /// The flow's recovery contract (its file, else its projection's own), loaded and checked
     /// against the projection: a flow without a valid one does not start.
-    pub fn contract(&self, registry: &Registry) -> Result<tally_topology::Contract, String> {
-        let projection = registry.get(self.projection_name())?;
+    pub fn contract(&self, projections: &dyn Contracts) -> Result<Contract, String> {
+        let name = self.projection_name();
+        let own = projections.contract_text(name)?;
         let text = match &self.contract {
             Some(path) => std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?,
-            None => projection.contract_text().to_string(),
+            None => own.to_string(),
         };
-        projection.parse_contract(&text).map_err(|e| e.to_string())
+        projections.parse_contract(name, &text)
     }
 
     /// `{application_id}-{flow}-control`: replays' repairs for the owning tasks.

@@ -29,13 +29,6 @@ impl EngineContext {
             readings,
         }
     }
-
-    fn partitions(engine: &Engine, tpl: &TopicPartitionList) -> Vec<(usize, i32)> {
-        tpl.elements()
-            .iter()
-            .filter_map(|e| engine.by_input.get(e.topic()).map(|&f| (f, e.partition())))
-            .collect()
-    }
 }
 
 impl ClientContext for EngineContext {
@@ -72,7 +65,7 @@ impl ConsumerContext for EngineContext {
             return;
         };
         let mut engine = lock(&self.engine);
-        let revoked = Self::partitions(&engine, tpl);
+        let revoked = engine.tasks.ids(tpl);
         if consumer.assignment_lost() {
             tracing::warn!(
                 partitions = revoked.len(),
@@ -85,11 +78,11 @@ impl ConsumerContext for EngineContext {
                 tracing::error!(error = %e, "the running commit failed");
             }
             let health = Arc::clone(&engine.health);
-            engine.producer.abort_open(&health);
-            for &(f, p) in &revoked {
-                engine.remove_task(f, p);
+            engine.commits.abort_open(&health);
+            for &id in &revoked {
+                engine.tasks.remove(id);
             }
-            engine.restart_all(consumer);
+            engine.tasks.restart_all(consumer);
             return;
         }
         match engine.commit(consumer) {
@@ -100,8 +93,8 @@ impl ConsumerContext for EngineContext {
             ),
             Err(e) => tracing::error!(error = %e, "commit before revoke failed"),
         }
-        for (f, p) in revoked {
-            engine.remove_task(f, p);
+        for id in revoked {
+            engine.tasks.remove(id);
         }
     }
 
@@ -114,22 +107,22 @@ impl ConsumerContext for EngineContext {
         // (pausing it would stop it for good, as nothing restores it to resume it).
         let mut fresh = TopicPartitionList::new();
         let mut added = Vec::new();
-        for (f, p) in Self::partitions(&engine, tpl) {
-            if engine.tasks.contains_key(&(f, p)) {
+        for (f, p) in engine.tasks.ids(tpl) {
+            if engine.tasks.has((f, p)) {
                 tracing::warn!(
                     partition = p,
                     "assigned a partition this instance owns already"
                 );
             } else {
-                fresh.add_partition(&engine.flows[f].input, p);
+                fresh.add_partition(engine.tasks.input(f), p);
                 added.push((f, p));
             }
         }
         if let Err(e) = consumer.pause(&fresh) {
             tracing::warn!(error = %e, "cannot pause new partitions");
         }
-        for (f, p) in added {
-            engine.add_task(f, p);
+        for id in added {
+            engine.tasks.add(id);
         }
         tracing::info!(partitions = tpl.count(), "partitions assigned; restoring");
     }

@@ -7,9 +7,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext};
+
+use super::task::{Outbox, Outgoing, ProduceError, SendError};
 
 /// Highest delivered offset per changelog and output partition, shared by every producer
 /// incarnation.
@@ -196,5 +198,42 @@ impl Sink {
     /// Waits until every produced record is acknowledged (and its delivery report served).
     pub fn flush(&self) -> KafkaResult<()> {
         crate::kafka::clients::flush(self.producer.as_ref(), self.timeout)
+    }
+}
+
+/// The tasks' outbox at run time: every record goes to the producer.
+impl Outbox for &Sink {
+    fn send(&mut self, r: Outgoing<'_>) -> Result<(), SendError> {
+        let headers = (!r.headers.is_empty()).then(|| {
+            r.headers.iter().fold(
+                OwnedHeaders::new_with_capacity(r.headers.len()),
+                |h, &(key, value)| h.insert(Header { key, value }),
+            )
+        });
+        Sink::send(self, r.topic, r.partition, r.key, r.value, headers).map_err(SendError::from)
+    }
+
+    fn flush(&mut self) -> Result<(), SendError> {
+        Sink::flush(self).map_err(SendError::from)
+    }
+}
+
+impl From<KafkaError> for SendError {
+    fn from(e: KafkaError) -> Self {
+        SendError(Box::new(e))
+    }
+}
+
+impl From<KafkaError> for ProduceError {
+    fn from(e: KafkaError) -> Self {
+        ProduceError::Send(e.into())
+    }
+}
+
+/// The Kafka error an outbox refused a record with (any other cause counts as a failed produce).
+pub(super) fn kafka_error(e: SendError) -> KafkaError {
+    match e.0.downcast::<KafkaError>() {
+        Ok(k) => *k,
+        Err(_) => KafkaError::MessageProduction(RDKafkaErrorCode::Fail),
     }
 }

@@ -234,37 +234,6 @@ impl Stalls {
     }
 }
 
-impl super::Engine {
-    /// Looks at every assigned partition for work that waits without progress, and refreshes
-    /// the partition gauges (a gauge nobody sets any more leaves `/metrics` after a while).
-    pub(super) fn check_stalls(&mut self) {
-        let mut views = Vec::with_capacity(self.tasks.len() + self.blocked.len());
-        for (&(f, p), t) in &self.tasks {
-            let view = match t.status() {
-                super::task::Status::Restoring => TaskView::Restoring {
-                    records: self
-                        .restores
-                        .get(&(f, p))
-                        .map_or(0, |r| r.read.load(Ordering::Relaxed)),
-                },
-                super::task::Status::Active => TaskView::Active {
-                    committed: t.committed(),
-                    uncommitted: t.uncommitted(),
-                },
-            };
-            views.push(((self.flows[f].input.clone(), p), view));
-        }
-        for &(f, p) in self.blocked.keys() {
-            views.push(((self.flows[f].input.clone(), p), TaskView::Blocked));
-        }
-        let stalled = self
-            .stalls
-            .check(&self.readings, &views, self.health.stall_timeout());
-        self.health.set_stalled(stalled);
-        self.update_gauges();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

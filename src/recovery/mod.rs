@@ -6,6 +6,7 @@ pub mod evidence;
 pub mod live;
 pub mod plan;
 pub mod progress;
+pub mod recoverable;
 pub mod repair;
 pub mod replay;
 pub mod scope;

@@ -50,9 +50,9 @@ impl Plan {
         cfg: &crate::config::Config,
         f: &crate::config::FlowConfig,
         kind: &'static str,
-        registry: &crate::registry::Registry,
+        contracts: &dyn crate::config::Contracts,
     ) -> Result<(Plan, tally_topology::Contract), String> {
-        let contract = f.contract(registry)?;
+        let contract = f.contract(contracts)?;
         let plan = Plan {
             kind,
             flow: f.name.clone(),

@@ -2,10 +2,10 @@
 //! and headers, why it was refused, and where it came from. One that would not fit the topic is
 //! cut to fit, with the original's size and SHA-256 in headers, so it never blocks a commit.
 
-use rdkafka::message::{Header, OwnedHeaders};
 use sha2::{Digest, Sha256};
 use tally_topology::{Invalid, Reason};
 
+use super::outbox::{Outbox, Outgoing, SendError};
 use crate::kafka::limits::RecordLimit;
 use crate::kafka::record::{HeaderSource, InputRecord};
 
@@ -134,39 +134,38 @@ impl DeadLetter {
         self.value.as_deref()
     }
 
-    /// tally's headers (why, and where from), what was cut, then the input's own headers.
-    pub(crate) fn headers(&self, topic: &str, partition: i32) -> OwnedHeaders {
-        let partition = partition.to_string();
+    /// Sends the dead letter to `topic`, with tally's headers (why, and where from: `input` and
+    /// `partition`), what was cut, then the input's own headers.
+    pub(crate) fn ship(
+        &self,
+        topic: &str,
+        input: &str,
+        partition: i32,
+        out: &mut dyn Outbox,
+    ) -> Result<(), SendError> {
+        let partition_text = partition.to_string();
         let offset = self.offset.to_string();
         let own = [
             ("tally.error.reason", self.reason.as_str()),
             ("tally.error.message", self.message.as_str()),
             ("tally.error.stage", self.stage),
-            ("tally.source.topic", topic),
-            ("tally.source.partition", partition.as_str()),
+            ("tally.source.topic", input),
+            ("tally.source.partition", partition_text.as_str()),
             ("tally.source.offset", offset.as_str()),
         ];
-        let mut h =
-            OwnedHeaders::new_with_capacity(own.len() + self.cut.len() + self.headers.len());
-        for (key, value) in own {
-            h = h.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
-        for (key, value) in &self.cut {
-            h = h.insert(Header {
-                key,
-                value: Some(value.as_str()),
-            });
-        }
-        for (key, value) in &self.headers {
-            h = h.insert(Header {
-                key: key.as_str(),
-                value: value.as_deref(),
-            });
-        }
-        h
+        let headers: Vec<(&str, Option<&[u8]>)> = own
+            .iter()
+            .map(|(k, v)| (*k, Some(v.as_bytes())))
+            .chain(self.cut.iter().map(|(k, v)| (*k, Some(v.as_bytes()))))
+            .chain(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())))
+            .collect();
+        out.send(Outgoing {
+            topic,
+            partition,
+            key: self.key(),
+            value: self.value(),
+            headers: &headers,
+        })
     }
 }
 

@@ -3,7 +3,8 @@
 
 use tally_topology::{Invalid, Projection, Reason, SourceRef};
 
-use super::{Staged, StagedStates, Task, TaskError};
+use super::batches::{Staged, StagedStates};
+use super::{Task, TaskError};
 use crate::engine::FlowInfo;
 use crate::kafka::limits::RecordLimit;
 
@@ -22,7 +23,7 @@ where
         source: SourceRef,
     ) -> Result<Result<(), Invalid>, TaskError> {
         let flow = &self.flow;
-        if let Some((i, _, slot)) = self.states.get_full_mut(key) {
+        if let Some((i, _, slot)) = self.staging.states.get_full_mut(key) {
             let applied = apply_within::<P>(
                 flow,
                 &mut slot.state,
@@ -30,14 +31,14 @@ where
                 event,
                 event_bytes,
                 source,
-                &mut self.buf,
+                &mut self.scratch.buf,
             );
             if let Err(invalid) = applied {
                 return Ok(Err(invalid));
             }
             if !slot.dirty {
                 slot.dirty = true;
-                self.dirty.push(i);
+                self.staging.dirty.push(i);
             }
             self.hold_output(key, source.offset);
             return Ok(Ok(()));
@@ -53,7 +54,7 @@ where
             event,
             event_bytes,
             source,
-            &mut self.buf,
+            &mut self.scratch.buf,
         ) {
             Ok(()) => {
                 self.stage_at(None, key, state);
@@ -68,7 +69,7 @@ where
                         state,
                         dirty: false,
                     };
-                    self.states.insert(key.to_owned(), unchanged);
+                    self.staging.states.insert(key.to_owned(), unchanged);
                 }
                 Ok(Err(invalid))
             }

@@ -6,11 +6,28 @@ use std::sync::Arc;
 use tally_state::Store;
 use tally_topology::Projection;
 
-use super::{ControlRecord, Counts, ProduceError, Status, Task, TaskError};
-use crate::engine::restore::Restored;
-use crate::engine::sink::{DeliveredOffsets, Sink};
+use super::outbox::Outbox;
+use super::{ControlRecord, ProduceError, Restored, Status, Task, TaskError};
 use crate::engine::FlowInfo;
 use crate::kafka::record::InputRecord;
+
+/// What a commit records for a task, beside its input offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitPoint {
+    /// The next input offset to commit: not past a held key's event (see `reemit`).
+    pub input: i64,
+    /// The watermark after every record before `input`.
+    pub watermark_ms: i64,
+    /// The changelog partition's end after this task's committed records; `None` when the
+    /// batch being committed wrote records there (their end is known once they are
+    /// acknowledged, `Ends::stamp`).
+    pub changelog_end: Option<i64>,
+    /// The output partition's end when the task became active: the at_least_once metadata's
+    /// floor, raised to what this process delivered (`Ends::stamp`).
+    pub output_end: i64,
+    /// The control offset to commit, when repairs were staged since the last commit.
+    pub control: Option<i64>,
+}
 
 /// What the engine needs from a task, whatever its projection.
 pub trait TaskOps: Send {
@@ -26,26 +43,23 @@ pub trait TaskOps: Send {
     fn staged(&self) -> usize;
     /// Whether the input position moved since the last commit.
     fn has_progress(&self) -> bool;
-    /// Next input offset to commit.
-    fn position(&self) -> i64;
     /// The input offset the last successful commit moved past.
     fn committed(&self) -> i64;
     /// Whether input was processed that no commit holds yet (staged, or sealed and committing).
     fn uncommitted(&self) -> bool;
-    /// The watermark after every record before [`TaskOps::position`], committed beside it.
-    fn watermark(&self) -> i64;
     /// Whether staged records wait to be handed to the producer.
     fn unshipped(&self) -> bool;
     /// Hands the records staged since the last call to the producer (inside the open
     /// transaction), so their acknowledgements arrive while later input is processed.
-    fn ship(&mut self, sink: &Sink) -> Result<(), ProduceError>;
+    fn ship(&mut self, out: &mut dyn Outbox) -> Result<(), ProduceError>;
     /// Ships what is left and the dedupe expiry of this commit.
-    fn produce(&mut self, sink: &Sink, retention_ms: i64) -> Result<(), ProduceError>;
+    fn produce(&mut self, out: &mut dyn Outbox, retention_ms: i64) -> Result<(), ProduceError>;
     /// Sets everything staged (and shipped) aside as the batch of the commit that starts now;
     /// processing goes on into a new batch, which sees the sealed one.
     fn seal(&mut self);
-    /// Hands the sealed batch, now committed, to the store writer.
-    fn after_commit(&mut self, offsets: &DeliveredOffsets) -> Result<(), TaskError>;
+    /// Hands the sealed batch, now committed, to the store writer; `changelog_delivered` is the
+    /// changelog partition's end after every record Kafka acknowledged.
+    fn after_commit(&mut self, changelog_delivered: i64) -> Result<(), TaskError>;
     /// Waits until every committed batch is in the store.
     fn settle(&mut self) -> Result<(), TaskError>;
     /// Drops staged work and starts a new restore generation.
@@ -53,17 +67,10 @@ pub trait TaskOps: Send {
     /// Restore finished: process from its committed offset on, whose watermark the restore
     /// recovered, holding back the outputs of the keys whose newer outputs a crash left ahead.
     fn activate(&mut self, restored: Restored);
-    /// The output partition's end when the task became active: the at_least_once commit
-    /// metadata's floor, raised to what this process delivered (`Ends::stamp`).
-    fn output_end(&self) -> i64;
-    /// The changelog partition's end after this task's committed records, for the commit
-    /// metadata; `None` when the batch being committed wrote records there (their end is
-    /// known once they are acknowledged, `Ends::stamp`).
-    fn changelog_end(&self) -> Option<i64>;
+    /// What the next commit records for this task.
+    fn commit_point(&self) -> CommitPoint;
     /// Stages a corrected row from the control topic (a replay's repair), or refuses it.
     fn repair(&mut self, record: ControlRecord<'_>);
-    /// The control offset to commit, when repairs were staged since the last commit.
-    fn control_position(&self) -> Option<i64>;
     /// The control partition was assigned from its committed offset `committed`.
     fn activate_control(&mut self, committed: i64);
 }
@@ -95,55 +102,44 @@ where
     }
 
     fn staged(&self) -> usize {
-        (self.next - self.base().0).max(0) as usize
+        (self.pos.next - self.base().0).max(0) as usize
     }
 
     fn has_progress(&self) -> bool {
         let (next, control_next) = self.base();
-        self.status == Status::Active && (self.next > next || self.control_next > control_next)
-    }
-
-    fn position(&self) -> i64 {
-        self.reemits.resume(self.next, self.watermark).0
-    }
-
-    fn watermark(&self) -> i64 {
-        self.reemits.resume(self.next, self.watermark).1
+        self.status == Status::Active
+            && (self.pos.next > next || self.pos.control_next > control_next)
     }
 
     fn committed(&self) -> i64 {
-        self.committed
+        self.pos.committed
     }
 
     fn uncommitted(&self) -> bool {
         self.status == Status::Active
-            && (self.next > self.committed || self.control_next > self.control_committed)
+            && (self.pos.next > self.pos.committed
+                || self.pos.control_next > self.pos.control_committed)
     }
 
     fn unshipped(&self) -> bool {
-        self.status == Status::Active
-            && (!self.dirty.is_empty()
-                || self.dedupe.len() > self.dedupe_shipped
-                || !self.dedupe_reship.is_empty()
-                || self.dead.len() > self.dead_shipped
-                || self.audits.len() > self.audits_shipped)
+        self.status == Status::Active && self.staging.unshipped()
     }
 
-    fn ship(&mut self, sink: &Sink) -> Result<(), ProduceError> {
-        self.ship_staged(sink)
+    fn ship(&mut self, out: &mut dyn Outbox) -> Result<(), ProduceError> {
+        self.ship_staged(out)
     }
 
-    fn produce(&mut self, sink: &Sink, retention_ms: i64) -> Result<(), ProduceError> {
-        self.ship_staged(sink)?;
-        self.ship_expiry(sink, retention_ms)
+    fn produce(&mut self, out: &mut dyn Outbox, retention_ms: i64) -> Result<(), ProduceError> {
+        self.ship_staged(out)?;
+        self.ship_expiry(out, retention_ms)
     }
 
     fn seal(&mut self) {
         self.seal_staged();
     }
 
-    fn after_commit(&mut self, offsets: &DeliveredOffsets) -> Result<(), TaskError> {
-        self.hand_to_writer(offsets)
+    fn after_commit(&mut self, changelog_delivered: i64) -> Result<(), TaskError> {
+        self.hand_to_writer(changelog_delivered)
     }
 
     fn settle(&mut self) -> Result<(), TaskError> {
@@ -159,11 +155,11 @@ where
         if let Err(e) = self.settle() {
             tracing::error!(error = %e, "writing a committed batch failed; the restore rebuilds it");
         }
-        self.drop_staged();
+        self.staging.clear();
         self.cache.clear();
         self.sealed = None;
         self.reemits.reset(0, None);
-        self.counts = Counts::default();
+        self.staging.counts = Default::default();
         self.status = Status::Restoring;
         self.epoch += 1;
         self.epoch
@@ -171,38 +167,37 @@ where
 
     fn activate(&mut self, restored: Restored) {
         if let Ok(Some(cp)) = self.store.checkpoint() {
-            self.watermark = cp.watermark_ms;
-            self.changelog_from = cp.changelog_offset;
+            self.pos.watermark = cp.watermark_ms;
+            self.pos.changelog_from = cp.changelog_offset;
         }
-        self.committed_watermark = self.watermark;
-        self.committed = restored.committed;
-        self.next = restored.committed;
-        self.changelog_end = restored.changelog_end;
+        self.pos.committed_watermark = self.pos.watermark;
+        self.pos.committed = restored.committed;
+        self.pos.next = restored.committed;
+        self.pos.changelog_end = restored.changelog_end;
         let ahead = restored.ahead;
-        self.output_end = ahead.output_end;
+        self.pos.output_end = ahead.output_end;
         self.reemits.reset(ahead.horizon, ahead.keys);
         self.status = Status::Active;
     }
 
-    fn output_end(&self) -> i64 {
-        self.output_end
-    }
-
-    fn changelog_end(&self) -> Option<i64> {
-        (!self.wrote_changelog).then_some(self.changelog_end)
+    fn commit_point(&self) -> CommitPoint {
+        let (input, watermark_ms) = self.reemits.resume(self.pos.next, self.pos.watermark);
+        let control = self.status == Status::Active && self.pos.control_next > self.base().1;
+        CommitPoint {
+            input,
+            watermark_ms,
+            changelog_end: (!self.staging.wrote_changelog).then_some(self.pos.changelog_end),
+            output_end: self.pos.output_end,
+            control: control.then_some(self.pos.control_next),
+        }
     }
 
     fn repair(&mut self, record: ControlRecord<'_>) {
         self.stage_repair(record);
     }
 
-    fn control_position(&self) -> Option<i64> {
-        (self.status == Status::Active && self.control_next > self.base().1)
-            .then_some(self.control_next)
-    }
-
     fn activate_control(&mut self, committed: i64) {
-        self.control_committed = committed;
-        self.control_next = committed;
+        self.pos.control_committed = committed;
+        self.pos.control_next = committed;
     }
 }

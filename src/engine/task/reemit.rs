@@ -95,7 +95,7 @@ where
     /// Holds `key`'s output from the event at `offset` on, unless it is held already.
     fn hold(&mut self, key: &str, offset: i64) {
         if !self.reemits.held.contains_key(key) {
-            let before = (offset, self.watermark);
+            let before = (offset, self.pos.watermark);
             self.reemits.held.insert(key.to_owned(), before);
         }
     }
@@ -104,7 +104,7 @@ where
     /// horizon. Only records the task processed count: when the input ends in transaction
     /// markers, the next record releases them.
     pub(super) fn release_reemits(&mut self) -> Result<(), TaskError> {
-        if self.reemits.held.is_empty() || self.next < self.reemits.horizon {
+        if self.reemits.held.is_empty() || self.pos.next < self.reemits.horizon {
             return Ok(());
         }
         self.reemits.ahead = Some(HashMap::default());
@@ -114,10 +114,10 @@ where
         ::metrics::counter!("tally_outputs_resent_total", "flow" => self.flow.name.clone())
             .increment(held.len() as u64);
         for key in held.keys() {
-            if let Some((i, _, slot)) = self.states.get_full_mut(key.as_str()) {
+            if let Some((i, _, slot)) = self.staging.states.get_full_mut(key.as_str()) {
                 if !slot.dirty {
                     slot.dirty = true;
-                    self.dirty.push(i);
+                    self.staging.dirty.push(i);
                 }
             } else if let Some(state) = self.load_state(key)? {
                 self.stage(key, state);

@@ -43,10 +43,10 @@ where
     /// Stages a corrected row read from the control topic, or refuses it; either way the
     /// decision is staged as an audit record in the same transaction.
     pub(super) fn stage_repair(&mut self, record: ControlRecord<'_>) {
-        if self.status != Status::Active || record.offset < self.control_next {
+        if self.status != Status::Active || record.offset < self.pos.control_next {
             return;
         }
-        self.control_next = record.offset + 1;
+        self.pos.control_next = record.offset + 1;
         let key = String::from_utf8_lossy(record.key).into_owned();
         let outcome = match record.verified {
             Err(refusal) => Err((refusal, "the control record is not signed by a known key")),
@@ -55,19 +55,19 @@ where
         let (refusal, message) = match outcome {
             Ok(state) => {
                 tracing::info!(flow = %self.flow.name, partition = self.partition, %key, "repair staged");
-                self.counts.repairs_applied += 1;
+                self.staging.counts.repairs_applied += 1;
                 self.stage(&key, state);
                 (None, "applied".to_string())
             }
             Err((refusal, why)) => {
                 tracing::warn!(flow = %self.flow.name, partition = self.partition, %key,
                     offset = record.offset, reason = refusal.as_str(), why, "repair refused");
-                self.counts.repairs_refused.push(refusal);
+                self.staging.counts.repairs_refused.push(refusal);
                 (Some(refusal.as_str()), why.to_string())
             }
         };
         let a = record.authority;
-        self.audits.push(Audit {
+        self.staging.audits.push(Audit {
             kind: if refusal.is_none() {
                 "repair_applied"
             } else {
@@ -97,7 +97,7 @@ where
         let bound = authority.map_or(0, |a| a.bound);
         // A key that applied an event past the replay's bound has moved on: the rebuilt row is
         // stale, and writing it would undo that event.
-        let current = match self.states.get(key) {
+        let current = match self.staging.states.get(key) {
             Some(s) => Some(P::source(&s.state).offset),
             None => self
                 .load_state(key)

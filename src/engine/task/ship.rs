@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 
-use tally_state::{ChangelogKey, Checkpoint, CommitBatch, RecordKind};
+use tally_state::{ChangelogKey, Checkpoint, RecordKind};
 use tally_topology::Projection;
 
-use super::{Inflight, ProduceError, Sealed, Task, TaskError, MAX_INFLIGHT};
-use crate::engine::sink::{DeliveredOffsets, Sink};
+use super::batches::{Inflight, Sealed, MAX_INFLIGHT};
+use super::outbox::Outbox;
+use super::{ProduceError, Task, TaskError};
 use crate::metrics;
 
 /// Most dedupe entries examined for expiry per commit and task.
@@ -25,109 +26,113 @@ where
     /// Entries go first: under at_least_once a crash can land a prefix of the changelog, and an
     /// entry whose state is missing is detectable (the state's source offset is older than the
     /// entry's), while a state whose entry is missing is not.
-    pub(super) fn ship_staged(&mut self, sink: &Sink) -> Result<(), ProduceError> {
+    pub(super) fn ship_staged(&mut self, out: &mut dyn Outbox) -> Result<(), ProduceError> {
         let flow = Arc::clone(&self.flow);
         let p = self.partition;
-        let fresh = self.dedupe_shipped..self.dedupe.len();
-        self.bundle.clear();
-        let mut reship = std::mem::take(&mut self.dedupe_reship);
+        let fresh = self.staging.dedupe_shipped..self.staging.dedupe.len();
+        self.scratch.bundle.clear();
+        let mut reship = std::mem::take(&mut self.staging.dedupe_reship);
         for i in reship.drain(..).chain(fresh) {
-            let Some((id, entry)) = self.dedupe.get_index(i) else {
+            let Some((id, entry)) = self.staging.dedupe.get_index(i) else {
                 continue;
             };
-            self.bundle
+            self.scratch
+                .bundle
                 .push(id.as_bytes(), entry)
                 .map_err(|e| self.store_err(e))?;
-            self.batch.put_dedupe(id.as_bytes(), *entry);
-            if self.bundle.is_full() {
-                self.send_bundle(sink)?;
+            self.staging.batch.put_dedupe(id.as_bytes(), *entry);
+            if self.scratch.bundle.is_full() {
+                self.send_bundle(out)?;
             }
         }
-        self.dedupe_reship = reship;
-        self.dedupe_shipped = self.dedupe.len();
-        if !self.bundle.is_empty() {
-            self.send_bundle(sink)?;
+        self.staging.dedupe_reship = reship;
+        self.staging.dedupe_shipped = self.staging.dedupe.len();
+        if !self.scratch.bundle.is_empty() {
+            self.send_bundle(out)?;
         }
-        if !self.dirty.is_empty() {
+        if !self.staging.dirty.is_empty() {
             crate::engine::faults::hit_after("between_dedupe_and_states", || {
-                let _ = sink.flush();
+                let _ = out.flush();
             });
             // Outputs and states are separate partitions: a crash can land an output, not its
             // state. This lands the round's outputs alone before dying.
             crate::engine::faults::hit_after("outputs_before_states", || {
-                for &i in &self.dirty {
-                    if let Some((key, slot)) = self.states.get_index(i) {
-                        if P::render(&slot.state, &mut self.buf).is_ok() {
-                            let _ = sink.send(
+                for &i in &self.staging.dirty {
+                    if let Some((key, slot)) = self.staging.states.get_index(i) {
+                        if P::render(&slot.state, &mut self.scratch.buf).is_ok() {
+                            let _ = out.put(
                                 &flow.output,
                                 p,
                                 Some(key.as_bytes()),
-                                Some(&self.buf),
-                                None,
+                                Some(&self.scratch.buf),
                             );
                         }
                     }
                 }
-                let _ = sink.flush();
+                let _ = out.flush();
             });
         }
-        for i in self.dirty.drain(..) {
-            let Some((key, slot)) = self.states.get_index_mut(i) else {
+        for i in self.staging.dirty.drain(..) {
+            let Some((key, slot)) = self.staging.states.get_index_mut(i) else {
                 continue;
             };
             slot.dirty = false;
-            P::encode_state(&slot.state, &mut self.buf);
-            ChangelogKey::encode_into(RecordKind::State, key.as_bytes(), &mut self.key);
-            sink.send(&flow.changelog, p, Some(&self.key), Some(&self.buf), None)?;
-            self.batch.put_state(key.as_bytes(), &self.buf);
-            self.wrote_changelog = true;
+            P::encode_state(&slot.state, &mut self.scratch.buf);
+            ChangelogKey::encode_into(RecordKind::State, key.as_bytes(), &mut self.scratch.key);
+            out.put(
+                &flow.changelog,
+                p,
+                Some(&self.scratch.key),
+                Some(&self.scratch.buf),
+            )?;
+            self.staging
+                .batch
+                .put_state(key.as_bytes(), &self.scratch.buf);
+            self.staging.wrote_changelog = true;
             // A key held after a crash sends its output once the redelivery is over.
             if self.reemits.holds(key) {
                 continue;
             }
-            P::render(&slot.state, &mut self.buf).map_err(|e| TaskError::State {
+            P::render(&slot.state, &mut self.scratch.buf).map_err(|e| TaskError::State {
                 flow: flow.name.clone(),
                 partition: p,
                 key: key.clone(),
                 message: e.to_string(),
             })?;
-            sink.send(&flow.output, p, Some(key.as_bytes()), Some(&self.buf), None)?;
-        }
-        for d in &self.dead[self.dead_shipped..] {
-            let headers = d.headers(&flow.input, p);
-            sink.send(&flow.dead_letter, p, d.key(), d.value(), Some(headers))?;
-        }
-        self.dead_shipped = self.dead.len();
-        for a in &self.audits[self.audits_shipped..] {
-            // An audit record is small plain data; it always serializes.
-            let body = serde_json::to_vec(a).unwrap_or_default();
-            sink.send(
-                &flow.evidence,
-                0,
-                Some(flow.name.as_bytes()),
-                Some(&body),
-                None,
+            out.put(
+                &flow.output,
+                p,
+                Some(key.as_bytes()),
+                Some(&self.scratch.buf),
             )?;
         }
-        self.audits_shipped = self.audits.len();
+        for d in &self.staging.dead[self.staging.dead_shipped..] {
+            d.ship(&flow.dead_letter, &flow.input, p, out)?;
+        }
+        self.staging.dead_shipped = self.staging.dead.len();
+        for a in &self.staging.audits[self.staging.audits_shipped..] {
+            // An audit record is small plain data; it always serializes.
+            let body = serde_json::to_vec(a).unwrap_or_default();
+            out.put(&flow.evidence, 0, Some(flow.name.as_bytes()), Some(&body))?;
+        }
+        self.staging.audits_shipped = self.staging.audits.len();
         Ok(())
     }
 
     /// Sends the bundle filled so far and stages its row for the store.
-    fn send_bundle(&mut self, sink: &Sink) -> Result<(), ProduceError> {
-        self.bundle.key_into(&mut self.key);
-        let flow = &self.flow;
-        sink.send(
-            &flow.changelog,
+    fn send_bundle(&mut self, out: &mut dyn Outbox) -> Result<(), ProduceError> {
+        self.scratch.bundle.key_into(&mut self.scratch.key);
+        out.put(
+            &self.flow.changelog,
             self.partition,
-            Some(&self.key),
-            Some(self.bundle.value()),
-            None,
+            Some(&self.scratch.key),
+            Some(self.scratch.bundle.value()),
         )?;
-        self.batch
-            .put_bundle(&self.key, self.bundle.max_event_time_ms());
-        self.wrote_changelog = true;
-        self.bundle.clear();
+        self.staging
+            .batch
+            .put_bundle(&self.scratch.key, self.scratch.bundle.max_event_time_ms());
+        self.staging.wrote_changelog = true;
+        self.scratch.bundle.clear();
         Ok(())
     }
 
@@ -137,16 +142,16 @@ where
     /// from that position's watermark, and to them an entry below its bound is expired anyway.
     pub(super) fn ship_expiry(
         &mut self,
-        sink: &Sink,
+        out: &mut dyn Outbox,
         retention_ms: i64,
     ) -> Result<(), ProduceError> {
-        if self.committed_watermark == i64::MIN {
+        if self.pos.committed_watermark == i64::MIN {
             return Ok(());
         }
-        let bound = self.committed_watermark.saturating_sub(retention_ms);
+        let bound = self.pos.committed_watermark.saturating_sub(retention_ms);
         // Sweeping twice as many entries as the batch adds keeps pace with the index's growth
         // while a small commit stays cheap (the scan runs inside the transaction).
-        let scan = (2 * self.dedupe.len()).clamp(EXPIRY_SCAN_MIN, EXPIRY_SCAN_MAX);
+        let scan = (2 * self.staging.dedupe.len()).clamp(EXPIRY_SCAN_MIN, EXPIRY_SCAN_MAX);
         let expired = self
             .store
             .expired_dedupe(bound, scan)
@@ -155,22 +160,21 @@ where
         let legacy = self.store.legacy_dedupe().map_err(|e| self.store_err(e))?;
         for (id, event_time_ms) in &expired {
             if legacy.is_some_and(|newest| *event_time_ms <= newest) {
-                ChangelogKey::encode_into(RecordKind::Dedupe, id, &mut self.key);
-                sink.send(
+                ChangelogKey::encode_into(RecordKind::Dedupe, id, &mut self.scratch.key);
+                out.put(
                     &self.flow.changelog,
                     self.partition,
-                    Some(&self.key),
-                    None,
+                    Some(&self.scratch.key),
                     None,
                 )?;
-                self.wrote_changelog = true;
+                self.staging.wrote_changelog = true;
             }
-            self.batch.remove_dedupe(id);
+            self.staging.batch.remove_dedupe(id);
         }
         if let Some(newest) = legacy {
             let after = newest.saturating_add(1);
             if bound >= after && !self.store.dedupe_may_hold_older_than(after) {
-                self.batch.end_legacy();
+                self.staging.batch.end_legacy();
             }
         }
         let bundles = self
@@ -179,16 +183,16 @@ where
             .map_err(|e| self.store_err(e))?;
         tracing::trace!(
             partition = self.partition,
-            watermark = self.committed_watermark,
+            watermark = self.pos.committed_watermark,
             bound,
             entries = expired.len(),
             bundles = bundles.len(),
             "dedupe expiry scan"
         );
         for key in &bundles {
-            sink.send(&self.flow.changelog, self.partition, Some(key), None, None)?;
-            self.batch.remove_bundle(key);
-            self.wrote_changelog = true;
+            out.put(&self.flow.changelog, self.partition, Some(key), None)?;
+            self.staging.batch.remove_bundle(key);
+            self.staging.wrote_changelog = true;
         }
         Ok(())
     }
@@ -198,21 +202,21 @@ where
     pub(super) fn seal_staged(&mut self) {
         debug_assert!(self.sealed.is_none(), "one commit runs at a time");
         self.sealed = Some(Sealed {
-            states: std::mem::take(&mut self.states),
-            dedupe: std::mem::take(&mut self.dedupe),
-            batch: std::mem::take(&mut self.batch),
-            next: self.next,
-            resume: self.reemits.resume(self.next, self.watermark),
-            control_next: self.control_next,
-            counts: std::mem::take(&mut self.counts),
-            wrote_changelog: self.wrote_changelog,
+            states: std::mem::take(&mut self.staging.states),
+            dedupe: std::mem::take(&mut self.staging.dedupe),
+            batch: std::mem::take(&mut self.staging.batch),
+            next: self.pos.next,
+            resume: self.reemits.resume(self.pos.next, self.pos.watermark),
+            control_next: self.pos.control_next,
+            counts: std::mem::take(&mut self.staging.counts),
+            wrote_changelog: self.staging.wrote_changelog,
         });
-        self.drop_staged();
+        self.staging.clear();
     }
 
     /// Queues the sealed batch, now committed, at the store writer; lookups see it until it is
-    /// written.
-    pub(super) fn hand_to_writer(&mut self, offsets: &DeliveredOffsets) -> Result<(), TaskError> {
+    /// written. `delivered`: the changelog partition's end after every acknowledged record.
+    pub(super) fn hand_to_writer(&mut self, delivered: i64) -> Result<(), TaskError> {
         let Some(sealed) = self.sealed.take() else {
             return Ok(());
         };
@@ -229,17 +233,15 @@ where
                 self.retire(batch.states);
             }
         }
-        // Nothing is shipped while a commit runs, so every delivered record belongs to it.
-        let delivered = offsets.next_offset(&self.flow.changelog, self.partition);
-        self.changelog_from = self.changelog_from.max(delivered);
+        self.pos.changelog_from = self.pos.changelog_from.max(delivered);
         if sealed.wrote_changelog {
-            self.changelog_end = delivered;
+            self.pos.changelog_end = delivered;
         }
         let mut batch = sealed.batch;
         let (resume, resume_watermark) = sealed.resume;
         batch.set_checkpoint(Checkpoint {
             input_offset: resume,
-            changelog_offset: self.changelog_from,
+            changelog_offset: self.pos.changelog_from,
             watermark_ms: resume_watermark,
         });
         let pending = self.writer.submit(self.store.clone(), batch);
@@ -248,9 +250,9 @@ where
             dedupe: sealed.dedupe,
             pending,
         });
-        self.committed = sealed.next;
-        self.committed_watermark = resume_watermark;
-        self.control_committed = sealed.control_next;
+        self.pos.committed = sealed.next;
+        self.pos.committed_watermark = resume_watermark;
+        self.pos.control_committed = sealed.control_next;
         let c = sealed.counts;
         metrics::record_commit(
             &self.flow.name,
@@ -263,20 +265,5 @@ where
         let (hits, misses) = self.cache.take_counts();
         metrics::record_state_cache(&self.flow.name, hits, misses);
         Ok(())
-    }
-
-    /// Forgets everything staged since the last commit (after it committed, or was dropped).
-    pub(super) fn drop_staged(&mut self) {
-        self.states.clear();
-        self.dirty.clear();
-        self.dedupe.clear();
-        self.dedupe_shipped = 0;
-        self.dedupe_reship.clear();
-        self.dead.clear();
-        self.dead_shipped = 0;
-        self.audits.clear();
-        self.audits_shipped = 0;
-        self.wrote_changelog = false;
-        self.batch = CommitBatch::default();
     }
 }

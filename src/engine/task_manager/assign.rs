@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use tally_state::{Store, StoreOptions};
 
-use super::task::Status;
-use super::{Engine, EngineError, FlowInfo};
+use super::{TaskId, TaskManager};
+use crate::engine::{EngineError, FlowInfo};
 
 /// First wait before opening a store that failed to open again; it doubles up to the cap.
 const RETRY_FIRST: Duration = Duration::from_millis(500);
@@ -21,7 +21,7 @@ pub(super) struct Blocked {
     next_try: Instant,
 }
 
-impl Engine {
+impl TaskManager {
     fn store_path(&self, flow: &FlowInfo, partition: i32) -> std::path::PathBuf {
         self.cfg
             .state_dir
@@ -32,7 +32,7 @@ impl Engine {
 
     /// Opens the store of a newly assigned partition and starts restoring it; a store that
     /// cannot be opened leaves the partition blocked (paused, not ready) and is tried again.
-    pub(super) fn add_task(&mut self, flow_idx: usize, partition: i32) {
+    pub(in crate::engine) fn add(&mut self, (flow_idx, partition): TaskId) {
         if self.tasks.contains_key(&(flow_idx, partition)) {
             return;
         }
@@ -66,7 +66,7 @@ impl Engine {
     }
 
     /// Tries again the stores whose wait is over.
-    pub(super) fn retry_blocked(&mut self) {
+    pub(in crate::engine) fn retry_blocked(&mut self) {
         let now = Instant::now();
         let due: Vec<_> = self
             .blocked
@@ -75,7 +75,7 @@ impl Engine {
             .map(|(k, _)| *k)
             .collect();
         for (f, p) in due {
-            self.add_task(f, p);
+            self.add((f, p));
         }
     }
 
@@ -115,7 +115,7 @@ impl Engine {
             cache,
         );
         self.tasks.insert((flow_idx, partition), task);
-        self.start_restore(flow_idx, partition);
+        self.start_restore((flow_idx, partition));
     }
 
     /// A task's share of `statestore_cache_max_bytes`: the budget split over every input
@@ -127,7 +127,7 @@ impl Engine {
     }
 
     /// Forgets a partition this instance no longer owns.
-    pub(super) fn remove_task(&mut self, flow_idx: usize, partition: i32) {
+    pub(in crate::engine) fn remove(&mut self, (flow_idx, partition): TaskId) {
         self.blocked.remove(&(flow_idx, partition));
         self.control
             .release(&self.flows[flow_idx].control, partition);
@@ -144,29 +144,5 @@ impl Engine {
             self.stores.remove(&(t.flow().name.clone(), partition));
         }
         self.publish_assignment();
-    }
-
-    /// Publishes partition counts to the health endpoint.
-    pub(super) fn update_gauges(&self) {
-        let restoring = self
-            .tasks
-            .values()
-            .filter(|t| t.status() == Status::Restoring)
-            .count();
-        let assigned = self.tasks.len() + self.blocked.len();
-        self.health
-            .set_partitions(assigned, restoring, self.blocked.len());
-    }
-
-    /// Publishes a changed assignment: counts, and the partitions whose lag is read.
-    fn publish_assignment(&self) {
-        self.update_gauges();
-        let parts = self
-            .tasks
-            .keys()
-            .chain(self.blocked.keys())
-            .map(|&(f, p)| (self.flows[f].input.clone(), p))
-            .collect();
-        self.readings.set_assigned(parts);
     }
 }

@@ -9,9 +9,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::task::ControlRecord;
-use super::Engine;
+use super::TaskManager;
 use crate::config::Config;
+use crate::engine::task::ControlRecord;
 use crate::kafka::clients::{self, Quiet};
 use crate::signing;
 
@@ -68,9 +68,9 @@ impl Control {
     }
 }
 
-impl Engine {
+impl TaskManager {
     /// Hands waiting repairs to their tasks.
-    pub(super) fn poll_control(&mut self) {
+    pub(in crate::engine) fn poll_control(&mut self) {
         if self.control.assigned.is_empty() {
             return;
         }

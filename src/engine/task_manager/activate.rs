@@ -8,9 +8,9 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::restore::RestoreJob;
-use super::Engine;
+use super::{TaskId, TaskManager};
 use crate::config::ProcessingGuarantee;
+use crate::engine::restore::RestoreJob;
 
 /// A running restore as the engine sees it: to cancel it, and to see it read on.
 #[derive(Clone, Default)]
@@ -19,9 +19,9 @@ pub(super) struct RestoreHandle {
     pub read: Arc<AtomicU64>,
 }
 
-impl Engine {
+impl TaskManager {
     /// Starts a task's restore from what Kafka committed, cancelling one still running.
-    pub(super) fn start_restore(&mut self, flow_idx: usize, partition: i32) {
+    pub(in crate::engine) fn start_restore(&mut self, (flow_idx, partition): TaskId) {
         let Some(task) = self.tasks.get_mut(&(flow_idx, partition)) else {
             return;
         };
@@ -31,7 +31,7 @@ impl Engine {
             old.cancel.store(true, Ordering::Release);
         }
         self.pending_seeks
-            .retain(|(f, p, _)| (*f, *p) != (flow_idx, partition));
+            .retain(|(id, _)| *id != (flow_idx, partition));
         let control = &self.flows[flow_idx].control;
         self.control.release(control, partition);
         RestoreJob {
@@ -51,12 +51,15 @@ impl Engine {
     }
 
     /// Restarts every task from what Kafka committed (after a failed or unknown commit).
-    pub(super) fn restart_all<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+    pub(in crate::engine) fn restart_all<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) {
         let keys: Vec<_> = self.tasks.keys().copied().collect();
         let mut tpl = TopicPartitionList::new();
         for (f, p) in keys {
             tpl.add_partition(&self.flows[f].input, p);
-            self.start_restore(f, p);
+            self.start_restore((f, p));
         }
         if let Err(e) = consumer.pause(&tpl) {
             tracing::warn!(error = %e, "cannot pause partitions for restore");
@@ -64,7 +67,10 @@ impl Engine {
     }
 
     /// Activates tasks whose restore finished: seek to the committed offset, then resume.
-    pub(super) fn finish_restores<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+    pub(in crate::engine) fn finish_restores<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) {
         while let Ok(done) = self.restores_rx.try_recv() {
             let key = (done.flow, done.partition);
             let current = self.tasks.get(&key).map(|t| t.epoch());
@@ -74,20 +80,20 @@ impl Engine {
             match done.result {
                 Ok(r) => {
                     tracing::debug!(records = r.records, full = r.full, "restore finished");
-                    self.pending_seeks.push((done.flow, done.partition, r));
+                    self.pending_seeks.push(((done.flow, done.partition), r));
                 }
                 Err(e) => {
                     tracing::warn!(flow = %self.flows[done.flow].name, partition = done.partition,
                         error = %e, "restore failed; retrying");
                     std::thread::sleep(Duration::from_millis(500));
-                    self.start_restore(done.flow, done.partition);
+                    self.start_restore((done.flow, done.partition));
                 }
             }
         }
         let seeks = std::mem::take(&mut self.pending_seeks);
         // One wake that times out says the broker is away: the rest would each wait as long.
         let mut waking = true;
-        for (f, p, restored) in seeks {
+        for ((f, p), restored) in seeks {
             let offset = restored.committed;
             let topic = self.flows[f].input.clone();
             match consumer.seek(&topic, p, Offset::Offset(offset), Duration::from_secs(10)) {
@@ -112,7 +118,7 @@ impl Engine {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "seek not possible yet; retrying");
-                    self.pending_seeks.push((f, p, restored));
+                    self.pending_seeks.push(((f, p), restored));
                 }
             }
         }

@@ -1,7 +1,6 @@
-//! The Kafka half of a commit on a thread of its own: waiting for acknowledgements and the
+//! The Kafka half of a commit, on a thread of its own: waiting for acknowledgements and the
 //! transaction's round trips, while the poll loop goes on processing the next batch.
 
-use std::collections::HashMap;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,15 +9,15 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadat
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::TopicPartitionList;
-use tally_state::CommitMetadata;
 
-use super::rebalance::EngineContext;
-use super::sink::{DeliveredOffsets, DeliveryTracker};
-use super::FastHash;
+use super::offsets::Ends;
+use crate::engine::faults;
+use crate::engine::rebalance::EngineContext;
+use crate::engine::sink::DeliveryTracker;
 
 /// What the thread does once every record the producer holds is acknowledged (nothing is
 /// produced while a commit runs, so those are the commit's records).
-pub enum Work {
+pub(super) enum Work {
     /// exactly_once: the input offsets added and the transaction committed.
     Transaction {
         offsets: TopicPartitionList,
@@ -36,38 +35,6 @@ pub enum Work {
     },
 }
 
-/// Writes the partition ends known only once the commit's records are acknowledged into each
-/// input offset's metadata (see [`CommitMetadata`]).
-#[derive(Clone)]
-pub struct Ends {
-    pub delivered: Arc<DeliveredOffsets>,
-    /// Input topic -> its flow's changelog and output topics.
-    pub topics: Arc<HashMap<String, (String, String), FastHash>>,
-}
-
-impl Ends {
-    /// Fills in the changelog end of every partition whose batch wrote its changelog, and
-    /// raises an `output_end` (at_least_once) to what was delivered to its output partition.
-    pub fn stamp(&self, offsets: &TopicPartitionList) {
-        for mut at in offsets.elements() {
-            let Some((changelog, output)) = self.topics.get(at.topic()) else {
-                continue;
-            };
-            let Ok(Some(mut m)) = CommitMetadata::decode(at.metadata()) else {
-                continue;
-            };
-            let p = at.partition();
-            if m.changelog_end.is_none() {
-                m.changelog_end = Some(self.delivered.next_offset(changelog, p));
-            }
-            if let Some(end) = m.output_end {
-                m.output_end = Some(end.max(self.delivered.next_offset(output, p)));
-            }
-            at.set_metadata(m.encode());
-        }
-    }
-}
-
 struct Job {
     producer: Arc<BaseProducer<DeliveryTracker>>,
     work: Work,
@@ -76,22 +43,22 @@ struct Job {
 
 /// How long each step of a finished commit took.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Timings {
+pub(super) struct Timings {
     pub send_offsets: Duration,
     /// Waiting for the acknowledgements of the commit's records.
     pub acknowledged: Duration,
     pub commit: Duration,
 }
 
-/// Handle to the committer thread; one commit runs at a time.
-pub struct Committer {
+/// Handle to the Kafka half's thread; one commit runs at a time.
+pub(super) struct KafkaHalf {
     jobs: Sender<Job>,
     results: Receiver<KafkaResult<Timings>>,
     /// The outcome of a commit run on the poll thread because the committer thread was gone.
     fallback: Option<KafkaResult<Timings>>,
 }
 
-impl Committer {
+impl KafkaHalf {
     /// Starts the thread; it ends when the handle is dropped.
     pub fn start() -> std::io::Result<Self> {
         let (jobs, rx) = channel::<Job>();
@@ -179,14 +146,14 @@ fn run(job: Job) -> KafkaResult<Timings> {
             // The changelog ends go into the offsets' metadata, so they are sent after the
             // acknowledgements.
             ends.stamp(offsets);
-            super::faults::hit("before_send_offsets");
-            super::faults::hang("send_offsets_hangs");
+            faults::hit("before_send_offsets");
+            faults::hang("send_offsets_hangs");
             job.producer
                 .send_offsets_to_transaction(offsets, group, job.timeout)?;
             timings.send_offsets = t2.elapsed();
-            super::faults::hit("before_commit_transaction");
+            faults::hit("before_commit_transaction");
             job.producer.commit_transaction(job.timeout)?;
-            super::faults::hit("after_commit_transaction");
+            faults::hit("after_commit_transaction");
         }
         Work::Acknowledged {
             offsets,
@@ -199,7 +166,7 @@ fn run(job: Job) -> KafkaResult<Timings> {
             }
             if let Some(consumer) = consumer {
                 ends.stamp(offsets);
-                super::faults::hit("before_commit_offsets");
+                faults::hit("before_commit_offsets");
                 consumer.commit(offsets, CommitMode::Sync)?;
             }
         }
