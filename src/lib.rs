@@ -153,6 +153,7 @@ pub mod config;
 pub mod engine;
 pub mod health;
 pub mod http;
+pub mod input;
 pub mod kafka;
 pub mod metrics;
 #[cfg(feature = "tools")]

@@ -68,6 +68,14 @@ fn describe() {
         "tally_end_to_end_latency_seconds",
         "Input record timestamp to commit"
     );
+    metrics::describe_histogram!(
+        "tally_source_to_committed_seconds",
+        "Source database commit (Debezium's source.ts_ms) to the projection committed"
+    );
+    metrics::describe_counter!(
+        "tally_records_skipped_total",
+        "Input records that carry no event (heartbeats, tombstones, skipped changes), by kind"
+    );
     metrics::describe_gauge!(
         "tally_partitions_assigned",
         "Input partitions assigned to this instance"
@@ -115,6 +123,23 @@ pub fn record_commit(
         let now = crate::clock::now_ms();
         let h = metrics::histogram!("tally_end_to_end_latency_seconds");
         for ts in timestamps {
+            h.record(((now - ts).max(0) as f64) / 1000.0);
+        }
+    }
+}
+
+/// Counts a committed batch's records that carried no event, and times each applied event
+/// from its source database's commit to now.
+pub fn record_source(flow: &str, skipped: &[(crate::input::Skip, u64)], source_timestamps: &[i64]) {
+    for (skip, n) in skipped {
+        metrics::counter!("tally_records_skipped_total", "flow" => flow.to_string(), "kind" => skip.as_str())
+            .increment(*n);
+    }
+    if !source_timestamps.is_empty() {
+        let now = crate::clock::now_ms();
+        let h =
+            metrics::histogram!("tally_source_to_committed_seconds", "flow" => flow.to_string());
+        for ts in source_timestamps {
             h.record(((now - ts).max(0) as f64) / 1000.0);
         }
     }

@@ -5,11 +5,14 @@ mod env;
 mod kafka;
 mod sections;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use tally_topology::Contract;
+
+use crate::input::{FieldSource, Format, InputReader};
 
 pub use kafka::{is_secret_key, KafkaSettings};
 pub use sections::{
@@ -116,6 +119,14 @@ pub struct FlowConfig {
     /// Recovery contract file; the flow's built-in contract when absent.
     #[serde(default)]
     pub contract: Option<PathBuf>,
+    /// What the input records are: `json` (the projection's own), `debezium_outbox` or
+    /// `debezium_cdc`.
+    #[serde(default)]
+    pub format: Format,
+    /// Event fields a Debezium format takes from a header, another field or a constant, e.g.
+    /// `location_id = { field = "location" }`.
+    #[serde(default)]
+    pub map: BTreeMap<String, FieldSource>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -249,8 +260,11 @@ impl Config {
             projections
                 .contract_text(f.projection_name())
                 .map_err(|m| invalid(at("projection"), m))?;
-            f.contract(projections)
+            let contract = f
+                .contract(projections)
                 .map_err(|m| invalid(at("contract"), m))?;
+            f.input_reader(&contract)
+                .map_err(|m| invalid(at("map"), m))?;
             for (k, t) in [
                 ("input", &f.input),
                 ("output", &f.output),
@@ -345,6 +359,11 @@ impl FlowConfig {
             None => own.to_string(),
         };
         projections.parse_contract(name, &text)
+    }
+
+    /// How the flow reads its input records, under its contract's history.
+    pub fn input_reader(&self, contract: &Contract) -> Result<InputReader, String> {
+        InputReader::new(self.format, &self.map, &contract.history)
     }
 
     /// `{application_id}-{flow}-control`: replays' repairs for the owning tasks.

@@ -254,3 +254,32 @@ fn a_bad_security_or_health_setting_fails_naming_it(#[case] table: &str, #[case]
         .to_string();
     assert!(err.contains(named), "`{err}` should name `{named}`");
 }
+
+#[test]
+fn a_debezium_flow_maps_its_columns_to_event_fields() {
+    let text = format!(
+        "{MINIMAL}format = \"debezium_cdc\"\n[flows.map]\nlocation_id = {{ field = \"location\" }}\n\
+         schema_version = {{ value = 1 }}\nevent_id = {{ header = \"id\" }}\n"
+    );
+    let cfg = Config::from_toml(&text, no_env, &builtin()).unwrap();
+    let f = &cfg.flows[0];
+    assert_eq!(f.format, Format::DebeziumCdc);
+    assert_eq!(f.map["location_id"], FieldSource::Field("location".into()));
+    assert_eq!(
+        f.map["schema_version"],
+        FieldSource::Value(serde_json::json!(1))
+    );
+    assert_eq!(f.map["event_id"], FieldSource::Header("id".into()));
+}
+
+#[rstest]
+#[case::map_on_json("[flows.map]\nsku = { field = \"x\" }\n", "flows[0].map")]
+#[case::unknown_format("format = \"avro\"\n", "format")]
+#[case::unknown_source(
+    "format = \"debezium_cdc\"\n[flows.map]\nsku = { column = \"x\" }\n",
+    "column"
+)]
+fn a_bad_input_format_fails_the_start(#[case] lines: &str, #[case] named: &str) {
+    let err = Config::from_toml(&format!("{MINIMAL}{lines}"), no_env, &builtin()).unwrap_err();
+    assert!(err.to_string().contains(named), "{err}");
+}

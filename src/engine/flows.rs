@@ -8,6 +8,7 @@ use tally_topology::Guard;
 use super::projector::{Projector, Projectors};
 use super::EngineError;
 use crate::config::Config;
+use crate::input::InputReader;
 use crate::kafka::limits::{self, RecordLimit};
 use crate::kafka::topics::{TopicRole, Topics};
 
@@ -34,6 +35,8 @@ pub struct FlowInfo {
     pub record_limit: RecordLimit,
     /// The contract's invariants, which apply refuses to break.
     pub guard: Guard,
+    /// How its input records become events.
+    pub reader: InputReader,
 }
 
 /// Resolves every flow's topics: the input must exist; changelog, output and dead-letter topics
@@ -92,6 +95,7 @@ pub(super) fn prepare_topics(
                 contract.reconciliation.checks.iter().cloned(),
                 contract.reconciliation.allow_overdraft,
             ),
+            reader: f.input_reader(&contract).map_err(EngineError::Fatal)?,
         }));
     }
     Ok(out)

@@ -35,6 +35,8 @@ pub struct Plan {
     pub confirm_timeout: Duration,
     /// Who signs the repairs of an apply (and is named in its evidence).
     pub signer: Option<Signer>,
+    /// How the flow reads its input records.
+    pub reader: crate::input::InputReader,
 }
 
 /// The operator an apply acts for, and the control key that vouches for them.
@@ -75,6 +77,7 @@ impl Plan {
             apply: false,
             confirm_timeout: Duration::from_secs(60),
             signer: None,
+            reader: f.input_reader(&contract)?,
         };
         Ok((plan, contract))
     }

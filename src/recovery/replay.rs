@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use tally_topology::Projection;
 
 use super::evidence::{self, CheckResult, Evidence, OffsetRange, TimeRange};
@@ -16,6 +15,7 @@ use super::progress::Progress;
 use super::shadow::Shadow;
 use super::RecoveryError;
 use crate::kafka::clients::{self, Quiet};
+use crate::kafka::record::InputRecord;
 use crate::kafka::scan;
 
 const MAX_EXAMPLES: usize = 20;
@@ -106,7 +106,7 @@ pub fn run<P: Projection>(plan: &Plan) -> Result<Evidence, RecoveryError> {
         let states = s.spawn(|| live_states(plan, &parts, &group));
         let outputs = s.spawn(|| live_outputs(plan, &parts, &group));
         scan::read(&history, &plan.input, &ranges, |m| {
-            shadow.record(m.partition(), m.offset(), m.key(), m.payload());
+            shadow.read(&plan.reader, &InputRecord::of(m));
             progress.step();
         })?;
         progress.finish();

@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tally_topology::{Guard, Projection, SourceRef};
 
 use super::scope::Scope;
+use crate::input::{InputReader, Read};
+use crate::kafka::record::InputRecord;
 
 /// What the fold saw of one key's history (or of keyless poison, under the empty key).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -119,6 +121,22 @@ impl<P: Projection> Shadow<P> {
             self.counts.insert(k.to_string(), Counts::default());
         }
         self.counts.get_mut(k.as_ref()).expect("inserted above")
+    }
+
+    /// Folds one input record as the flow reads it (a record the flow skips is not history).
+    pub fn read(&mut self, reader: &InputReader, record: &InputRecord<'_>) {
+        match reader.read(record) {
+            Read::Event { key, value, .. } => {
+                self.record(
+                    record.partition,
+                    record.offset,
+                    key.as_deref(),
+                    Some(&value),
+                );
+            }
+            Read::Skip(_) => {}
+            Read::Refused(_) => self.record(record.partition, record.offset, record.key, None),
+        }
     }
 
     /// Folds one input record; records of a partition must come in offset order. Every record is

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
-use rdkafka::message::Message;
 use serde::Serialize;
 use tally_topology::Projection;
 
@@ -13,6 +12,7 @@ use super::replay::Plan;
 use super::scope::Scope;
 use super::shadow::{Applied, Shadow};
 use super::RecoveryError;
+use crate::kafka::record::InputRecord;
 use crate::kafka::{clients, scan};
 
 /// Where in history to stop.
@@ -92,7 +92,7 @@ pub fn state_at<P: Projection>(
     }
     let ranges = BTreeMap::from([(partition, (low, end))]);
     scan::read(&consumer, &plan.input, &ranges, |m| {
-        shadow.record(m.partition(), m.offset(), m.key(), m.payload());
+        shadow.read(&plan.reader, &InputRecord::of(m));
     })?;
     let totals = shadow.totals();
     let state = match shadow.states.get(key) {

@@ -37,10 +37,50 @@ pub struct Contract {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct History {
-    /// Only `kafka` so far.
+    /// `kafka` (the input topic is the history) or `postgres` (a table is, relayed to the input
+    /// topic by change data capture).
     pub kind: String,
     /// Topics; `{input}` is the flow's configured input topic.
     pub topics: Vec<String>,
+    /// `postgres`: the table, `schema.table`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// What an update of the history's rows does to the projection.
+    #[serde(default, skip_serializing_if = "ChangePolicy::is_default")]
+    pub on_update: ChangePolicy,
+    /// What a delete of the history's rows does to the projection.
+    #[serde(default, skip_serializing_if = "ChangePolicy::is_default")]
+    pub on_delete: ChangePolicy,
+}
+
+impl History {
+    /// The input topic as the whole history: the built-in contracts' history.
+    pub fn kafka() -> Self {
+        Self {
+            kind: "kafka".into(),
+            topics: vec!["{input}".into()],
+            table: None,
+            on_update: ChangePolicy::default(),
+            on_delete: ChangePolicy::default(),
+        }
+    }
+}
+
+/// What a change other than an insert does to an append-only history's projection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangePolicy {
+    /// History is append-only: the change goes to the dead-letter topic with its reason.
+    #[default]
+    DeadLetter,
+    /// The change is counted and not applied.
+    Skip,
+}
+
+impl ChangePolicy {
+    fn is_default(&self) -> bool {
+        *self == ChangePolicy::default()
+    }
 }
 
 /// What keeps events in order.
@@ -87,6 +127,10 @@ pub struct Reconciliation {
     pub checks: Vec<String>,
     #[serde(default)]
     pub allow_overdraft: bool,
+    /// `postgres` history: SQL returning, per key, what its output must hold, as rows of
+    /// (`key` text, `path` text, a JSON pointer into the output record, `value` bigint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_query: Option<String>,
 }
 
 /// Where evidence records go.
@@ -157,10 +201,25 @@ impl Contract {
                 format!("`{}` but the flow runs {name}", self.flow),
             ));
         }
-        if self.history.kind != "kafka" {
+        match (self.history.kind.as_str(), &self.history.table) {
+            ("kafka", None) | ("postgres", Some(_)) => {}
+            ("kafka", Some(_)) => {
+                return Err(err("history.table", "only a postgres history has a table"))
+            }
+            ("postgres", None) => {
+                return Err(err("history.table", "a postgres history names its table"))
+            }
+            (other, _) => {
+                return Err(err(
+                    "history.kind",
+                    format!("`{other}` is not kafka or postgres"),
+                ))
+            }
+        }
+        if self.reconciliation.source_query.is_some() && self.history.kind != "postgres" {
             return Err(err(
-                "history.kind",
-                format!("`{}` is not kafka", self.history.kind),
+                "reconciliation.source_query",
+                "only a postgres history has a source query",
             ));
         }
         if self.history.topics.is_empty() {
@@ -290,7 +349,7 @@ impl Contract {
         let c = self;
         format!(
             "recovery contract of flow `{flow}` (contract_version {cv}, digest {digest})\n\
-             1. authoritative history   {hk}: {topics}\n\
+             1. authoritative history   {hk}{table}: {topics}\n\
              2. ordering key            {ok} (order per {os}; producers' partitioner {part:?})\n\
              3. idempotency key         {ik}; duplicates: {dp}\n\
              4. projection              {pn} v{pv}, event schema versions {sv:?}\n\
@@ -301,6 +360,12 @@ impl Contract {
             cv = c.contract_version,
             digest = c.digest(),
             hk = c.history.kind,
+            table = c
+                .history
+                .table
+                .as_deref()
+                .map(|t| format!(" table {t}, relayed to"))
+                .unwrap_or_default(),
             topics = c.history.topics.join(", "),
             ok = c.ordering.key,
             os = c.ordering.scope,
@@ -405,6 +470,57 @@ mod tests {
         assert_ne!(text, Inventory::CONTRACT, "case did not apply");
         let e = inventory(&text).unwrap_err();
         assert!(e.to_string().contains(field), "{e}");
+    }
+
+    const POSTGRES: &str = "kind = \"postgres\"\ntable = \"public.inventory_transaction\"";
+
+    #[test]
+    fn a_postgres_history_names_its_table_and_may_have_a_source_query() {
+        let text = Inventory::CONTRACT
+            .replace(
+                "kind = \"kafka\"",
+                &format!("{POSTGRES}\non_update = \"skip\""),
+            )
+            .replace(
+                "[reconciliation]",
+                "[reconciliation]\nsource_query = \"select 1\"",
+            );
+        let c = inventory(&text).unwrap();
+        assert_eq!(
+            c.history.table.as_deref(),
+            Some("public.inventory_transaction")
+        );
+        assert_eq!(
+            (c.history.on_update, c.history.on_delete),
+            (ChangePolicy::Skip, ChangePolicy::DeadLetter)
+        );
+        assert_eq!(c.reconciliation.source_query.as_deref(), Some("select 1"));
+        assert!(c
+            .render_text()
+            .contains("postgres table public.inventory_transaction"));
+    }
+
+    #[rstest]
+    #[case::postgres_without_table("kind = \"postgres\"", "history.table")]
+    #[case::kafka_with_table("kind = \"kafka\"\ntable = \"t\"", "history.table")]
+    #[case::unknown_kind("kind = \"mysql\"", "history.kind")]
+    #[case::unknown_policy("kind = \"kafka\"\non_delete = \"fold\"", "on_delete")]
+    fn a_bad_history_is_refused_naming_its_field(#[case] history: &str, #[case] field: &str) {
+        let text = Inventory::CONTRACT.replace("kind = \"kafka\"", history);
+        let e = inventory(&text).unwrap_err();
+        assert!(e.to_string().contains(field), "{e}");
+    }
+
+    #[test]
+    fn a_source_query_needs_a_postgres_history() {
+        let text = Inventory::CONTRACT.replace(
+            "[reconciliation]",
+            "[reconciliation]\nsource_query = \"select 1\"",
+        );
+        assert!(inventory(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("reconciliation.source_query"));
     }
 
     #[test]

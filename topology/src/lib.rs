@@ -21,7 +21,7 @@ pub mod codec;
 mod fields;
 mod json;
 
-pub use contract::{Contract, ContractError, ContractSpec};
+pub use contract::{ChangePolicy, Contract, ContractError, ContractSpec, History};
 pub use error::{Invalid, Reason};
 pub use inventory::{Availability, Bucket, Buckets, Inventory, InventoryEvent, Operation};
 pub use json::rendered_source;

@@ -124,8 +124,22 @@ pub(super) struct Counts {
     /// Dead letters by reason (a handful of reasons at most).
     pub dead: Vec<(Reason, u64)>,
     pub timestamps: Vec<i64>,
+    /// Records that carried no event (heartbeats, tombstones, skipped changes), by kind.
+    pub skipped: Vec<(crate::input::Skip, u64)>,
+    /// When the source database committed each applied event, where the input says.
+    pub source_timestamps: Vec<i64>,
     pub repairs_applied: u64,
     pub repairs_refused: Vec<crate::signing::Refusal>,
+}
+
+impl Counts {
+    /// Counts one record that carried no event.
+    pub fn skip(&mut self, skip: crate::input::Skip) {
+        match self.skipped.iter_mut().find(|(s, _)| *s == skip) {
+            Some((_, n)) => *n += 1,
+            None => self.skipped.push((skip, 1)),
+        }
+    }
 }
 
 /// Where a task stands in its input, changelog, output and control partitions.

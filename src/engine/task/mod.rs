@@ -31,6 +31,7 @@ use dead_letter::DeadLetter;
 
 use super::commit::store::StoreWriter;
 use super::{FastHash, FlowInfo};
+use crate::input::Read;
 use crate::kafka::record::InputRecord;
 
 /// Where a task is in its life.
@@ -260,12 +261,18 @@ where
         if let Some(ts) = record.timestamp_ms {
             self.staging.counts.timestamps.push(ts);
         }
-        let Some(value) = record.value else {
-            let invalid = Invalid::new(Reason::MalformedJson, "record has no value");
-            self.dead_letter(record, invalid, "decode");
-            return Ok(());
+        let (record_key, value, origin) = match self.flow.reader.read(record) {
+            Read::Event { key, value, source } => (key, value, source),
+            Read::Skip(skip) => {
+                self.staging.counts.skip(skip);
+                return Ok(());
+            }
+            Read::Refused(invalid) => {
+                self.dead_letter(record, invalid, "decode");
+                return Ok(());
+            }
         };
-        let event = match P::decode(record.key, value) {
+        let event = match P::decode(record_key.as_deref(), &value) {
             Ok(ev) => ev,
             Err(invalid) => {
                 self.dead_letter(record, invalid, "decode");
@@ -318,6 +325,9 @@ where
             },
         );
         self.staging.counts.applied += 1;
+        if let Some(ts) = origin.ts_ms {
+            self.staging.counts.source_timestamps.push(ts);
+        }
         Ok(())
     }
 }

@@ -261,6 +261,7 @@ where
             &c.dead,
             &c.timestamps,
         );
+        metrics::record_source(&self.flow.name, &c.skipped, &c.source_timestamps);
         metrics::record_repairs(&self.flow.name, c.repairs_applied, &c.repairs_refused);
         let (hits, misses) = self.cache.take_counts();
         metrics::record_state_cache(&self.flow.name, hits, misses);

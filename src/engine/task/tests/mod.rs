@@ -48,6 +48,7 @@ fn flow() -> Arc<FlowInfo> {
         control: "control".into(),
         evidence: "evidence".into(),
         record_limit: RecordLimit::default(),
+        reader: crate::input::InputReader::default(),
         guard: Guard::none(),
     })
 }
