@@ -166,6 +166,8 @@ pub mod registry;
 pub mod secret;
 pub mod signing;
 #[cfg(feature = "tools")]
+pub mod source_db;
+#[cfg(feature = "tools")]
 pub mod workload;
 
 pub use registry::Registry;

@@ -173,3 +173,33 @@ pub fn record_repairs(flow: &str, applied: u64, refused: &[crate::signing::Refus
             .increment(1);
     }
 }
+
+/// The upper bound of the bucket holding quantile `q` of histogram `name` for `flow`, read from
+/// the Prometheus text `/metrics` renders (what a dashboard's histogram_quantile would bound).
+pub fn histogram_quantile(text: &str, name: &str, flow: &str, q: f64) -> Option<f64> {
+    let prefix = format!("{name}_bucket{{");
+    let flow_label = format!("flow=\"{flow}\"");
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(&flow_label))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            let count: f64 = l.rsplit(' ').next()?.parse().ok()?;
+            Some((le, count))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= q * total)
+        .map(|(le, _)| *le)
+}

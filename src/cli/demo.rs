@@ -2,15 +2,14 @@
 //! workload (duplicates, conflicts, poison), then checks every key against an independent fold.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 use crate::workload;
-use anyhow::{bail, Context};
+use anyhow::bail;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -26,42 +25,17 @@ fn say(msg: impl AsRef<str>) {
     eprintln!("\n==> {}", msg.as_ref());
 }
 
-/// The local broker script, found from the source tree the binary was built in or the cwd.
-fn kafka_script() -> anyhow::Result<PathBuf> {
-    let candidates = [
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/local/kafka"),
-        PathBuf::from("deploy/local/kafka"),
-    ];
-    candidates
-        .into_iter()
-        .find(|p| p.exists())
-        .context("deploy/local/kafka not found: run the demo from the tally source tree")
-}
-
-fn kafka(script: &PathBuf, port: u16, cmd: &str) -> anyhow::Result<()> {
-    let status = Command::new(script)
-        .arg(cmd)
-        .env("KAFKA_PORT", port.to_string())
-        .status()
-        .with_context(|| format!("running {} {cmd}", script.display()))?;
-    if !status.success() {
-        bail!("{} {cmd} failed ({status})", script.display());
-    }
-    Ok(())
-}
-
 /// Runs the demo end to end; exits non-zero when the independent check fails.
 pub fn run(args: DemoArgs, registry: &Registry) -> anyhow::Result<ExitCode> {
-    let script = kafka_script()?;
     say(format!(
         "Starting a real Apache Kafka broker (KRaft) on 127.0.0.1:{}",
         args.kafka_port
     ));
-    kafka(&script, args.kafka_port, "up")?;
+    super::local::kafka(args.kafka_port, "up")?;
     let result = run_on_broker(&args, registry);
     if !args.keep_broker {
         say("Stopping the local broker (pass --keep-broker to keep it)");
-        kafka(&script, args.kafka_port, "down")?;
+        super::local::kafka(args.kafka_port, "down")?;
     }
     result
 }
@@ -115,8 +89,8 @@ listen = "127.0.0.1:0"
 
     let mut loads = Vec::new();
     for (flow, events, keys) in [
-        ("inventory", args.events, 2_000),
-        ("ledger", args.events / 2, 1_000),
+        ("inventory", args.events.unwrap_or(100_000), 2_000),
+        ("ledger", args.events.unwrap_or(100_000) / 2, 1_000),
     ] {
         let load = LoadArgs {
             flow: flow.into(),

@@ -3,6 +3,9 @@
 //! Each command prints a human summary on stderr and a JSON report on stdout.
 
 pub mod demo;
+pub mod demo_source;
+pub mod load;
+pub mod local;
 pub mod recovery;
 
 use std::collections::BTreeMap;
@@ -14,9 +17,10 @@ use std::sync::Arc;
 use crate::config::{Config, ProcessingGuarantee};
 use crate::oracle::{self, OracleSpec};
 use crate::registry::Registry;
-use crate::workload::{self, Flow, LoadSpec};
+use crate::workload::Flow;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+pub use load::{load, load_spec, LoadArgs, LoadCommand};
 
 #[derive(Parser)]
 #[command(
@@ -37,7 +41,7 @@ enum Command {
         config: PathBuf,
     },
     /// Produce a deterministic workload (same seed, same events) and print what was sent.
-    Load(LoadArgs),
+    Load(LoadCommand),
     /// Recompute every key independently from the input topic and compare with the output.
     Verify(VerifyArgs),
     /// Start a local broker, run the processor on a mixed workload, and check the results.
@@ -76,6 +80,7 @@ pub fn main(registry: Registry) -> ExitCode {
         }
         Command::Load(args) => load(args),
         Command::Verify(args) => verify(args, r),
+        Command::Demo(args) if args.source == DemoSource::Postgres => demo_source::run(&args, r),
         Command::Demo(args) => demo::run(args, r),
         Command::Contract(cmd) => recovery::contract(cmd, r),
         Command::Replay(args) => recovery::replay(args, r),
@@ -126,87 +131,6 @@ pub fn run(config: &Path, registry: &Registry) -> anyhow::Result<ExitCode> {
     }
     crate::processor::run(cfg, registry, shutdown)?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Arguments of `tally load`.
-#[derive(Args, Debug, Clone)]
-pub struct LoadArgs {
-    /// Which event contract to generate.
-    #[arg(long, default_value = "inventory")]
-    pub flow: String,
-    /// Records to send in total (duplicates and invalid ones included).
-    #[arg(long, default_value_t = 100_000)]
-    pub events: u64,
-    /// Distinct aggregate keys (SKUs, accounts).
-    #[arg(long, default_value_t = 10_000)]
-    pub keys: u64,
-    /// Fraction of records that are exact redeliveries of an earlier event.
-    #[arg(long, default_value_t = 0.05)]
-    pub duplicates: f64,
-    /// Fraction of records that are poison (every invalid kind in turn).
-    #[arg(long, default_value_t = 0.01)]
-    pub invalid: f64,
-    /// Fraction of records that reuse an event id with different content.
-    #[arg(long, default_value_t = 0.001)]
-    pub conflicts: f64,
-    /// Events per second; 0 sends as fast as the broker takes them.
-    #[arg(long, default_value_t = 0)]
-    pub rate: u64,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Topic to write (default: inventory.events / ledger.events).
-    #[arg(long)]
-    pub topic: Option<String>,
-    /// Create the topic with this many partitions if it does not exist.
-    #[arg(long, default_value_t = 12)]
-    pub partitions: i32,
-    #[arg(
-        long,
-        env = "TALLY_BOOTSTRAP_SERVERS",
-        default_value = "127.0.0.1:9092"
-    )]
-    pub bootstrap: String,
-}
-
-/// `tally load`.
-pub fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
-    let (spec, topic) = load_spec(&args)?;
-    let passthrough = BTreeMap::new();
-    ensure_input(&args.bootstrap, &passthrough, &topic, args.partitions)?;
-    let report = workload::produce(&args.bootstrap, &passthrough, &topic, &spec)?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The generator spec and topic of `tally load` arguments.
-pub fn load_spec(args: &LoadArgs) -> anyhow::Result<(LoadSpec, String)> {
-    let flow: Flow = args
-        .flow
-        .parse()
-        .map_err(|_| anyhow::anyhow!("--flow must be inventory or ledger, not `{}`", args.flow))?;
-    for (name, v) in [
-        ("duplicates", args.duplicates),
-        ("invalid", args.invalid),
-        ("conflicts", args.conflicts),
-    ] {
-        anyhow::ensure!((0.0..1.0).contains(&v), "--{name} must be within [0, 1)");
-    }
-    anyhow::ensure!(args.keys > 0, "--keys must be > 0");
-    let topic = args
-        .topic
-        .clone()
-        .unwrap_or_else(|| format!("{}.events", args.flow));
-    let spec = LoadSpec {
-        flow,
-        events: args.events,
-        keys: args.keys,
-        duplicates: args.duplicates,
-        invalid: args.invalid,
-        conflicts: args.conflicts,
-        rate: args.rate,
-        seed: args.seed,
-    };
-    Ok((spec, topic))
 }
 
 /// Creates an input topic when missing (the processor itself never creates inputs).
@@ -291,13 +215,37 @@ pub fn oracle_spec(
 /// Arguments of `tally demo`.
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
-    /// Inventory events to load (ledger gets half as many).
-    #[arg(long, default_value_t = 100_000)]
-    pub events: u64,
+    /// Where the events come from: `kafka` (tally's JSON, produced to the input topics) or
+    /// `postgres` (rows with an outbox in PostgreSQL, relayed by Debezium in Kafka Connect).
+    #[arg(long, value_enum, default_value_t = DemoSource::Kafka)]
+    pub source: DemoSource,
+    /// Inventory events to load (ledger gets half as many); default 100000, with postgres 20000.
+    #[arg(long)]
+    pub events: Option<u64>,
+    /// With postgres: rows written per second (0: as fast as the database takes them).
+    #[arg(long, default_value_t = 2_000)]
+    pub rate: u64,
     /// Broker port for the local Kafka the demo starts.
     #[arg(long, env = "KAFKA_PORT", default_value_t = 9092)]
     pub kafka_port: u16,
-    /// Leave the local broker running afterwards.
+    /// With postgres: the local PostgreSQL's port.
+    #[arg(long, env = "PG_PORT", default_value_t = 15432)]
+    pub pg_port: u16,
+    /// With postgres: leave Kafka Connect running through the load (a steady-state latency
+    /// measurement) instead of killing it halfway.
+    #[arg(long)]
+    pub no_kill: bool,
+    /// With postgres: the local Kafka Connect's REST port.
+    #[arg(long, env = "CONNECT_PORT", default_value_t = 18083)]
+    pub connect_port: u16,
+    /// Leave the local servers running afterwards.
     #[arg(long)]
     pub keep_broker: bool,
+}
+
+/// Where `tally demo` takes its events from.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoSource {
+    Kafka,
+    Postgres,
 }

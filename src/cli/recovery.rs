@@ -11,6 +11,7 @@ use crate::recovery::dlq;
 use crate::recovery::evidence::{self, Evidence, Operator};
 use crate::recovery::replay::{Plan, Signer};
 use crate::recovery::scope::Scope;
+use crate::recovery::source::Source;
 use crate::recovery::travel::Point;
 use crate::registry::Registry;
 use anyhow::Context;
@@ -56,6 +57,14 @@ pub struct ReconcileArgs {
     /// Also write the evidence record to this file.
     #[arg(long)]
     pub evidence_file: Option<PathBuf>,
+    /// Reconcile only: compare the live state and outputs with the contract's source query on
+    /// its PostgreSQL history (the config's `[source]`), instead of a replay of the topic.
+    #[arg(long)]
+    pub against_source: bool,
+    /// With --against-source: seconds to wait for the pipeline to catch up before a
+    /// difference counts.
+    #[arg(long, default_value_t = 60)]
+    pub wait: u64,
 }
 
 /// Who changes or republishes state, and why: required by `replay --apply` and `dlq replay`.
@@ -220,12 +229,62 @@ pub(super) fn emit(
 pub fn reconcile(args: ReconcileArgs, registry: &Registry) -> anyhow::Result<ExitCode> {
     let (cfg, plan, contract) = scoped_plan(&args, "reconcile", registry)?;
     let f = flow_of(&cfg, &args.target.flow)?;
-    let ev = run_plan(f, &plan, registry)?;
+    let ev = if args.against_source {
+        anyhow::ensure!(
+            args.scope.is_empty(),
+            "--against-source compares every key; it takes no --scope"
+        );
+        against_source(&cfg, f, registry, args.wait)?
+    } else {
+        run_plan(f, &plan, registry)?
+    };
     emit(&cfg, &contract, &ev, args.evidence_file.as_ref())
+}
+
+/// `tally reconcile --against-source` of flow `f`: its evidence, after waiting up to `wait`
+/// seconds for the live side to agree.
+pub(super) fn against_source(
+    cfg: &Config,
+    f: &FlowConfig,
+    registry: &Registry,
+    wait: u64,
+) -> anyhow::Result<Evidence> {
+    let (plan, contract) = plan(cfg, f, "reconcile", registry)?;
+    let source = source_of(cfg, &contract, wait)?;
+    let projection = registry
+        .recoverable(f.projection_name())
+        .map_err(anyhow::Error::msg)?;
+    Ok((projection.against_source)(&plan, &source)?)
+}
+
+/// The source database and query a reconcile against the source trusts: the config's
+/// `[source]` and the contract's postgres history.
+fn source_of(cfg: &Config, contract: &Contract, wait: u64) -> anyhow::Result<Source> {
+    let history = &contract.history;
+    let (Some(table), Some(query)) = (&history.table, &contract.reconciliation.source_query) else {
+        anyhow::bail!(
+            "the contract of flow `{}` has no postgres history with a reconciliation.source_query",
+            contract.flow
+        );
+    };
+    let db = cfg.source.as_ref().ok_or_else(|| {
+        anyhow::anyhow!("the config has no [source] database to reconcile against")
+    })?;
+    Ok(Source {
+        url: db.url.clone(),
+        password: db.password.clone(),
+        table: table.clone(),
+        query: query.clone(),
+        wait: Duration::from_secs(wait),
+    })
 }
 
 /// `tally replay`: a dry run, or with `--apply` a signed repair by a named operator.
 pub fn replay(args: ReplayArgs, registry: &Registry) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        !args.base.against_source,
+        "--against-source is a reconcile: run `tally reconcile --against-source`"
+    );
     let (cfg, mut plan, contract) = scoped_plan(&args.base, "replay", registry)?;
     let f = flow_of(&cfg, &args.base.target.flow)?;
     if args.apply {

@@ -16,7 +16,7 @@ use crate::input::{FieldSource, Format, InputReader};
 
 pub use kafka::{is_secret_key, KafkaSettings};
 pub use sections::{
-    resolve_listen, ControlConfig, ControlKey, HealthConfig, HttpConfig, HttpTls,
+    resolve_listen, ControlConfig, ControlKey, HealthConfig, HttpConfig, HttpTls, SourceConfig,
     MIN_CONTROL_KEY_LEN,
 };
 
@@ -101,6 +101,9 @@ pub struct Config {
     pub control: ControlConfig,
     #[serde(default)]
     pub health: HealthConfig,
+    /// The source database of flows whose history is a PostgreSQL table.
+    #[serde(default)]
+    pub source: Option<SourceConfig>,
 }
 
 /// One input topic projected into one output topic.
@@ -292,6 +295,9 @@ impl Config {
                 ));
             }
         }
+        if let Some(source) = &self.source {
+            source.check().map_err(|m| invalid("source.url", m))?;
+        }
         if self.health.stall_timeout < Duration::from_secs(1) {
             return Err(invalid("health.stall_timeout", "must be at least 1s"));
         }
@@ -413,6 +419,13 @@ fn resolve_secrets(
         .and_then(|h| h.get_mut("token"))
     {
         resolve(token, "http.token".into())?;
+    }
+    if let Some(password) = doc
+        .get_mut("source")
+        .and_then(|h| h.as_table_mut())
+        .and_then(|h| h.get_mut("password"))
+    {
+        resolve(password, "source.password".into())?;
     }
     let keys = doc
         .get_mut("control")

@@ -1,5 +1,6 @@
 //! The config's tables beside the flows: `[http]` (listen address, TLS, bearer token),
-//! `[control]` (the keys that sign repairs) and `[health]` (when no progress means unhealthy).
+//! `[control]` (the keys that sign repairs), `[health]` (when no progress means unhealthy) and
+//! `[source]` (the database a `postgres` history lives in).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -146,5 +147,32 @@ mod tests {
     #[test]
     fn a_listen_address_without_port_is_refused() {
         assert!(resolve_listen("localhost").is_err());
+    }
+}
+
+/// The database a flow's `postgres` history lives in, which `reconcile --against-source` trusts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `postgres://user@host:port/database`; the password goes in `password`, never here.
+    pub url: String,
+    #[serde(default)]
+    pub password: Option<Secret>,
+}
+
+impl SourceConfig {
+    /// Checks the URL names a PostgreSQL database and holds no password.
+    pub(super) fn check(&self) -> Result<(), String> {
+        let rest = ["postgres://", "postgresql://"]
+            .iter()
+            .find_map(|s| self.url.strip_prefix(s))
+            .ok_or("must start with postgres:// (the value is not shown)")?;
+        let authority = rest.split(['/', '?']).next().unwrap_or_default();
+        if let Some((user_info, _)) = authority.rsplit_once('@') {
+            if user_info.contains(':') {
+                return Err("holds a password: put it in source.password, e.g. { env = \"PGPASSWORD\" } (the value is not shown)".into());
+            }
+        }
+        Ok(())
     }
 }

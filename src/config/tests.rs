@@ -283,3 +283,51 @@ fn a_bad_input_format_fails_the_start(#[case] lines: &str, #[case] named: &str) 
     let err = Config::from_toml(&format!("{MINIMAL}{lines}"), no_env, &builtin()).unwrap_err();
     assert!(err.to_string().contains(named), "{err}");
 }
+
+#[test]
+fn the_source_database_password_comes_from_the_environment() {
+    let text = format!(
+        "{MINIMAL}[source]\nurl = \"postgres://tally@127.0.0.1:15432/tally\"\npassword = {{ env = \"PGPW\" }}\n"
+    );
+    let env = |k: &str| (k == "PGPW").then(|| "pg-secret-value".to_string());
+    let cfg = Config::from_toml(&text, env, &builtin()).unwrap();
+    let source = cfg.source.unwrap();
+    assert_eq!(source.password.unwrap().expose(), "pg-secret-value");
+}
+
+#[test]
+fn a_password_inside_the_source_url_is_refused_without_being_shown() {
+    let text = format!("{MINIMAL}[source]\nurl = \"postgres://tally:hunter22@db/tally\"\n");
+    let err = Config::from_toml(&text, no_env, &builtin())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("source.url") && !err.contains("hunter22"),
+        "{err}"
+    );
+}
+
+#[rstest]
+#[case::inventory("inventory")]
+#[case::ledger("ledger")]
+fn the_postgres_pipelines_contracts_are_valid(#[case] flow: &str) {
+    let path = format!(
+        "{}/deploy/local/sql/contracts/{flow}.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = MINIMAL.replace(
+        "name = \"inventory\"",
+        &format!("name = \"{flow}\"\ncontract = \"{path}\"\nformat = \"debezium_outbox\""),
+    );
+    let cfg = Config::from_toml(&text, no_env, &builtin()).unwrap();
+    let contract = cfg.flows[0].contract(&builtin()).unwrap();
+    assert_eq!(contract.history.kind, "postgres");
+    assert!(
+        contract
+            .reconciliation
+            .source_query
+            .unwrap()
+            .contains("/locations/")
+            == (flow == "inventory")
+    );
+}

@@ -109,11 +109,6 @@ pub fn replay(
     clients::flush(&producer, Duration::from_secs(60)).map_err(RecoveryError::Kafka)?;
     let mut ev = Evidence {
         recovery_id,
-        kind: "dlq_replay".to_string(),
-        flow: plan.flow.clone(),
-        contract_version: plan.contract_version,
-        contract_digest: plan.contract_digest.clone(),
-        projection_version: plan.projection_version,
         scope: match reason {
             Some(r) => format!("reason={r}"),
             None => "all".to_string(),
@@ -124,34 +119,19 @@ pub fn replay(
             .iter()
             .map(|(p, (f, t))| (*p, OffsetRange { from: *f, to: *t }))
             .collect(),
-        event_time_range: None,
         events_processed: sent,
-        duplicates_skipped: 0,
-        duplicate_conflicts: 0,
-        late_events_accepted: 0,
         dead_lettered: sent,
-        keys_in_scope: 0,
-        projection_rows_changed: 0,
         changed_keys: by_reason
             .iter()
             .map(|(r, n)| format!("{r}: {n} re-submitted"))
             .collect(),
-        state_digest_before: String::new(),
-        state_digest_after: String::new(),
-        keys_moved_on: 0,
-        rows_repaired: 0,
-        checks: Vec::new(),
-        schema_versions_seen: Vec::new(),
-        confidence_status: String::new(),
         reasons: failed
             .into_iter()
             .map(|f| format!("not re-submitted: {f}"))
             .collect(),
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
         started_at,
-        finished_at: String::new(),
         operator: Some(signer.operator.clone()),
-        repaired_keys: Vec::new(),
+        ..Evidence::of_plan(plan, "dlq_replay", started_ms)
     };
     ev.conclude();
     ev.finished_at = evidence::now_rfc3339();

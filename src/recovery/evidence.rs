@@ -86,9 +86,51 @@ pub struct Evidence {
     /// records name every one).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub repaired_keys: Vec<String>,
+    /// Set by a reconcile against the source database: which source it trusted and what differs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<super::source::SourceEvidence>,
 }
 
 impl Evidence {
+    /// An empty record of a run of `kind` over `plan`'s flow, started at `started_ms`.
+    pub fn of_plan(plan: &super::plan::Plan, kind: &str, started_ms: i64) -> Self {
+        Self {
+            recovery_id: recovery_id(kind, started_ms),
+            kind: kind.to_string(),
+            flow: plan.flow.clone(),
+            contract_version: plan.contract_version,
+            contract_digest: plan.contract_digest.clone(),
+            projection_version: plan.projection_version,
+            scope: plan.scope.describe(),
+            mode: if plan.apply { "apply" } else { "dry_run" }.to_string(),
+            source_topic: plan.input.clone(),
+            source_offsets: BTreeMap::new(),
+            event_time_range: None,
+            events_processed: 0,
+            duplicates_skipped: 0,
+            duplicate_conflicts: 0,
+            late_events_accepted: 0,
+            dead_lettered: 0,
+            keys_in_scope: 0,
+            projection_rows_changed: 0,
+            changed_keys: Vec::new(),
+            state_digest_before: String::new(),
+            state_digest_after: String::new(),
+            keys_moved_on: 0,
+            rows_repaired: 0,
+            checks: Vec::new(),
+            schema_versions_seen: Vec::new(),
+            confidence_status: String::new(),
+            reasons: Vec::new(),
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: now_rfc3339(),
+            finished_at: String::new(),
+            operator: plan.signer.as_ref().map(|s| s.operator.clone()),
+            repaired_keys: Vec::new(),
+            source: None,
+        }
+    }
+
     /// Whether the result can be relied on.
     pub fn trusted(&self) -> bool {
         self.confidence_status == "trusted"

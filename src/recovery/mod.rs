@@ -11,6 +11,7 @@ pub mod repair;
 pub mod replay;
 pub mod scope;
 pub mod shadow;
+pub mod source;
 pub mod travel;
 
 use rdkafka::error::KafkaError;
@@ -28,4 +29,6 @@ pub enum RecoveryError {
     Scope(String),
     #[error("cannot reach the owner: {0}")]
     NoOwner(String),
+    #[error("source database: {0}")]
+    Source(String),
 }

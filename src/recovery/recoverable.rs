@@ -6,6 +6,7 @@ use tally_topology::Projection;
 
 use super::evidence::Evidence;
 use super::plan::Plan;
+use super::source::{self, Source};
 use super::travel::{self, Answer, Point};
 use super::{replay, RecoveryError};
 
@@ -16,6 +17,8 @@ pub struct Recoverable {
     pub replay: fn(&Plan) -> Result<Evidence, RecoveryError>,
     /// A key's state at a point in its history (`explain`: with the events that made it).
     pub state_at: fn(&Plan, &str, Point, bool) -> Result<Answer, RecoveryError>,
+    /// A reconcile of the live state and outputs against the source database's fold.
+    pub against_source: fn(&Plan, &Source) -> Result<Evidence, RecoveryError>,
 }
 
 impl Recoverable {
@@ -24,6 +27,7 @@ impl Recoverable {
         Self {
             replay: replay::run::<P>,
             state_at: travel::state_at::<P>,
+            against_source: source::reconcile::<P>,
         }
     }
 }

@@ -29,11 +29,11 @@ struct Live<S> {
     unreadable: Vec<String>,
 }
 
-fn reader(plan: &Plan, group: &str) -> Result<BaseConsumer<Quiet>, RecoveryError> {
+pub(super) fn reader(plan: &Plan, group: &str) -> Result<BaseConsumer<Quiet>, RecoveryError> {
     Ok(clients::scan_reader(&plan.bootstrap, &plan.kafka, group)?)
 }
 
-fn throwaway_group(plan: &Plan) -> String {
+pub(super) fn throwaway_group(plan: &Plan) -> String {
     format!(
         "{}-recovery-{}-{}",
         plan.application_id,
@@ -115,15 +115,6 @@ pub fn run<P: Projection>(plan: &Plan) -> Result<Evidence, RecoveryError> {
     drop(history);
     let live = Live::decode::<P>(states, outputs);
     let mut ev = Evidence {
-        recovery_id: evidence::recovery_id(plan.kind, started_ms),
-        kind: plan.kind.to_string(),
-        flow: plan.flow.clone(),
-        contract_version: plan.contract_version,
-        contract_digest: plan.contract_digest.clone(),
-        projection_version: plan.projection_version,
-        scope: plan.scope.describe(),
-        mode: if plan.apply { "apply" } else { "dry_run" }.to_string(),
-        source_topic: plan.input.clone(),
         source_offsets: ranges
             .iter()
             .map(|(p, (from, to))| {
@@ -140,27 +131,10 @@ pub fn run<P: Projection>(plan: &Plan) -> Result<Evidence, RecoveryError> {
             from: tally_topology::time::render_event_time(a),
             to: tally_topology::time::render_event_time(b),
         }),
-        events_processed: 0,
-        duplicates_skipped: 0,
-        duplicate_conflicts: 0,
-        late_events_accepted: 0,
-        dead_lettered: 0,
-        keys_in_scope: 0,
-        projection_rows_changed: 0,
-        changed_keys: Vec::new(),
-        state_digest_before: String::new(),
-        state_digest_after: String::new(),
-        keys_moved_on: 0,
-        rows_repaired: 0,
-        checks: Vec::new(),
         schema_versions_seen: shadow.schema_versions.iter().copied().collect(),
-        confidence_status: String::new(),
         reasons,
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
         started_at,
-        finished_at: String::new(),
-        operator: plan.signer.as_ref().map(|s| s.operator.clone()),
-        repaired_keys: Vec::new(),
+        ..Evidence::of_plan(plan, plan.kind, started_ms)
     };
     let totals = shadow.totals();
     ev.events_processed = totals.events_processed;
@@ -205,12 +179,12 @@ pub fn run<P: Projection>(plan: &Plan) -> Result<Evidence, RecoveryError> {
 }
 
 /// A scoped thread's result; its panic goes on in the caller.
-fn joined<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+pub(super) fn joined<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
     h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 /// The last changelog state record of every scoped key, still encoded.
-fn live_states(
+pub(super) fn live_states(
     plan: &Plan,
     parts: &[i32],
     group: &str,
@@ -225,7 +199,7 @@ fn live_states(
 }
 
 /// The last output record of every scoped key.
-fn live_outputs(
+pub(super) fn live_outputs(
     plan: &Plan,
     parts: &[i32],
     group: &str,

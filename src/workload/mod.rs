@@ -3,6 +3,7 @@
 
 mod book;
 mod events;
+pub mod postgres;
 mod produce;
 
 use std::collections::BTreeMap;

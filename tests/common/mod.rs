@@ -3,13 +3,14 @@
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod pipeline;
 mod processor;
 pub mod proof;
 pub mod secure;
 
 use processor::stacks_of;
 #[allow(unused_imports)]
-pub use processor::{metric_sum, Processor};
+pub use processor::{http, metric_sum, Processor};
 #[allow(unused_imports)]
 pub use secure::secure;
 

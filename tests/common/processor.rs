@@ -19,34 +19,9 @@ pub struct Processor {
 impl Processor {
     /// Starts `tally run --config CONFIG` with extra environment.
     pub fn start(setup: &Setup, instance: &str, env: &[(&str, &str)]) -> Self {
-        let http_port = free_port();
-        let config = setup.config(instance, http_port);
-        let log = setup.dir.join(format!(
-            "{instance}-{}.log",
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_millis()
-        ));
-        let file = std::fs::File::create(&log).unwrap();
-        let out = std::fs::File::create(log.with_extension("stdout")).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&config)
-            // Commit lines (debug) make a stalled processor's log say where it stopped.
-            .env("RUST_LOG", "info,tally::engine::commit=debug")
-            .stdout(out)
-            .stderr(file);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("spawn tally");
-        Self {
-            child,
-            http_port,
-            log,
-        }
+        Self::start_config(setup, instance, env, |http_port| {
+            setup.config(instance, http_port)
+        })
     }
 
     /// kill -9.
@@ -159,11 +134,16 @@ pub fn metric_sum(body: &str, name: &str) -> f64 {
 }
 
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http(port, "GET", path)
+}
+
+/// One request to a local HTTP API: (status, body).
+pub fn http(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut raw = String::new();
@@ -192,5 +172,45 @@ pub(super) fn stacks_of(pid: u32, log: &Path) -> String {
             Err(e) => format!("not written: {e}"),
         },
         Err(e) => format!("not taken: {e}"),
+    }
+}
+
+impl Processor {
+    /// [`Processor::start`] of the config `write` writes for the HTTP port it is given: a
+    /// setup's config with settings [`Setup::config`] does not write (a flow's `format`).
+    pub fn start_config(
+        setup: &Setup,
+        instance: &str,
+        env: &[(&str, &str)],
+        write: impl FnOnce(u16) -> PathBuf,
+    ) -> Self {
+        let http_port = free_port();
+        let config = write(http_port);
+        let log = setup.dir.join(format!(
+            "{instance}-{}.log",
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+        ));
+        let file = std::fs::File::create(&log).unwrap();
+        let out = std::fs::File::create(log.with_extension("stdout")).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config)
+            // Commit lines (debug) make a stalled processor's log say where it stopped.
+            .env("RUST_LOG", "info,tally::engine::commit=debug")
+            .stdout(out)
+            .stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn tally");
+        Self {
+            child,
+            http_port,
+            log,
+        }
     }
 }

@@ -17,17 +17,22 @@ CREATE TABLE IF NOT EXISTS public.inventory_transaction (
 );
 
 CREATE TABLE IF NOT EXISTS public.posting (
-  event_id    uuid PRIMARY KEY,
-  account_id  text NOT NULL,
-  currency    text NOT NULL,
-  amount      bigint NOT NULL,
-  event_time  timestamptz NOT NULL,
-  accepted_at timestamptz NOT NULL DEFAULT now()
+  event_id     uuid PRIMARY KEY,
+  account_id   text NOT NULL,
+  currency     text NOT NULL,
+  entry_type   text NOT NULL,
+  amount_minor bigint NOT NULL,
+  event_time   timestamptz NOT NULL,
+  accepted_at  timestamptz NOT NULL DEFAULT now()
 );
 
 -- The transactional outbox, in the layout Debezium's outbox EventRouter expects by default:
 -- id -> header "id", aggregatetype -> topic outbox.event.<aggregatetype>, aggregateid -> key,
 -- payload -> value (expanded from jsonb with table.expand.json.payload=true).
+-- `tally load --target postgres` writes one row per event, in the transaction of its history row:
+-- id = the event id, aggregatetype inventory|ledger, aggregateid the sku or account, type
+-- StockAdjusted or the posting's entry type, payload tally's event JSON (schema_version 1).
+-- Its poison rows exist only here: no history row, so folding the history gives tally's state.
 CREATE TABLE IF NOT EXISTS public.outbox (
   id            uuid PRIMARY KEY,
   aggregatetype text NOT NULL,

@@ -3,6 +3,7 @@
 
 mod dedupe;
 mod hold;
+mod input;
 mod seal;
 mod sum;
 
@@ -35,6 +36,11 @@ struct Harness {
 }
 
 fn flow() -> Arc<FlowInfo> {
+    flow_reading(crate::input::InputReader::default())
+}
+
+/// The flow, reading its input with `reader`.
+fn flow_reading(reader: crate::input::InputReader) -> Arc<FlowInfo> {
     Arc::new(FlowInfo {
         idx: 0,
         name: "sums".into(),
@@ -48,7 +54,7 @@ fn flow() -> Arc<FlowInfo> {
         control: "control".into(),
         evidence: "evidence".into(),
         record_limit: RecordLimit::default(),
-        reader: crate::input::InputReader::default(),
+        reader,
         guard: Guard::none(),
     })
 }
@@ -79,6 +85,13 @@ impl Harness {
             changelog_end: 0,
             ahead,
         });
+        h
+    }
+
+    /// An active task over an empty store whose flow reads its input with `reader`.
+    fn reading(reader: crate::input::InputReader) -> Self {
+        let mut h = Self::active();
+        h.task.flow = flow_reading(reader);
         h
     }
 
