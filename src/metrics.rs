@@ -174,8 +174,8 @@ pub fn record_repairs(flow: &str, applied: u64, refused: &[crate::signing::Refus
     }
 }
 
-/// The upper bound of the bucket holding quantile `q` of histogram `name` for `flow`, read from
-/// the Prometheus text `/metrics` renders (what a dashboard's histogram_quantile would bound).
+/// Quantile `q` of histogram `name` for `flow`, read from the Prometheus text `/metrics`
+/// renders and interpolated within its bucket as Prometheus' histogram_quantile does.
 pub fn histogram_quantile(text: &str, name: &str, flow: &str, q: f64) -> Option<f64> {
     let prefix = format!("{name}_bucket{{");
     let flow_label = format!("flow=\"{flow}\"");
@@ -198,8 +198,29 @@ pub fn histogram_quantile(text: &str, name: &str, flow: &str, q: f64) -> Option<
     if total <= 0.0 {
         return None;
     }
-    buckets
-        .iter()
-        .find(|(_, c)| *c >= q * total)
-        .map(|(le, _)| *le)
+    let rank = q * total;
+    let i = buckets.iter().position(|(_, c)| *c >= rank)?;
+    let (upper, count) = buckets[i];
+    let (lower, below) = if i == 0 { (0.0, 0.0) } else { buckets[i - 1] };
+    if upper.is_infinite() {
+        return Some(lower);
+    }
+    Some(lower + (upper - lower) * (rank - below) / (count - below).max(f64::MIN_POSITIVE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::histogram_quantile;
+
+    const TEXT: &str = "h_bucket{flow=\"f\",le=\"0.1\"} 50\nh_bucket{flow=\"f\",le=\"0.5\"} 90\n\
+                        h_bucket{flow=\"f\",le=\"+Inf\"} 100\nh_bucket{flow=\"g\",le=\"0.1\"} 1\n";
+
+    #[test]
+    fn a_quantile_is_interpolated_within_its_bucket() {
+        assert_eq!(histogram_quantile(TEXT, "h", "f", 0.5), Some(0.1));
+        let p70 = histogram_quantile(TEXT, "h", "f", 0.7).unwrap();
+        assert!((p70 - 0.3).abs() < 1e-9, "{p70}");
+        assert_eq!(histogram_quantile(TEXT, "h", "f", 0.99), Some(0.5));
+        assert_eq!(histogram_quantile(TEXT, "h", "x", 0.5), None);
+    }
 }

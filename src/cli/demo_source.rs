@@ -24,6 +24,38 @@ fn say(msg: impl AsRef<str>) {
     eprintln!("\n==> {}", msg.as_ref());
 }
 
+/// Waits until the processor has every input partition of its flows assigned and restored, so
+/// the load's latency is not its start-up.
+fn wait_ready(
+    cfg: &Config,
+    processor: &std::thread::JoinHandle<
+        Result<std::net::SocketAddr, crate::processor::ProcessorError>,
+    >,
+) -> anyhow::Result<()> {
+    let want = (PARTITIONS as usize * cfg.flows.len()) as f64;
+    let started = Instant::now();
+    loop {
+        let text = crate::metrics::install().render();
+        let gauge = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        };
+        if gauge("tally_partitions_assigned") == Some(want)
+            && gauge("tally_partitions_restoring") == Some(0.0)
+        {
+            return Ok(());
+        }
+        if processor.is_finished() {
+            bail!("the processor stopped before it was ready");
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("the processor was not ready within 2 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Runs the pipeline demo; exits non-zero unless every reconcile against PostgreSQL is trusted.
 pub fn run(args: &DemoArgs, registry: &Registry) -> anyhow::Result<ExitCode> {
     say(format!(
@@ -125,9 +157,12 @@ fn on_servers(
             seed: 7,
         },
     ];
+    wait_ready(&cfg, &processor)?;
     say(format!(
-        "Writing {events} stock movements and {} postings to PostgreSQL, each with its outbox row in one transaction (1% poison payloads); Kafka Connect is killed halfway",
-        events / 2
+        "Writing {events} stock movements and {} postings to PostgreSQL at {} rows/s, each with its outbox row in one transaction (1% poison payloads){}",
+        events / 2,
+        args.rate,
+        if args.no_kill { "" } else { "; Kafka Connect is killed halfway" }
     ));
     let written = Arc::new(AtomicU64::new(0));
     let writer = {
@@ -217,7 +252,7 @@ fn on_servers(
         };
         if let (Some(p50), Some(p99)) = (q(0.5), q(0.99)) {
             eprintln!(
-                "    {}: change relayed by Debezium to projection committed p50 <= {p50} s, p99 <= {p99} s (histogram bucket bounds{})",
+                "    {}: change relayed by Debezium to projection committed p50 {p50:.3} s, p99 {p99:.3} s (interpolated in histogram buckets{})",
                 f.name,
                 if args.no_kill { "" } else { "; the Connect outage is in it" }
             );
