@@ -183,7 +183,7 @@ impl Connect {
     }
 }
 
-/// The password file a config's `[source]` may name as `{ file = .. }`.
+/// A path as the inside of a TOML string, for the configs the demos write.
 pub fn toml_path(p: &Path) -> String {
     p.display()
         .to_string()
