@@ -3,15 +3,17 @@
 //! Whatever fails on the way (Connect killed, the outbox relayed twice, PostgreSQL restarted,
 //! the processor killed), every test ends with `tally reconcile --against-source`: each sku's
 //! projection equals PostgreSQL's fold of its history, and each poison row is dead-lettered
-//! with its reason. Redeliveries are counted on the input topic by the outbox `id` header,
-//! independently of the processor.
+//! with its reason. Redeliveries are counted on the input topic by the outbox `id` header (or,
+//! when Debezium streams the table itself, by the `event_id` of the inserted row), independently
+//! of the processor.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::pipeline::{
-    self, last_per_key, relayed, servers, spec, wait_metric, Pipeline, Relayed, Written, PARTITIONS,
+    self, change_event, last_per_key, relayed, relayed_cdc, servers, spec, wait_metric, Pipeline,
+    Relayed, Written, PARTITIONS,
 };
 use common::read_all;
 use serde_json::{json, Value};
@@ -264,6 +266,190 @@ fn a_row_changed_behind_the_pipelines_back_is_reported_by_key() {
             m,
             &json!({
                 "key": sku, "path": m["path"], "source": now + 1000, "state": now, "output": now
+            }),
+            "{}",
+            r.describe()
+        );
+    }
+    eprintln!("took {:.1} s", started.elapsed().as_secs_f64());
+}
+
+#[test]
+fn a_table_streamed_by_change_data_capture_projects_exactly() {
+    // It kills Connect, which would make the other tests' connectors relay rows again.
+    let _alone = pipeline::disrupting();
+    let started = Instant::now();
+    let p = Pipeline::cdc("pl-cdc");
+    p.register(&p.connector, "initial");
+    let processor = p.start("a");
+    processor.wait_ready(PARTITIONS as usize, LIMIT);
+    let connect = &servers().connect;
+
+    // Killed mid-load, Debezium streams again what it sent after its last offset flush: the same
+    // inserts, counted here by the row's event_id. Poison rows exist only in the outbox, which
+    // this connector does not capture.
+    let mut written = Written::default();
+    let mut again = Relayed::default();
+    let mut kills = 0;
+    for burst in 0..3 {
+        let spec = spec(if burst == 0 { 2000 } else { 500 }, 200, 800, 60 + burst);
+        written.add(&spec);
+        let writing = p.write_in_background(&spec);
+        writing.wait_written(spec.events / 2);
+        connect.ctl("kill").unwrap();
+        kills += 1;
+        connect.ctl("start").unwrap();
+        writing.join();
+        let input = p.wait_relayed(&written, LIMIT);
+        again = relayed_cdc(&input, &written);
+        if again.valid_again > 0 {
+            break;
+        }
+    }
+    eprintln!(
+        "connect killed {kills}x: {} of {} change events on the input were streamed again \
+         ({} rows in the table)",
+        again.valid_again, again.records, written.valid
+    );
+    assert!(
+        again.valid_again > 0,
+        "{kills} kills of Connect redelivered no row"
+    );
+
+    p.setup.wait_caught_up(LIMIT);
+    p.assert_no_dead_letters();
+    assert_eq!(
+        wait_metric(&processor, DUPLICATES, again.valid_again),
+        again.valid_again,
+        "every row streamed again is skipped as a duplicate, and nothing else"
+    );
+    p.assert_exact(&written);
+    eprintln!("took {:.1} s", started.elapsed().as_secs_f64());
+}
+
+#[test]
+fn an_update_of_the_append_only_history_is_dead_lettered_and_changes_nothing() {
+    let _shared = pipeline::sharing();
+    let started = Instant::now();
+    let p = Pipeline::cdc("pl-cdc-update");
+    p.register(&p.connector, "initial");
+    let _processor = p.start("a");
+    let spec = spec(600, 100, 0, 70);
+    let written = Written::of([&spec]);
+    p.write(&spec);
+    p.wait_relayed(&written, LIMIT);
+    p.setup.wait_caught_up(LIMIT);
+    p.assert_no_dead_letters();
+    p.assert_exact(&written);
+    let output_before = last_per_key(&read_all(&p.setup.output));
+
+    let row = p.sql(
+        "select event_id, sku, location, bucket from inventory_transaction \
+         order by event_id limit 1",
+    );
+    let [id, sku, location, bucket]: [&str; 4] = row
+        .trim()
+        .split('|')
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap();
+    p.sql(&format!(
+        "update inventory_transaction set delta = delta + 1 where event_id = '{id}'"
+    ));
+
+    // The change event of the update reaches the input; the processor passes it.
+    let waited = Instant::now();
+    let update = loop {
+        let found = read_all(&p.setup.input).into_iter().find(|r| {
+            change_event(r).is_some_and(|(op, after)| op == "u" && after["event_id"] == id)
+        });
+        if let Some(r) = found {
+            break r;
+        }
+        assert!(
+            waited.elapsed() < LIMIT,
+            "no update of {id} on the input; connectors: {}",
+            p.connector_states()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    p.setup.wait_caught_up(LIMIT);
+
+    let dead = read_all(&p.setup.dlq);
+    assert_eq!(dead.len(), 1, "dead letters: {:?}", dead);
+    let d = &dead[0];
+    assert_eq!(d.headers["tally.error.reason"], "unsupported_change");
+    assert_eq!(
+        (
+            d.headers["tally.source.partition"].parse::<i32>().unwrap(),
+            d.headers["tally.source.offset"].parse::<i64>().unwrap()
+        ),
+        (update.partition, update.offset),
+        "the dead letter is the update's"
+    );
+    assert_eq!(d.key.as_deref(), Some(sku.as_bytes()));
+    assert!(d.value == update.value, "the change event is kept whole");
+    assert_eq!(
+        update.headers["__debezium.context.connectorLogicalName"], p.setup.app,
+        "{:?}",
+        update.headers
+    );
+    for (name, value) in &update.headers {
+        assert_eq!(
+            d.headers.get(name),
+            Some(value),
+            "Debezium's header {name} is kept"
+        );
+    }
+
+    let output_after = last_per_key(&read_all(&p.setup.output));
+    assert!(
+        output_after[sku.as_bytes()] == output_before[sku.as_bytes()],
+        "the output record of {sku} changed"
+    );
+    assert!(output_after == output_before, "an output record changed");
+
+    // The table now says one unit more than the projection, at that row's bucket and location
+    // and in the sku's totals; nothing else differs.
+    let record: Value = serde_json::from_slice(&output_before[sku.as_bytes()]).unwrap();
+    let live = |path: &str| record.pointer(path).and_then(Value::as_i64).unwrap_or(0);
+    let r = p.reconcile(5);
+    assert!(!r.success, "reconcile exited 0: {}", r.describe());
+    assert_eq!(
+        r.evidence["confidence_status"],
+        "untrusted",
+        "{}",
+        r.describe()
+    );
+    let source = &r.evidence["source"];
+    let mismatches = source["mismatches"].as_array().unwrap();
+    assert_eq!(
+        source["mismatches_total"].as_u64(),
+        Some(mismatches.len() as u64),
+        "{}",
+        r.describe()
+    );
+    let paths: Vec<&str> = mismatches
+        .iter()
+        .map(|m| m["path"].as_str().unwrap())
+        .collect();
+    for path in [
+        format!("/locations/{location}/{bucket}"),
+        format!("/{bucket}"),
+        "/stock_on_hand".into(),
+    ] {
+        assert!(
+            paths.contains(&path.as_str()),
+            "{path} not reported: {}",
+            r.describe()
+        );
+    }
+    for m in mismatches {
+        let now = live(m["path"].as_str().unwrap());
+        assert_eq!(
+            m,
+            &json!({
+                "key": sku, "path": m["path"], "source": now + 1, "state": now, "output": now
             }),
             "{}",
             r.describe()

@@ -15,7 +15,7 @@ use crate::kafka::record::HeaderSource;
 pub enum FieldSource {
     /// A record header's value, as a string (Debezium's outbox router puts the row id in `id`).
     Header(String),
-    /// Another field of the row or payload (a column named otherwise).
+    /// Another field of the row or payload, renamed (a column named otherwise).
     Field(String),
     /// A constant (a schema version, an operation the table implies).
     Value(Value),
@@ -52,7 +52,9 @@ impl FieldMap {
         }
     }
 
-    /// Sets every mapped field of `object`; a field read from the row is read before any is set.
+    /// Sets every mapped field of `object`: every value is read before any is set, and a field
+    /// taken from another one is renamed (the source field is not passed on: a projection may
+    /// refuse a field its schema version does not have).
     pub(super) fn apply(
         &self,
         object: &mut Map<String, Value>,
@@ -71,6 +73,11 @@ impl FieldMap {
                 FieldSource::Value(v) => v.clone(),
             };
             values.push(v);
+        }
+        for (_, source) in &self.entries {
+            if let FieldSource::Field(f) = source {
+                object.remove(f);
+            }
         }
         for ((name, _), v) in self.entries.iter().zip(values) {
             object.insert(name.clone(), v);
@@ -132,7 +139,7 @@ mod tests {
         m.apply(&mut row, &headers).unwrap();
         assert_eq!(
             Value::Object(row),
-            json!({"location": "fc-1", "location_id": "fc-1", "sku": "s", "event_id": "e-1", "schema_version": 1})
+            json!({"location_id": "fc-1", "sku": "s", "event_id": "e-1", "schema_version": 1})
         );
     }
 

@@ -1,12 +1,14 @@
 //! The Debezium pipeline of the integration tests: the run's PostgreSQL and Kafka Connect
 //! (`TALLY_TEST_PG_PORT`, `TALLY_TEST_CONNECT_PORT`, else started once per process on the test
-//! broker), and per test a database, an outbox connector (its name is also its replication slot),
-//! topics and a group; the deterministic writer; `tally reconcile --against-source` as a child
-//! process; and what the topics say, counted independently of the processor.
+//! broker), and per test a database, an outbox or change-data-capture connector (its name is also
+//! its replication slot), topics and a group; the deterministic writer; `tally reconcile
+//! --against-source` as a child process; and what the topics say, counted independently of the
+//! processor.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
@@ -154,16 +156,34 @@ pub struct Relayed {
 }
 
 pub fn relayed(input: &[Record], written: &Written) -> Relayed {
-    let mut seen = HashSet::new();
-    let mut r = Relayed::default();
-    for rec in input {
-        r.records += 1;
+    relayed_by(input, written, |rec| {
         let id = rec
             .headers
             .get("id")
             .expect("an outbox record without an id header");
-        if !seen.insert(id.as_str()) {
-            if written.poison.contains_key(id) {
+        Some(id.clone())
+    })
+}
+
+/// The input topic of a change-data-capture pipeline as counted by the event_id of each inserted
+/// or snapshot-read row (the change event's `after`): records, and those whose row was seen
+/// before. The table has no poison rows.
+pub fn relayed_cdc(input: &[Record], written: &Written) -> Relayed {
+    relayed_by(input, written, inserted_id)
+}
+
+fn relayed_by(
+    input: &[Record],
+    written: &Written,
+    id_of: impl Fn(&Record) -> Option<String>,
+) -> Relayed {
+    let mut seen = HashSet::new();
+    let mut r = Relayed::default();
+    for rec in input {
+        r.records += 1;
+        let Some(id) = id_of(rec) else { continue };
+        if !seen.insert(id.clone()) {
+            if written.poison.contains_key(&id) {
                 r.poison_again += 1;
             } else {
                 r.valid_again += 1;
@@ -171,6 +191,20 @@ pub fn relayed(input: &[Record], written: &Written) -> Relayed {
         }
     }
     r
+}
+
+/// A Debezium change event's value: `op` and the `after` row (none for a tombstone).
+pub fn change_event(rec: &Record) -> Option<(String, Value)> {
+    let v: Value = serde_json::from_slice(rec.value.as_deref()?).expect("a change event is JSON");
+    Some((v["op"].as_str()?.to_string(), v["after"].clone()))
+}
+
+/// The event_id of the row a change event inserted (`c`) or read in a snapshot (`r`).
+pub fn inserted_id(rec: &Record) -> Option<String> {
+    match change_event(rec)? {
+        (op, after) if op == "c" || op == "r" => Some(after["event_id"].as_str()?.to_string()),
+        _ => None,
+    }
 }
 
 /// Each key's last record on a topic (a key lives in one partition, read in offset order).
@@ -230,12 +264,30 @@ impl Reconciled {
     }
 }
 
+/// How the rows of PostgreSQL reach the pipeline's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relay {
+    /// The outbox, through Debezium's outbox event router: format `debezium_outbox`.
+    Outbox,
+    /// The change events of `inventory_transaction` itself: format `debezium_cdc`, with the
+    /// `map` of docs/postgres.md turning the table's columns into the inventory event.
+    Cdc,
+}
+
+/// The `[flows.map]` of a change-data-capture flow of `inventory_transaction` (docs/postgres.md).
+const CDC_MAP: &str = "[flows.map]\n\
+location_id = { field = \"location\" }\n\
+quantity = { field = \"delta\" }\n\
+operation = { value = \"adjust\" }\n\
+schema_version = { value = 1 }\n";
+
 /// One test's pipeline: its database, connectors, topics and group.
 pub struct Pipeline {
     pub setup: Setup,
     pub database: String,
-    /// The outbox connector's name, also its replication slot.
+    /// The first connector's name, also its replication slot.
     pub connector: String,
+    pub relay: Relay,
     registered: Mutex<Vec<String>>,
     contract: PathBuf,
 }
@@ -244,12 +296,28 @@ impl Pipeline {
     /// A fresh database with the schema, and the topics of an inventory flow whose input is
     /// where the outbox router sends aggregate type `inventory`.
     pub fn new(name: &str) -> Self {
+        Self::with_relay(name, Relay::Outbox)
+    }
+
+    /// A fresh database with the schema, and the topics of an inventory flow whose input is the
+    /// change-data-capture topic of `inventory_transaction` (topic prefix: the setup's app).
+    pub fn cdc(name: &str) -> Self {
+        Self::with_relay(name, Relay::Cdc)
+    }
+
+    fn with_relay(name: &str, relay: Relay) -> Self {
         let servers = servers();
         let mut setup = Setup::new(name, Flow::Inventory, PARTITIONS);
-        // The router names the topic after the aggregate type (the setup's own `.in` stays
-        // empty); it must exist before the connector is registered, or Connect creates it with
-        // one partition.
-        setup.input = format!("{}.inventory", setup.app);
+        // The connector names its topics itself (the setup's own `.in` stays empty); they must
+        // exist before it is registered, or Connect creates them with one partition.
+        match relay {
+            Relay::Outbox => setup.input = format!("{}.inventory", setup.app),
+            Relay::Cdc => {
+                setup.input = format!("{}.public.inventory_transaction", setup.app);
+                // The connector captures `posting` too; no test writes there.
+                create_topic(&format!("{}.public.posting", setup.app), PARTITIONS);
+            }
+        }
         create_topic(&setup.input, PARTITIONS);
         let database = setup.app.replace('-', "_");
         servers.pg.createdb(&database).expect("createdb");
@@ -266,22 +334,37 @@ impl Pipeline {
             connector: database.clone(),
             database,
             setup,
+            relay,
             registered: Mutex::new(Vec::new()),
             contract,
         }
     }
 
-    /// Writes the config of `instance`: the setup's, with the flow in the `debezium_outbox`
-    /// format under the PostgreSQL contract.
+    /// Writes the config of `instance`: the setup's, with the flow in the relay's format
+    /// (`debezium_outbox`, or `debezium_cdc` and its map) under the PostgreSQL contract.
     pub fn config(&self, instance: &str, http_port: u16) -> PathBuf {
         let path = self.setup.config(instance, http_port);
-        let text = std::fs::read_to_string(&path).unwrap();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        let format = match self.relay {
+            Relay::Outbox => "debezium_outbox",
+            Relay::Cdc => "debezium_cdc",
+        };
         let flow = format!(
-            "[[flows]]\nformat = \"debezium_outbox\"\ncontract = \"{}\"\n",
+            "[[flows]]\nformat = \"{format}\"\ncontract = \"{}\"\n",
             local::toml_path(&self.contract)
         );
         assert!(text.contains("[[flows]]\n"));
-        std::fs::write(&path, text.replacen("[[flows]]\n", &flow, 1)).unwrap();
+        text = text.replacen("[[flows]]\n", &flow, 1);
+        if self.relay == Relay::Cdc {
+            // The flow's sub-table, after its keys and before the next table.
+            assert!(text.contains("[[control.keys]]\n"));
+            text = text.replacen(
+                "[[control.keys]]\n",
+                &format!("{CDC_MAP}[[control.keys]]\n"),
+                1,
+            );
+        }
+        std::fs::write(&path, text).unwrap();
         path
     }
 
@@ -292,21 +375,33 @@ impl Pipeline {
         })
     }
 
-    /// Registers an outbox connector named `name` on the database, routed to the input topic,
-    /// and waits until it runs.
+    /// Registers a connector of the relay named `name` on the database, writing to the input
+    /// topic, and waits until it runs.
     pub fn register(&self, name: &str, snapshot_mode: &str) {
         let servers = servers();
         self.registered.lock().unwrap().push(name.to_string());
-        servers
-            .connect
-            .register_outbox(&Outbox {
-                name,
-                postgres: &servers.pg,
-                database: &self.database,
-                route: &format!("{}.${{routedByValue}}", self.setup.app),
-                snapshot_mode,
-            })
-            .expect("register the outbox connector");
+        match self.relay {
+            Relay::Outbox => servers
+                .connect
+                .register_outbox(&Outbox {
+                    name,
+                    postgres: &servers.pg,
+                    database: &self.database,
+                    route: &format!("{}.${{routedByValue}}", self.setup.app),
+                    snapshot_mode,
+                })
+                .expect("register the outbox connector"),
+            Relay::Cdc => register_cdc(
+                &servers.connect,
+                &Cdc {
+                    name,
+                    postgres: &servers.pg,
+                    database: &self.database,
+                    topic_prefix: &self.setup.app,
+                    snapshot_mode,
+                },
+            ),
+        }
     }
 
     /// The URL of the test's database and the role's password.
@@ -346,27 +441,35 @@ impl Pipeline {
         servers().pg.sql(&self.database, sql).expect("psql")
     }
 
-    /// Waits until every outbox row written is on the input topic and returns the topic.
+    /// Waits until every row written is on the input topic (each outbox row, or each history
+    /// row as an insert) and returns the topic.
     pub fn wait_relayed(&self, written: &Written, limit: Duration) -> Vec<Record> {
         let started = Instant::now();
-        loop {
-            let input = read_all(&self.setup.input);
-            let ids: HashSet<&str> = input
-                .iter()
-                .filter_map(|r| r.headers.get("id").map(String::as_str))
-                .collect();
-            let missing = written
+        let want: Vec<&String> = match self.relay {
+            Relay::Outbox => written.ids.iter().collect(),
+            Relay::Cdc => written
                 .ids
                 .iter()
-                .filter(|i| !ids.contains(i.as_str()))
-                .count();
+                .filter(|i| !written.poison.contains_key(*i))
+                .collect(),
+        };
+        loop {
+            let input = read_all(&self.setup.input);
+            let ids: HashSet<String> = input
+                .iter()
+                .filter_map(|r| match self.relay {
+                    Relay::Outbox => r.headers.get("id").cloned(),
+                    Relay::Cdc => inserted_id(r),
+                })
+                .collect();
+            let missing = want.iter().filter(|i| !ids.contains(**i)).count();
             if missing == 0 {
                 return input;
             }
             assert!(
                 started.elapsed() < limit,
-                "{missing} of {} outbox rows not relayed to {} after {limit:?}; connectors: {}",
-                written.ids.len(),
+                "{missing} of {} rows not relayed to {} after {limit:?}; connectors: {}",
+                want.len(),
                 self.setup.input,
                 self.connector_states()
             );
@@ -453,6 +556,19 @@ impl Pipeline {
             r.describe()
         );
         r
+    }
+
+    /// Asserts that nothing was dead-lettered, showing the first dead letter if something was.
+    pub fn assert_no_dead_letters(&self) {
+        let dead = read_all(&self.setup.dlq);
+        if let Some(first) = dead.first() {
+            panic!(
+                "{} records dead-lettered; the first: {:?} {}",
+                dead.len(),
+                first.headers,
+                String::from_utf8_lossy(first.value.as_deref().unwrap_or_default())
+            );
+        }
     }
 
     /// Asserts the dead-letter topic against the input topic and the writer: exactly one dead
@@ -550,6 +666,64 @@ impl Drop for Pipeline {
             );
         }
     }
+}
+
+/// A change-data-capture connector of one database: its name (also its slot) and topic prefix.
+pub struct Cdc<'a> {
+    pub name: &'a str,
+    pub postgres: &'a Postgres,
+    pub database: &'a str,
+    /// Its topics are `<topic_prefix>.public.<table>`.
+    pub topic_prefix: &'a str,
+    /// `initial` (rows already in the tables are read first) or `no_data`.
+    pub snapshot_mode: &'a str,
+}
+
+/// Registers the change-data-capture connector of `deploy/local/connect config cdc` and waits
+/// until it runs, as `Connect::register_outbox` does for the outbox.
+pub fn register_cdc(connect: &Connect, c: &Cdc<'_>) {
+    let script = local::scripts().expect("deploy/local").join("connect");
+    let env = [
+        ("CONNECT_PORT", connect.port.to_string()),
+        ("KAFKA_BOOTSTRAP", connect.bootstrap.clone()),
+        ("PG_PORT", c.postgres.port.to_string()),
+        ("PG_DATABASE", c.database.to_string()),
+        ("CONNECT_TOPIC_PREFIX", c.topic_prefix.to_string()),
+        ("CONNECT_SNAPSHOT_MODE", c.snapshot_mode.to_string()),
+    ];
+    let config = Command::new(&script)
+        .args(["config", "cdc", c.name])
+        .envs(env.clone())
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run deploy/local/connect config cdc");
+    assert!(
+        config.status.success(),
+        "deploy/local/connect config cdc {} failed ({})",
+        c.name,
+        config.status
+    );
+    let mut register = Command::new(&script)
+        .args(["register", c.name, "-"])
+        .envs(env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run deploy/local/connect register");
+    register
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&config.stdout)
+        .unwrap();
+    let status = register.wait().unwrap();
+    assert!(
+        status.success(),
+        "deploy/local/connect register {} failed ({status})",
+        c.name
+    );
 }
 
 /// A processor's counter once it reached `want` (committed counts lag the commit a little), or
