@@ -62,6 +62,27 @@ fn refused(code: RDKafkaErrorCode) -> bool {
     )
 }
 
+/// The errors of the client's pending events: librdkafka hands a connection error to the error
+/// callback (the context) or queues it as an event that `poll` returns, whichever path its
+/// queues take; both are read, every pending event of one call, refusals first.
+fn served_errors(client: &BaseConsumer<LastError>) -> Vec<(RDKafkaErrorCode, String)> {
+    let mut seen = Vec::new();
+    for _ in 0..1000 {
+        match client.poll(Duration::ZERO) {
+            Some(Err(e)) => {
+                let code = e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
+                seen.push((code, e.to_string()));
+            }
+            Some(Ok(_)) => {}
+            None => break,
+        }
+    }
+    seen.extend(client.context().take());
+    // A refusal is the cause; later transport errors are its consequence.
+    seen.sort_by_key(|(code, _)| refused(*code));
+    seen
+}
+
 /// Asks the cluster for its metadata until it answers, it refuses this client, or `limit` passed.
 pub fn check(
     bootstrap: &str,
@@ -77,9 +98,7 @@ pub fn check(
     loop {
         let step = Duration::from_millis(500);
         let answered = client.fetch_metadata(None, step);
-        // Errors reach the context only when the client's events are served.
-        let _ = client.poll(Duration::ZERO);
-        if let Some(seen) = client.context().take() {
+        for seen in served_errors(&client) {
             // "all brokers are down" says less than the connection error that caused it.
             if seen.0 != RDKafkaErrorCode::AllBrokersDown || last.is_none() {
                 last = Some(seen);
