@@ -146,6 +146,18 @@ pub struct Outbox<'a> {
     pub snapshot_mode: &'a str,
 }
 
+/// The change-data-capture connector of one database: its name (also its slot) and topic prefix.
+#[derive(Debug, Clone)]
+pub struct Cdc<'a> {
+    pub name: &'a str,
+    pub postgres: &'a Postgres,
+    pub database: &'a str,
+    /// Its topics are `<topic_prefix>.public.<table>`.
+    pub topic_prefix: &'a str,
+    /// `initial` (rows already in the tables are read first) or `no_data`.
+    pub snapshot_mode: &'a str,
+}
+
 impl Connect {
     /// Starts the worker (idempotent).
     pub fn up(port: u16, bootstrap: &str) -> anyhow::Result<Self> {
@@ -171,15 +183,49 @@ impl Connect {
 
     /// Registers the outbox connector and waits until it runs.
     pub fn register_outbox(&self, o: &Outbox<'_>) -> anyhow::Result<()> {
+        self.register(
+            "outbox",
+            o.name,
+            o.postgres,
+            o.database,
+            [
+                ("OUTBOX_ROUTE_TOPIC", o.route.to_string()),
+                ("CONNECT_SNAPSHOT_MODE", o.snapshot_mode.to_string()),
+            ],
+        )
+    }
+
+    /// Registers the change-data-capture connector and waits until it runs.
+    pub fn register_cdc(&self, c: &Cdc<'_>) -> anyhow::Result<()> {
+        self.register(
+            "cdc",
+            c.name,
+            c.postgres,
+            c.database,
+            [
+                ("CONNECT_TOPIC_PREFIX", c.topic_prefix.to_string()),
+                ("CONNECT_SNAPSHOT_MODE", c.snapshot_mode.to_string()),
+            ],
+        )
+    }
+
+    /// `deploy/local/connect config KIND NAME`, registered as NAME.
+    fn register(
+        &self,
+        kind: &str,
+        name: &str,
+        postgres: &Postgres,
+        database: &str,
+        settings: [(&'static str, String); 2],
+    ) -> anyhow::Result<()> {
         let mut env = self.env();
         env.extend([
-            ("PG_PORT", o.postgres.port.to_string()),
-            ("PG_DATABASE", o.database.to_string()),
-            ("OUTBOX_ROUTE_TOPIC", o.route.to_string()),
-            ("CONNECT_SNAPSHOT_MODE", o.snapshot_mode.to_string()),
+            ("PG_PORT", postgres.port.to_string()),
+            ("PG_DATABASE", database.to_string()),
         ]);
-        let config = run("connect", &["config", "outbox", o.name], &env, None)?;
-        run("connect", &["register", o.name, "-"], &env, Some(&config)).map(drop)
+        env.extend(settings);
+        let config = run("connect", &["config", kind, name], &env, None)?;
+        run("connect", &["register", name, "-"], &env, Some(&config)).map(drop)
     }
 }
 

@@ -6,16 +6,15 @@
 //! processor.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tally::cli::local::{self, Connect, Outbox, Postgres};
+use tally::cli::local::{self, Cdc, Connect, Outbox, Postgres};
 use tally::workload::postgres::{self as writer, History, PgReport, PgSpec};
 use tally::workload::Flow;
 
@@ -262,6 +261,49 @@ impl Reconciled {
             self.stderr
         )
     }
+
+    /// Asserts the reconcile found one row's drift: it exited non-zero, untrusted, at least
+    /// `paths` among its mismatches, and each mismatch is `key`'s with the source `by` ahead of
+    /// the state and the output, which `live` reads from the key's output record.
+    pub fn assert_drift(&self, key: &str, paths: &[String], by: i64, live: impl Fn(&str) -> i64) {
+        assert!(!self.success, "reconcile exited 0: {}", self.describe());
+        assert_eq!(
+            self.evidence["confidence_status"],
+            "untrusted",
+            "{}",
+            self.describe()
+        );
+        let source = &self.evidence["source"];
+        let mismatches = source["mismatches"].as_array().unwrap();
+        assert_eq!(
+            source["mismatches_total"].as_u64(),
+            Some(mismatches.len() as u64),
+            "{}",
+            self.describe()
+        );
+        let found: Vec<&str> = mismatches
+            .iter()
+            .map(|m| m["path"].as_str().unwrap())
+            .collect();
+        for path in paths {
+            assert!(
+                found.contains(&path.as_str()),
+                "{path} not reported: {}",
+                self.describe()
+            );
+        }
+        for m in mismatches {
+            let now = live(m["path"].as_str().unwrap());
+            assert_eq!(
+                m,
+                &serde_json::json!({
+                    "key": key, "path": m["path"], "source": now + by, "state": now, "output": now
+                }),
+                "{}",
+                self.describe()
+            );
+        }
+    }
 }
 
 /// How the rows of PostgreSQL reach the pipeline's input.
@@ -391,16 +433,16 @@ impl Pipeline {
                     snapshot_mode,
                 })
                 .expect("register the outbox connector"),
-            Relay::Cdc => register_cdc(
-                &servers.connect,
-                &Cdc {
+            Relay::Cdc => servers
+                .connect
+                .register_cdc(&Cdc {
                     name,
                     postgres: &servers.pg,
                     database: &self.database,
                     topic_prefix: &self.setup.app,
                     snapshot_mode,
-                },
-            ),
+                })
+                .expect("register the change-data-capture connector"),
         }
     }
 
@@ -666,64 +708,6 @@ impl Drop for Pipeline {
             );
         }
     }
-}
-
-/// A change-data-capture connector of one database: its name (also its slot) and topic prefix.
-pub struct Cdc<'a> {
-    pub name: &'a str,
-    pub postgres: &'a Postgres,
-    pub database: &'a str,
-    /// Its topics are `<topic_prefix>.public.<table>`.
-    pub topic_prefix: &'a str,
-    /// `initial` (rows already in the tables are read first) or `no_data`.
-    pub snapshot_mode: &'a str,
-}
-
-/// Registers the change-data-capture connector of `deploy/local/connect config cdc` and waits
-/// until it runs, as `Connect::register_outbox` does for the outbox.
-pub fn register_cdc(connect: &Connect, c: &Cdc<'_>) {
-    let script = local::scripts().expect("deploy/local").join("connect");
-    let env = [
-        ("CONNECT_PORT", connect.port.to_string()),
-        ("KAFKA_BOOTSTRAP", connect.bootstrap.clone()),
-        ("PG_PORT", c.postgres.port.to_string()),
-        ("PG_DATABASE", c.database.to_string()),
-        ("CONNECT_TOPIC_PREFIX", c.topic_prefix.to_string()),
-        ("CONNECT_SNAPSHOT_MODE", c.snapshot_mode.to_string()),
-    ];
-    let config = Command::new(&script)
-        .args(["config", "cdc", c.name])
-        .envs(env.clone())
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run deploy/local/connect config cdc");
-    assert!(
-        config.status.success(),
-        "deploy/local/connect config cdc {} failed ({})",
-        c.name,
-        config.status
-    );
-    let mut register = Command::new(&script)
-        .args(["register", c.name, "-"])
-        .envs(env)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run deploy/local/connect register");
-    register
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&config.stdout)
-        .unwrap();
-    let status = register.wait().unwrap();
-    assert!(
-        status.success(),
-        "deploy/local/connect register {} failed ({status})",
-        c.name
-    );
 }
 
 /// A processor's counter once it reached `want` (committed counts lag the commit a little), or
