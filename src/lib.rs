@@ -151,6 +151,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod engine;
+pub mod group;
 pub mod health;
 pub mod http;
 pub mod input;

@@ -93,6 +93,38 @@ fn describe() {
         "Control records refused, by reason (unsigned, bad_signature, moved_on, ...)"
     );
     metrics::describe_counter!(
+        "tally_restores_total",
+        "Stores restored before their partition went active, by kind (full: from the changelog's start; tail: from a checkpoint)"
+    );
+    metrics::describe_histogram!(
+        "tally_takeover_seconds",
+        "Assignment of a partition to its task active (restored), by restore kind"
+    );
+    metrics::describe_gauge!(
+        "tally_standby_lag_records",
+        "Changelog records a standby replica is behind, per partition"
+    );
+    metrics::describe_gauge!(
+        "tally_standby_partitions",
+        "Standby replicas this instance keeps"
+    );
+    metrics::describe_counter!(
+        "tally_standby_records_total",
+        "Changelog records written into standby stores"
+    );
+    metrics::describe_gauge!(
+        "tally_group_members",
+        "tally instances in the consumer group, as last described"
+    );
+    metrics::describe_counter!(
+        "tally_partitions_added_total",
+        "Input partitions a rebalance gave this instance"
+    );
+    metrics::describe_counter!(
+        "tally_partitions_revoked_total",
+        "Input partitions a rebalance took from this instance"
+    );
+    metrics::describe_counter!(
         "tally_redeliveries_reapplied_total",
         "Redelivered records whose dedupe entry landed before a crash but whose state did not"
     );

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::engine::{EngineError, Projectors, StoreRegistry};
+use crate::group::{Advertised, Directory};
 use crate::health::Health;
 use crate::http::HttpError;
 
@@ -30,6 +31,13 @@ pub fn run(
     let handle = crate::metrics::install();
     let health = Arc::new(Health::new(cfg.health.stall_timeout));
     let stores = Arc::new(StoreRegistry::default());
+    let directory = Directory::new(
+        Advertised {
+            instance: cfg.instance(),
+            server: cfg.application_server.clone(),
+        },
+        cfg.num_standby_replicas as usize,
+    );
     let renderers: HashMap<_, _> = cfg
         .flows
         .iter()
@@ -46,7 +54,10 @@ pub fn run(
         Arc::clone(&health),
         Arc::clone(&stores),
         renderers,
+        Arc::clone(&directory),
     )?;
-    crate::engine::run(cfg, projections, shutdown, health, stores)?;
+    let ran = crate::engine::run(cfg, projections, shutdown, health, stores, Arc::clone(&directory));
+    directory.stop();
+    ran?;
     Ok(bound)
 }

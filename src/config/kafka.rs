@@ -13,6 +13,8 @@ use crate::secret::SecretSource;
 pub const MANAGED_KEYS: &[&str] = &[
     "bootstrap.servers",
     "group.id",
+    "group.instance.id",
+    "client.id",
     "transactional.id",
     "enable.auto.commit",
     "enable.auto.offset.store",

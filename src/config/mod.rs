@@ -74,6 +74,18 @@ pub struct Config {
     /// Stable name of this instance; the transactional.id derives from it (pod name in k8s).
     #[serde(default)]
     pub instance_id: Option<String>,
+    /// Joins the group as a static member (`group.instance.id` = `instance_id`): a restart
+    /// within the session timeout gets its partitions back without a rebalance.
+    #[serde(default)]
+    pub static_membership: bool,
+    /// Other instances that keep each partition's store warm by tailing its changelog, so a
+    /// takeover restores only the tail (Kafka Streams' `num.standby.replicas`).
+    #[serde(default)]
+    pub num_standby_replicas: u32,
+    /// `host:port` at which the other instances reach this one's HTTP, advertised to the group
+    /// so `/state` on any instance can forward a query to the key's owner.
+    #[serde(default)]
+    pub application_server: Option<String>,
     /// How long an applied event id is remembered, by event time ("7d", "36h", "90m", "600s").
     #[serde(default = "default_dedupe_retention", deserialize_with = "de_duration")]
     pub dedupe_retention: Duration,
@@ -248,6 +260,21 @@ impl Config {
         }
         if let Some(id) = &self.instance_id {
             check_name("instance_id", id)?;
+        }
+        if self.static_membership && self.instance_id.is_none() {
+            return Err(invalid(
+                "static_membership",
+                "needs `instance_id` (the stable name the group knows this member by)",
+            ));
+        }
+        if self.num_standby_replicas > MAX_STANDBY_REPLICAS {
+            return Err(invalid(
+                "num_standby_replicas",
+                format!("must be within 0..={MAX_STANDBY_REPLICAS}"),
+            ));
+        }
+        if let Some(server) = &self.application_server {
+            check_server(server).map_err(|m| invalid("application_server", m))?;
         }
         if self.flows.is_empty() {
             return Err(invalid("flows", "at least one [[flows]] entry is required"));
@@ -438,6 +465,30 @@ fn resolve_secrets(
         }
     }
     Ok(())
+}
+
+/// More standbys than this only multiply every changelog's reads.
+const MAX_STANDBY_REPLICAS: u32 = 8;
+
+/// `host:port`, with a host of letters, digits, dots, dashes (or an IPv6 literal in brackets).
+fn check_server(v: &str) -> Result<(), String> {
+    let (host, port) = v
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{v}` is not host:port"))?;
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("`{v}` has no valid port"))?;
+    let bracketed = host.starts_with('[') && host.ends_with(']') && host.len() > 2;
+    let plain = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if bracketed || plain {
+        Ok(())
+    } else {
+        Err(format!("`{v}` has no valid host"))
+    }
 }
 
 fn check_name(key: &str, v: &str) -> Result<(), ConfigError> {

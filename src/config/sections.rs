@@ -43,6 +43,10 @@ pub struct HttpTls {
     pub certificate: PathBuf,
     /// Its private key (unencrypted PEM; mount it as a secret).
     pub private_key: PathBuf,
+    /// The CA that signs the other instances' certificates, checked when a query is forwarded to
+    /// a key's owner; the system's CAs when absent.
+    #[serde(default)]
+    pub peer_ca: Option<PathBuf>,
 }
 
 fn default_listen() -> SocketAddr {

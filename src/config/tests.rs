@@ -29,6 +29,9 @@ fn defaults_match_kafka_streams_names_and_values() {
     assert_eq!(cfg.http.listen.to_string(), "127.0.0.1:9464");
     // statestore.cache.max.bytes: 10 MiB.
     assert_eq!(cfg.statestore_cache_max_bytes, 10 * 1024 * 1024);
+    // num.standby.replicas: 0; group.instance.id unset.
+    assert_eq!(cfg.num_standby_replicas, 0);
+    assert!(!cfg.static_membership);
     assert_eq!(
         cfg.flows[0].changelog_topic(&cfg.application_id),
         "tally-inventory-inventory-changelog"
@@ -57,6 +60,10 @@ fn env_overrides_win_and_are_typed() {
 #[case::bad_guarantee("processing_guarantee = \"maybe_once\"\n", "maybe_once")]
 #[case::bad_retention("dedupe_retention = \"7 weeks\"\n", "7 weeks")]
 #[case::bad_app_id("application_id = \"has space\"\n", "application_id")]
+#[case::static_without_instance("static_membership = true\n", "static_membership")]
+#[case::too_many_standbys("num_standby_replicas = 9\n", "num_standby_replicas")]
+#[case::server_without_port("application_server = \"tally-0.tally\"\n", "application_server")]
+#[case::server_with_path("application_server = \"tally-0/x:8080\"\n", "application_server")]
 fn a_bad_config_fails_naming_the_key(#[case] line: &str, #[case] named: &str) {
     // Later keys of the same name would be a TOML error; put the line first and drop the original.
     let text = format!(

@@ -37,6 +37,8 @@ pub struct FlowInfo {
     pub guard: Guard,
     /// How its input records become events.
     pub reader: InputReader,
+    /// How producers spread its keys over the input's partitions (the contract's ordering).
+    pub partitioner: tally_topology::Partitioner,
 }
 
 /// Resolves every flow's topics: the input must exist; changelog, output and dead-letter topics
@@ -96,6 +98,7 @@ pub(super) fn prepare_topics(
                 contract.reconciliation.allow_overdraft,
             ),
             reader: f.input_reader(&contract).map_err(EngineError::Fatal)?,
+            partitioner: contract.ordering.partitioner,
         }));
     }
     Ok(out)

@@ -11,6 +11,7 @@ mod projector;
 mod rebalance;
 mod restore;
 mod sink;
+mod standby;
 mod task;
 mod task_manager;
 mod watch;
@@ -31,6 +32,7 @@ pub use sink::DeliveredOffsets;
 pub(crate) use task::{Task, TaskOps};
 
 use crate::config::Config;
+use crate::group::Directory;
 use crate::health::Health;
 use crate::kafka::clients;
 
@@ -55,7 +57,23 @@ pub enum EngineError {
 pub(crate) type FastHash = foldhash::fast::RandomState;
 
 /// Local stores by (flow name, partition), shared with the HTTP query endpoint.
-pub type StoreRegistry = dashmap::DashMap<(String, i32), Store>;
+pub type StoreRegistry = dashmap::DashMap<(String, i32), LocalStore>;
+
+/// A local store as the queries see it: the store and what it is here.
+#[derive(Clone)]
+pub struct LocalStore {
+    pub store: Store,
+    pub role: StoreRole,
+}
+
+/// Whether a local store is an assigned partition's (answers only once active) or a standby's
+/// (answers only when the query accepts stale state).
+#[derive(Clone)]
+pub enum StoreRole {
+    Task { active: Arc<AtomicBool> },
+    /// `lag`: records behind the changelog's end, -1 until first read.
+    Standby { lag: Arc<std::sync::atomic::AtomicI64> },
+}
 
 /// State shared by the poll loop and the rebalance callbacks.
 pub struct Engine {
@@ -78,6 +96,7 @@ pub(crate) fn run(
     shutdown: Arc<AtomicBool>,
     health: Arc<Health>,
     stores: Arc<StoreRegistry>,
+    directory: Arc<Directory>,
 ) -> Result<(), EngineError> {
     let cfg = Arc::new(cfg);
     // Before the producer starts: its start waits a minute for a cluster that never answers.
@@ -99,6 +118,24 @@ pub(crate) fn run(
         (flows, producer)
     });
     let flows = flows?;
+    directory.set_flows(flows.iter().map(|f| {
+        let located = crate::group::Located {
+            input: f.input.clone(),
+            partitions: f.partitions,
+            partitioner: f.partitioner,
+        };
+        (f.name.clone(), located)
+    }));
+    directory
+        .start(
+            cfg.bootstrap_servers.clone(),
+            (*cfg.kafka).clone(),
+            cfg.application_id.clone(),
+        )
+        .map_err(|source| tally_state::StateError::Fs {
+            path: cfg.state_dir.clone(),
+            source,
+        })?;
     let producer = producer.map_err(|e| match crate::kafka::errors::fatal(&e) {
         Some(why) => EngineError::Fatal(format!("creating the producer: {why}: {e}")),
         None => e.into(),
@@ -111,6 +148,7 @@ pub(crate) fn run(
         stores,
         Arc::clone(&health),
         Arc::clone(&readings),
+        Arc::clone(&directory),
     )?;
     let engine = Arc::new(Mutex::new(Engine {
         cfg: Arc::clone(&cfg),
@@ -136,10 +174,15 @@ pub(crate) fn run(
         Arc::clone(&health),
         Arc::clone(&readings),
     );
-    let consumer: Arc<BaseConsumer<EngineContext>> = Arc::new(clients::create(
-        &clients::group_consumer(&cfg.bootstrap_servers, &cfg.kafka, &cfg.application_id),
-        context,
-    )?);
+    let mut member =
+        clients::group_consumer(&cfg.bootstrap_servers, &cfg.kafka, &cfg.application_id);
+    // The group carries who each member is and where its HTTP answers (see `group`).
+    member.set("client.id", directory.me().client_id());
+    if cfg.static_membership {
+        member.set("group.instance.id", cfg.instance());
+    }
+    let consumer: Arc<BaseConsumer<EngineContext>> =
+        Arc::new(clients::create(&member, context)?);
     let inputs: Vec<&str> = flows.iter().map(|f| f.input.as_str()).collect();
     consumer.subscribe(&inputs)?;
     lock(&engine)
@@ -165,6 +208,7 @@ pub(crate) fn run(
         e.commits.set_consumer(None);
     }
     readings.stop();
+    directory.stop();
     consumer.unsubscribe();
     drop(consumer);
     tracing::info!("processor stopped");
@@ -181,6 +225,7 @@ impl Engine {
             .check(&self.readings, &views, self.health.stall_timeout());
         self.health.set_stalled(stalled);
         self.tasks.update_gauges();
+        self.tasks.place_standbys();
     }
 }
 

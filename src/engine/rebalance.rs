@@ -66,6 +66,7 @@ impl ConsumerContext for EngineContext {
         };
         let mut engine = lock(&self.engine);
         let revoked = engine.tasks.ids(tpl);
+        ::metrics::counter!("tally_partitions_revoked_total").increment(revoked.len() as u64);
         if consumer.assignment_lost() {
             tracing::warn!(
                 partitions = revoked.len(),
@@ -121,6 +122,7 @@ impl ConsumerContext for EngineContext {
         if let Err(e) = consumer.pause(&fresh) {
             tracing::warn!(error = %e, "cannot pause new partitions");
         }
+        ::metrics::counter!("tally_partitions_added_total").increment(added.len() as u64);
         for id in added {
             engine.tasks.add(id);
         }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{TaskId, TaskManager};
+use super::{Restored, TaskId, TaskManager};
+use crate::engine::StoreRole;
 use crate::config::ProcessingGuarantee;
 use crate::engine::restore::RestoreJob;
 
@@ -26,6 +27,12 @@ impl TaskManager {
             return;
         };
         let epoch = task.restart();
+        let name = (task.flow().name.clone(), partition);
+        if let Some(entry) = self.stores.get(&name) {
+            if let StoreRole::Task { active } = &entry.role {
+                active.store(false, Ordering::Release);
+            }
+        }
         let handle = RestoreHandle::default();
         if let Some(old) = self.restores.insert((flow_idx, partition), handle.clone()) {
             old.cancel.store(true, Ordering::Release);
@@ -100,6 +107,7 @@ impl TaskManager {
                 Ok(()) => {
                     let mut tpl = TopicPartitionList::new();
                     tpl.add_partition(&topic, p);
+                    self.activated((f, p), &restored);
                     if let Some(t) = self.tasks.get_mut(&(f, p)) {
                         t.activate(restored);
                         match self.control.take(&self.flows[f].control, p) {
@@ -123,6 +131,27 @@ impl TaskManager {
             }
         }
         self.update_gauges();
+    }
+
+    /// Marks a task's store as answering queries, and measures a takeover: from the assignment
+    /// to the task active.
+    fn activated(&mut self, id: TaskId, restored: &Restored) {
+        let flow = &self.flows[id.0].name;
+        if let Some(entry) = self.stores.get(&(flow.clone(), id.1)) {
+            if let StoreRole::Task { active } = &entry.role {
+                active.store(true, Ordering::Release);
+            }
+        }
+        let restore = if restored.full { "full" } else { "tail" };
+        ::metrics::counter!("tally_restores_total", "flow" => flow.clone(), "kind" => restore)
+            .increment(1);
+        if let Some(at) = self.assigned_at.remove(&id) {
+            let secs = at.elapsed().as_secs_f64();
+            ::metrics::histogram!("tally_takeover_seconds", "flow" => flow.clone(), "restore" => restore)
+                .record(secs);
+            tracing::info!(%flow, partition = id.1, restore, records = restored.records,
+                takeover_ms = (secs * 1000.0) as u64, "partition taken over");
+        }
     }
 }
 

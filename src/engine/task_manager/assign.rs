@@ -2,14 +2,14 @@
 //! backoff while it cannot be, e.g. another process holds its lock) and its restore started; a
 //! revoked one's last batch is written and its task dropped.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tally_state::{Store, StoreOptions};
 
 use super::{TaskId, TaskManager};
-use crate::engine::{EngineError, FlowInfo};
+use crate::engine::{EngineError, FlowInfo, LocalStore, StoreRole};
 
 /// First wait before opening a store that failed to open again; it doubles up to the cap.
 const RETRY_FIRST: Duration = Duration::from_millis(500);
@@ -35,6 +35,12 @@ impl TaskManager {
     pub(in crate::engine) fn add(&mut self, (flow_idx, partition): TaskId) {
         if self.tasks.contains_key(&(flow_idx, partition)) {
             return;
+        }
+        // A standby here becomes the task's store: its tail stops, written up to a checkpoint
+        // the restore starts from.
+        if self.standbys.release((flow_idx, partition)) {
+            tracing::info!(flow = %self.flows[flow_idx].name, partition,
+                "taking over from the standby kept here");
         }
         match self.open_store(flow_idx, partition) {
             Ok(store) => {
@@ -82,7 +88,7 @@ impl TaskManager {
     /// The store of a partition: open already (a store stays open for the life of the process:
     /// sled locks its files, and a restore thread of an earlier assignment may hold a handle),
     /// or opened now.
-    fn open_store(&mut self, flow_idx: usize, partition: i32) -> Result<Store, EngineError> {
+    pub(super) fn open_store(&mut self, flow_idx: usize, partition: i32) -> Result<Store, EngineError> {
         if let Some(s) = self.open_stores.get(&(flow_idx, partition)) {
             return Ok(s.clone());
         }
@@ -104,8 +110,17 @@ impl TaskManager {
 
     fn create_task(&mut self, flow_idx: usize, partition: i32, store: Store) {
         let flow = Arc::clone(&self.flows[flow_idx]);
-        self.stores
-            .insert((flow.name.clone(), partition), store.clone());
+        self.stores.insert(
+            (flow.name.clone(), partition),
+            LocalStore {
+                store: store.clone(),
+                role: StoreRole::Task {
+                    active: Arc::new(AtomicBool::new(false)),
+                },
+            },
+        );
+        self.assigned_at
+            .insert((flow_idx, partition), Instant::now());
         let cache = self.cache_bytes_per_task();
         let task = flow.projection.task(
             Arc::clone(&flow),
@@ -129,6 +144,7 @@ impl TaskManager {
     /// Forgets a partition this instance no longer owns.
     pub(in crate::engine) fn remove(&mut self, (flow_idx, partition): TaskId) {
         self.blocked.remove(&(flow_idx, partition));
+        self.assigned_at.remove(&(flow_idx, partition));
         self.control
             .release(&self.flows[flow_idx].control, partition);
         if let Some(r) = self.restores.remove(&(flow_idx, partition)) {

@@ -4,21 +4,25 @@
 mod activate;
 mod assign;
 mod control;
+mod standbys;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
+use std::time::Instant;
 
 use rdkafka::TopicPartitionList;
 use tally_state::Store;
 
 use super::commit::store::StoreWriter;
 use super::restore::RestoreDone;
+use super::standby::Standbys;
 use super::task::{Restored, Status, TaskOps};
 use super::watch::{Readings, TaskView};
 use super::{EngineError, FastHash, FlowInfo, StoreRegistry};
 use crate::config::Config;
+use crate::group::Directory;
 use crate::health::Health;
 use crate::kafka::record::InputRecord;
 
@@ -48,6 +52,12 @@ pub(super) struct TaskManager {
     control: control::Control,
     health: Arc<Health>,
     readings: Arc<Readings>,
+    /// Stores of partitions other instances own, kept warm here.
+    standbys: Standbys,
+    /// The group as seen from here: where standbys go.
+    directory: Arc<Directory>,
+    /// When each task was created by an assignment, until it is active: its takeover time.
+    assigned_at: HashMap<TaskId, Instant>,
 }
 
 impl TaskManager {
@@ -58,12 +68,20 @@ impl TaskManager {
         stores: Arc<StoreRegistry>,
         health: Arc<Health>,
         readings: Arc<Readings>,
+        directory: Arc<Directory>,
     ) -> Result<Self, EngineError> {
         let (restores_tx, restores_rx) = channel();
-        let writer = StoreWriter::start().map_err(|source| tally_state::StateError::Fs {
+        let fs = |source| tally_state::StateError::Fs {
             path: cfg.state_dir.clone(),
             source,
-        })?;
+        };
+        let writer = StoreWriter::start().map_err(fs)?;
+        let standbys = Standbys::start(
+            cfg.bootstrap_servers.clone(),
+            (*cfg.kafka).clone(),
+            cfg.application_id.clone(),
+        )
+        .map_err(fs)?;
         Ok(Self {
             cfg: Arc::clone(cfg),
             by_input: flows.iter().map(|f| (f.input.clone(), f.idx)).collect(),
@@ -80,6 +98,9 @@ impl TaskManager {
             control: control::Control::new(cfg)?,
             health,
             readings,
+            standbys,
+            directory,
+            assigned_at: HashMap::new(),
         })
     }
 

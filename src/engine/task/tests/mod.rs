@@ -56,6 +56,7 @@ fn flow_reading(reader: crate::input::InputReader) -> Arc<FlowInfo> {
         record_limit: RecordLimit::default(),
         reader,
         guard: Guard::none(),
+        partitioner: Default::default(),
     })
 }
 

@@ -1,12 +1,15 @@
-//! The HTTP endpoint: `/metrics` (Prometheus), `/healthz`, `/readyz`, and `/state/{flow}/{key}`
-//! which answers from the local stores of the partitions this instance owns. HTTPS and a bearer
-//! token for `/state` are optional; every answer is JSON but the metrics.
+//! The HTTP endpoint: `/metrics` (Prometheus), `/healthz`, `/readyz`, and the queries
+//! `/state/{flow}/{key}` and `/owners/{flow}/{key}` (see [`queries`]). HTTPS and a bearer token
+//! for the queries are optional; every answer is JSON but the metrics.
+
+mod forward;
+mod queries;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -16,6 +19,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::HttpConfig;
 use crate::engine::{Projector, StoreRegistry};
+use crate::group::Directory;
 use crate::health::Health;
 use crate::secret::Secret;
 
@@ -26,6 +30,10 @@ struct AppState {
     stores: Arc<StoreRegistry>,
     /// Flow name -> the projection that renders its states.
     projections: Arc<HashMap<String, Projector>>,
+    /// Who owns which partition, and where the other instances answer.
+    directory: Arc<Directory>,
+    /// The client that forwards a query to the key's owner.
+    forward: Arc<forward::Forwarder>,
 }
 
 /// Why the endpoint could not start.
@@ -50,6 +58,7 @@ pub(crate) fn serve(
     health: Arc<Health>,
     stores: Arc<StoreRegistry>,
     projections: HashMap<String, Projector>,
+    directory: Arc<Directory>,
 ) -> Result<SocketAddr, HttpError> {
     let listen = http.listen;
     let listener = std::net::TcpListener::bind(listen)
@@ -69,14 +78,18 @@ pub(crate) fn serve(
         ),
         None => None,
     };
+    let forward = forward::Forwarder::new(http).map_err(HttpError::Tls)?;
     let state = AppState {
         metrics,
         health,
         stores,
         projections: Arc::new(projections),
+        directory,
+        forward: Arc::new(forward),
     };
     let queries = Router::new()
-        .route("/state/{flow}/{key}", get(state_route))
+        .route("/state/{flow}/{key}", get(queries::state))
+        .route("/owners/{flow}/{key}", get(queries::owners))
         .route_layer(middleware::from_fn_with_state(
             http.token.clone(),
             require_token,
@@ -183,28 +196,4 @@ fn status(report: crate::health::Report) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(report)).into_response()
-}
-
-async fn state_route(
-    State(s): State<AppState>,
-    Path((flow, key)): Path<(String, String)>,
-) -> Response {
-    let Some(projection) = s.projections.get(&flow) else {
-        return error(StatusCode::NOT_FOUND, format!("unknown flow `{flow}`"));
-    };
-    let found = s
-        .stores
-        .iter()
-        .filter(|e| e.key().0 == flow)
-        .find_map(|e| e.value().state(key.as_bytes()).ok().flatten());
-    let Some(bytes) = found else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("key `{key}` is not in a partition owned here"),
-        );
-    };
-    match projection.render_state(&bytes) {
-        Ok(out) => ([(header::CONTENT_TYPE, "application/json")], out).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    }
 }
