@@ -16,6 +16,8 @@ use tally::workload::{Flow, LoadSpec};
 
 #[path = "e2e/ab.rs"]
 mod ab;
+#[path = "e2e/failover.rs"]
+mod failover;
 #[path = "e2e/latency.rs"]
 mod latency;
 #[path = "e2e/recovery.rs"]
@@ -88,6 +90,28 @@ fn run_id() -> u64 {
         .as_secs()
 }
 
+/// `TALLY_BENCH_FAILOVER=1`: kill -9 of one of two processors, timed with 0 and 1 standby at
+/// 100k keys (1M events) and at 1M keys (3M events; `TALLY_BENCH_SCALE_KEYS`).
+fn failover_runs() {
+    let broker = Broker::up();
+    let partitions: i32 = env_or("TALLY_BENCH_PARTITIONS", 12);
+    let run = run_id();
+    let work = std::env::temp_dir().join(format!("tally-bench-failover-{run}"));
+    let mut runs = Vec::new();
+    for keys in [env_or("TALLY_BENCH_KEYS", 100_000u64), env_or("TALLY_BENCH_SCALE_KEYS", 1_000_000u64)] {
+        if keys == 0 {
+            continue;
+        }
+        let events = if keys >= 1_000_000 { 3 * keys } else { 10 * keys };
+        runs.extend(failover::measure(&broker.bootstrap, &work, run, partitions, keys, events, &[0, 1]));
+    }
+    failover::write_report(&runs, partitions);
+    // TALLY_BENCH_KEEP=1 keeps the processors' logs and configs for a look.
+    if std::env::var_os("TALLY_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+}
+
 /// `TALLY_BENCH_AB=binA,binB`: two builds of tally, alternating, on one broker.
 fn ab_builds(bins: &str) {
     let broker = Broker::up();
@@ -157,6 +181,9 @@ fn main() {
     }
     if std::env::var_os("TALLY_BENCH_TLS").is_some() {
         return ab_tls();
+    }
+    if std::env::var_os("TALLY_BENCH_FAILOVER").is_some() {
+        return failover_runs();
     }
     let events: u64 = env_or("TALLY_BENCH_EVENTS", 1_000_000);
     let keys: u64 = env_or("TALLY_BENCH_KEYS", 100_000);

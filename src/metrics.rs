@@ -117,6 +117,10 @@ fn describe() {
         "tally instances in the consumer group, as last described"
     );
     metrics::describe_counter!(
+        "tally_departed_owners_fenced_total",
+        "Transactional ids of previous owners that left the group, fenced to abort their open transaction"
+    );
+    metrics::describe_counter!(
         "tally_partitions_added_total",
         "Input partitions a rebalance gave this instance"
     );

@@ -57,11 +57,27 @@ fn bytes(q: &str) -> u64 {
     }
 }
 
+/// The config pod `tally-0` starts with: the ConfigMap's, with the StatefulSet's env over it
+/// (`$(VAR)` expanded as Kubernetes does, the pod name from its fieldRef).
 fn config(docs: &[(String, Value)]) -> Config {
     let text = kind(docs, "ConfigMap")["data"]["tally.toml"]
         .as_str()
         .expect("the ConfigMap holds tally.toml");
-    Config::from_toml(text, |_| None, &Registry::builtin()).expect("tally starts with it")
+    let mut env: Vec<(String, String)> = Vec::new();
+    let container = &kind(docs, "StatefulSet")["spec"]["template"]["spec"]["containers"][0];
+    for var in container["env"].as_sequence().expect("the container has env") {
+        let name = var["name"].as_str().unwrap().to_string();
+        let value = match (&var["value"], &var["valueFrom"]["fieldRef"]["fieldPath"]) {
+            (Value::String(v), _) => env
+                .iter()
+                .fold(v.clone(), |v, (k, x)| v.replace(&format!("$({k})"), x)),
+            (_, Value::String(f)) if f == "metadata.name" => "tally-0".to_string(),
+            _ => continue,
+        };
+        env.push((name, value));
+    }
+    let lookup = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    Config::from_toml(text, lookup, &Registry::builtin()).expect("tally starts with it")
 }
 
 #[test]
@@ -80,6 +96,22 @@ fn every_manifest_parses_and_names_its_kind() {
 fn the_configmaps_config_is_one_tally_starts_with() {
     let cfg = config(&documents());
     assert_eq!(cfg.application_id, "tally-inventory");
+}
+
+#[test]
+fn a_pod_keeps_its_partitions_over_a_restart_and_answers_for_any_key() {
+    let docs = documents();
+    let cfg = config(&docs);
+    assert_eq!(cfg.instance_id.as_deref(), Some("tally-0"));
+    assert!(cfg.static_membership, "group.instance.id from the pod name");
+    assert!(cfg.num_standby_replicas >= 1);
+    // Reached through the headless Service the StatefulSet names, on the port it listens at.
+    let service = kind(&docs, "StatefulSet")["spec"]["serviceName"].as_str().unwrap();
+    assert_eq!(
+        cfg.application_server.as_deref(),
+        Some(format!("tally-0.{service}:{}", cfg.http.listen.port()).as_str())
+    );
+    assert_eq!(kind(&docs, "Service")["spec"]["clusterIP"].as_str(), Some("None"));
 }
 
 #[test]

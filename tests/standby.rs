@@ -198,6 +198,11 @@ fn a_kill_9_with_a_standby_restores_only_the_tail_and_loses_nothing() {
         "each partition taken over restored its tail"
     );
     assert_eq!(query(&b, &format!("/state/inventory/{key}")).status, 200);
+    assert_eq!(
+        b.metric("tally_departed_owners_fenced_total"),
+        1.0,
+        "the departed owner's transactional id is fenced once for all its partitions"
+    );
     assert_trusted(&setup.oracle());
 }
 

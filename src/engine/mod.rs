@@ -3,6 +3,7 @@
 //! engine to commit or drop work and to add or remove tasks.
 
 mod commit;
+mod departed;
 mod faults;
 mod flows;
 mod poll_loop;

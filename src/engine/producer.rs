@@ -134,7 +134,12 @@ impl TxnProducer {
 /// The `transactional.id` of an exactly_once processor: one per instance.
 fn transactional_id(cfg: &Config) -> Option<String> {
     (cfg.processing_guarantee == ProcessingGuarantee::ExactlyOnce)
-        .then(|| format!("{}-{}", cfg.application_id, cfg.instance()))
+        .then(|| transactional_id_of(&cfg.application_id, &cfg.instance()))
+}
+
+/// The `transactional.id` instance `instance` of application `application_id` commits with.
+pub(super) fn transactional_id_of(application_id: &str, instance: &str) -> String {
+    format!("{application_id}-{instance}")
 }
 
 fn create(cfg: &Config, delivered: &Arc<DeliveredOffsets>) -> Result<Sink, KafkaError> {

@@ -123,9 +123,10 @@ impl ConsumerContext for EngineContext {
             tracing::warn!(error = %e, "cannot pause new partitions");
         }
         ::metrics::counter!("tally_partitions_added_total").increment(added.len() as u64);
-        for id in added {
+        for &id in &added {
             engine.tasks.add(id);
         }
+        engine.tasks.fence_departed(&added);
         tracing::info!(partitions = tpl.count(), "partitions assigned; restoring");
     }
 }

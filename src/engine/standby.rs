@@ -106,6 +106,19 @@ impl Standbys {
         held
     }
 
+    /// Stops every standby and waits until each store is written up to its checkpoint (at
+    /// shutdown: what was read is kept for the next start).
+    pub fn release_all(&mut self) {
+        let held: Vec<TaskId> = self.held().collect();
+        for id in &held {
+            self.drop_later(*id);
+        }
+        let dropping: Vec<TaskId> = self.dropping.keys().copied().collect();
+        for id in dropping {
+            self.wait_dropped(id);
+        }
+    }
+
     fn wait_dropped(&mut self, id: TaskId) {
         if let Some(wait) = self.dropping.remove(&id) {
             if wait.recv_timeout(Duration::from_secs(30)).is_err() {

@@ -6,10 +6,10 @@ pub mod protocol;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 
 pub use protocol::Advertised;
 use tally_topology::Partitioner;
@@ -116,7 +116,18 @@ pub struct Directory {
     replicas: usize,
     view: RwLock<Option<Arc<GroupView>>>,
     flows: RwLock<HashMap<String, Located>>,
+    /// (topic, partition) -> the members stable views showed owning it: (now, before).
+    owners: RwLock<HashMap<(String, i32), (String, Option<String>)>>,
+    /// The client that describes the group, and the group, once started.
+    describer: Mutex<Option<Describer>>,
     stop: AtomicBool,
+}
+
+/// A kept client (its connection to the coordinator stays warm) and what it has seen.
+struct Describer {
+    client: BaseConsumer<clients::Quiet>,
+    group: String,
+    seen: BTreeSet<String>,
 }
 
 impl Directory {
@@ -127,6 +138,8 @@ impl Directory {
             replicas,
             view: RwLock::new(None),
             flows: RwLock::new(HashMap::new()),
+            owners: RwLock::new(HashMap::new()),
+            describer: Mutex::new(None),
             stop: AtomicBool::new(false),
         })
     }
@@ -153,6 +166,18 @@ impl Directory {
         Some((f.input.clone(), f.partitioner.partition(key.as_bytes(), f.partitions)))
     }
 
+    /// The other instance that owned `topic`'s `partition` before this one, as stable views
+    /// showed it (the owner now, when that is not this instance).
+    pub fn previous_owner(&self, topic: &str, partition: i32) -> Option<String> {
+        let owners = self.owners.read().unwrap_or_else(|p| p.into_inner());
+        let (now, before) = owners.get(&(topic.to_string(), partition))?;
+        if *now == self.me.instance {
+            before.clone()
+        } else {
+            Some(now.clone())
+        }
+    }
+
     /// Standby replicas per partition.
     pub fn replicas(&self) -> usize {
         self.replicas
@@ -171,10 +196,28 @@ impl Directory {
         passthrough: BTreeMap<String, String>,
         group: String,
     ) -> std::io::Result<()> {
+        match clients::quiet_reader(&bootstrap, &passthrough, &group) {
+            Ok(client) => {
+                *self.describer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Describer {
+                    client,
+                    group,
+                    seen: BTreeSet::new(),
+                })
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create the group's describer; queries answer locally only");
+                return Ok(());
+            }
+        }
         let me = Arc::clone(self);
         std::thread::Builder::new()
             .name("tally-group".into())
-            .spawn(move || me.watch(&bootstrap, &passthrough, &group))
+            .spawn(move || {
+                while !me.stop.load(Ordering::Acquire) {
+                    me.describe();
+                    std::thread::sleep(REFRESH);
+                }
+            })
             .map(|_| ())
     }
 
@@ -183,33 +226,47 @@ impl Directory {
         self.stop.store(true, Ordering::Release);
     }
 
-    fn watch(&self, bootstrap: &str, passthrough: &BTreeMap<String, String>, group: &str) {
-        let client = match clients::quiet_reader(bootstrap, passthrough, group) {
-            Ok(c) => c,
+    /// Describes the group now (DescribeGroups), keeps the answer as the latest view and returns
+    /// it; none when the broker does not answer or nothing was started.
+    pub fn describe(&self) -> Option<Arc<GroupView>> {
+        let mut guard = self.describer.lock().unwrap_or_else(|p| p.into_inner());
+        let d = guard.as_mut()?;
+        let list = match d.client.fetch_group_list(Some(&d.group), Duration::from_secs(5)) {
+            Ok(list) => list,
             Err(e) => {
-                tracing::error!(error = %e, "cannot create the group's describer; queries answer locally only");
-                return;
+                tracing::debug!(error = %e, "describing the group failed; retrying");
+                return None;
             }
         };
-        let mut seen: BTreeSet<String> = BTreeSet::new();
-        while !self.stop.load(Ordering::Acquire) {
-            match client.fetch_group_list(Some(group), Duration::from_secs(5)) {
-                Ok(list) => {
-                    if let Some(g) = list.groups().iter().find(|g| g.name() == group) {
-                        let view = GroupView::read(g);
-                        let names: BTreeSet<String> =
-                            view.members.iter().map(|m| m.instance.clone()).collect();
-                        if names != seen {
-                            tracing::info!(members = ?names, state = %view.state, "group membership");
-                            seen = names;
-                        }
-                        ::metrics::gauge!("tally_group_members").set(view.members.len() as f64);
-                        *self.view.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(view));
+        let group = list.groups().iter().find(|g| g.name() == d.group)?;
+        let view = Arc::new(GroupView::read(group));
+        let names: BTreeSet<String> = view.members.iter().map(|m| m.instance.clone()).collect();
+        if names != d.seen {
+            tracing::info!(members = ?names, state = %view.state, "group membership");
+            d.seen = names;
+        }
+        ::metrics::gauge!("tally_group_members").set(view.members.len() as f64);
+        if view.stable() {
+            self.remember_owners(&view);
+        }
+        *self.view.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&view));
+        Some(view)
+    }
+
+    fn remember_owners(&self, view: &GroupView) {
+        let mut owners = self.owners.write().unwrap_or_else(|p| p.into_inner());
+        for m in &view.members {
+            for (topic, partitions) in &m.assigned {
+                for p in partitions {
+                    let entry = owners
+                        .entry((topic.clone(), *p))
+                        .or_insert_with(|| (m.instance.clone(), None));
+                    if entry.0 != m.instance {
+                        let before = std::mem::replace(&mut entry.0, m.instance.clone());
+                        entry.1 = Some(before);
                     }
                 }
-                Err(e) => tracing::debug!(error = %e, "describing the group failed; retrying"),
             }
-            std::thread::sleep(REFRESH);
         }
     }
 }

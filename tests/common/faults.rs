@@ -28,25 +28,42 @@ pub fn paced(
 pub struct Fleet<'a> {
     setup: &'a Setup,
     procs: Vec<(String, Option<Processor>, bool)>,
+    /// Settings every processor of the fleet starts with (`TALLY_*`).
+    env: Vec<(&'a str, &'a str)>,
 }
 
 impl<'a> Fleet<'a> {
     pub fn start(setup: &'a Setup, names: &[&str]) -> Self {
-        let procs = names
-            .iter()
-            .map(|n| (n.to_string(), Some(Processor::start(setup, n, &[])), false))
-            .collect();
-        Self { setup, procs }
+        Self::start_with(setup, names, &[])
     }
 
-    /// kill -9 of processor `i`, then a restart with the same instance id (and `env`).
-    pub fn kill_and_restart(&mut self, i: usize, env: &[(&str, &str)]) {
+    /// [`Fleet::start`] with settings every start of every processor gets.
+    pub fn start_with(setup: &'a Setup, names: &[&str], env: &[(&'a str, &'a str)]) -> Self {
+        let procs = names
+            .iter()
+            .map(|n| (n.to_string(), Some(Processor::start(setup, n, env)), false))
+            .collect();
+        Self {
+            setup,
+            procs,
+            env: env.to_vec(),
+        }
+    }
+
+    /// kill -9 of processor `i`, then a restart with the same instance id (and `hook`).
+    pub fn kill_and_restart(&mut self, i: usize, hook: &[(&str, &str)]) {
+        let env: Vec<(&str, &str)> = self.env.iter().copied().chain(hook.iter().copied()).collect();
         let (name, p, hooked) = &mut self.procs[i];
         if let Some(p) = p.take() {
             p.kill9();
         }
-        *p = Some(Processor::start(self.setup, name, env));
-        *hooked = !env.is_empty();
+        *p = Some(Processor::start(self.setup, name, &env));
+        *hooked = !hook.is_empty();
+    }
+
+    /// The running processors.
+    pub fn running(&self) -> impl Iterator<Item = &Processor> {
+        self.procs.iter().filter_map(|(_, p, _)| p.as_ref())
     }
 
     /// Waits until hooked processor `i` died by its hook (1) or `limit` passed (0), then restarts
@@ -74,7 +91,7 @@ impl<'a> Fleet<'a> {
                 if let Some(p) = p.take() {
                     p.kill9();
                 }
-                *p = Some(Processor::start(self.setup, name, &[]));
+                *p = Some(Processor::start(self.setup, name, &self.env));
                 *hooked = false;
             }
         }

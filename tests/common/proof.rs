@@ -261,31 +261,29 @@ fn take_dedupe_ids(
     ids
 }
 
-/// The instance whose state dir for partition `p` was written last.
+/// Whether `me` holds the most current store of partition `p` among `instances`: the furthest
+/// changelog checkpoint (a task's store, or a standby's), the first such instance on a tie.
 fn owns_last(setup: &Setup, instances: &[&str], me: &str, p: i32) -> bool {
     let flow = match setup.flow {
         Flow::Inventory => "inventory",
         Flow::Ledger => "ledger",
     };
-    let modified = |i: &str| {
+    let reached = |i: &str| {
         let dir = setup
             .state_dir()
             .join(i)
             .join(&setup.app)
             .join(flow)
             .join(p.to_string());
-        newest_mtime(&dir)
+        if !dir.exists() {
+            return None;
+        }
+        let store = Store::open(&dir, StoreOptions::default()).ok()?;
+        store.checkpoint().ok()?.map(|c| c.changelog_offset)
     };
-    let mine = modified(me);
-    instances.iter().all(|i| *i == me || modified(i) <= mine)
-}
-
-fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
-    std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .filter_map(|e| e.metadata().ok()?.modified().ok())
-        .max()
+    let mine = reached(me);
+    let best = instances.iter().map(|i| reached(i)).max().flatten();
+    mine.is_some() && mine == best && instances.iter().find(|i| reached(i) == best) == Some(&me)
 }
 
 fn show(b: &[u8]) -> String {

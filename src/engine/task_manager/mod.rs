@@ -161,6 +161,7 @@ impl TaskManager {
 
     /// Waits until every committed batch is in its store, and flushes the stores (at shutdown).
     pub(super) fn settle_all(&mut self) {
+        self.standbys.release_all();
         for t in self.tasks.values_mut() {
             if let Err(err) = t.settle() {
                 tracing::warn!(error = %err, "writing the last batch failed; the next start restores it");

@@ -1,10 +1,14 @@
 //! Which standbys this instance keeps: read from the group's latest stable view each check, the
-//! same way on every instance, never for a partition it has a task for.
+//! same way on every instance, never for a partition it has a task for. And the previous owners
+//! of partitions taken over, whose open transactions are aborted if they left the group.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::{TaskId, TaskManager};
+use crate::config::ProcessingGuarantee;
+use crate::engine::departed::Departed;
+use crate::engine::producer::transactional_id_of;
 use crate::engine::{LocalStore, StoreRole};
 
 impl TaskManager {
@@ -66,5 +70,30 @@ impl TaskManager {
             );
         }
         ::metrics::gauge!("tally_standby_partitions").set(self.standbys.held().count() as f64);
+    }
+
+    /// Under exactly_once, fences (on threads of their own, while the restores run) the other
+    /// instances stable views showed owning `taken` before, if they are no longer in the group.
+    pub(in crate::engine) fn fence_departed(&self, taken: &[TaskId]) {
+        if self.cfg.processing_guarantee != ProcessingGuarantee::ExactlyOnce {
+            return;
+        }
+        let me = &self.directory.me().instance;
+        let owners: HashSet<String> = taken
+            .iter()
+            .filter_map(|&(f, p)| self.directory.previous_owner(&self.flows[f].input, p))
+            .filter(|owner| owner != me)
+            .collect();
+        for instance in owners {
+            Departed {
+                transactional_id: transactional_id_of(&self.cfg.application_id, &instance),
+                instance,
+            }
+            .fence_if_gone(
+                Arc::clone(&self.directory),
+                self.cfg.bootstrap_servers.clone(),
+                (*self.cfg.kafka).clone(),
+            );
+        }
     }
 }
