@@ -98,12 +98,27 @@ fn failover_runs() {
     let run = run_id();
     let work = std::env::temp_dir().join(format!("tally-bench-failover-{run}"));
     let mut runs = Vec::new();
-    for keys in [env_or("TALLY_BENCH_KEYS", 100_000u64), env_or("TALLY_BENCH_SCALE_KEYS", 1_000_000u64)] {
+    for keys in [
+        env_or("TALLY_BENCH_KEYS", 100_000u64),
+        env_or("TALLY_BENCH_SCALE_KEYS", 1_000_000u64),
+    ] {
         if keys == 0 {
             continue;
         }
-        let events = if keys >= 1_000_000 { 3 * keys } else { 10 * keys };
-        runs.extend(failover::measure(&broker.bootstrap, &work, run, partitions, keys, events, &[0, 1]));
+        let events = if keys >= 1_000_000 {
+            3 * keys
+        } else {
+            10 * keys
+        };
+        runs.extend(failover::measure(
+            &broker.bootstrap,
+            &work,
+            run,
+            partitions,
+            keys,
+            events,
+            &[0, 1],
+        ));
     }
     failover::write_report(&runs, partitions);
     // TALLY_BENCH_KEEP=1 keeps the processors' logs and configs for a look.

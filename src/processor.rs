@@ -56,7 +56,14 @@ pub fn run(
         renderers,
         Arc::clone(&directory),
     )?;
-    let ran = crate::engine::run(cfg, projections, shutdown, health, stores, Arc::clone(&directory));
+    let ran = crate::engine::run(
+        cfg,
+        projections,
+        shutdown,
+        health,
+        stores,
+        Arc::clone(&directory),
+    );
     directory.stop();
     ran?;
     Ok(bound)

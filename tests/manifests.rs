@@ -65,7 +65,10 @@ fn config(docs: &[(String, Value)]) -> Config {
         .expect("the ConfigMap holds tally.toml");
     let mut env: Vec<(String, String)> = Vec::new();
     let container = &kind(docs, "StatefulSet")["spec"]["template"]["spec"]["containers"][0];
-    for var in container["env"].as_sequence().expect("the container has env") {
+    for var in container["env"]
+        .as_sequence()
+        .expect("the container has env")
+    {
         let name = var["name"].as_str().unwrap().to_string();
         let value = match (&var["value"], &var["valueFrom"]["fieldRef"]["fieldPath"]) {
             (Value::String(v), _) => env
@@ -99,19 +102,24 @@ fn the_configmaps_config_is_one_tally_starts_with() {
 }
 
 #[test]
-fn a_pod_keeps_its_partitions_over_a_restart_and_answers_for_any_key() {
+fn a_pods_config_is_a_static_member_with_a_standby_and_its_own_address() {
     let docs = documents();
     let cfg = config(&docs);
     assert_eq!(cfg.instance_id.as_deref(), Some("tally-0"));
     assert!(cfg.static_membership, "group.instance.id from the pod name");
     assert!(cfg.num_standby_replicas >= 1);
     // Reached through the headless Service the StatefulSet names, on the port it listens at.
-    let service = kind(&docs, "StatefulSet")["spec"]["serviceName"].as_str().unwrap();
+    let service = kind(&docs, "StatefulSet")["spec"]["serviceName"]
+        .as_str()
+        .unwrap();
     assert_eq!(
         cfg.application_server.as_deref(),
         Some(format!("tally-0.{service}:{}", cfg.http.listen.port()).as_str())
     );
-    assert_eq!(kind(&docs, "Service")["spec"]["clusterIP"].as_str(), Some("None"));
+    assert_eq!(
+        kind(&docs, "Service")["spec"]["clusterIP"].as_str(),
+        Some("None")
+    );
 }
 
 #[test]
@@ -147,8 +155,9 @@ fn a_pod_has_the_memory_of_the_measured_peak_and_time_to_finish_its_commit() {
     let limit = pod["containers"][0]["resources"]["limits"]["memory"]
         .as_str()
         .expect("a memory limit");
-    // benches/report/e2e.md: a full restore of 1M keys peaked at 549 MiB RSS.
-    assert!(bytes(limit) >= 549 << 20, "{limit}");
+    // benches/report/failover.md: a takeover of 6 partitions at 1M keys by a full restore under
+    // load peaked at 623 MiB RSS.
+    assert!(bytes(limit) >= 623 << 20, "{limit}");
     let grace = pod["terminationGracePeriodSeconds"]
         .as_u64()
         .expect("a grace period");

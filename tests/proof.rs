@@ -355,7 +355,10 @@ fn s13_kill_9_with_standby_replicas_under_load() {
     let from_standby = logged(&setup, "taking over from the standby kept here");
     let store_diff = proof::stores_differ_from_changelog(&setup, &names);
     if !store_diff.is_empty() {
-        eprintln!("stores that differ from the changelog (first 10): {:?}", &store_diff[..store_diff.len().min(10)]);
+        eprintln!(
+            "stores that differ from the changelog (first 10): {:?}",
+            &store_diff[..store_diff.len().min(10)]
+        );
     }
     let report = setup.oracle();
     verdict_with(
@@ -363,9 +366,18 @@ fn s13_kill_9_with_standby_replicas_under_load() {
         kills,
         &report,
         &[
-            ("every record checked", report.events_checked == sent.records_sent),
-            ("a takeover restored from a standby's tail", from_standby > 0),
-            ("the most current stores equal the changelog", store_diff.is_empty()),
+            (
+                "every record checked",
+                report.events_checked == sent.records_sent,
+            ),
+            (
+                "a takeover restored from a standby's tail",
+                from_standby > 0,
+            ),
+            (
+                "the most current stores equal the changelog",
+                store_diff.is_empty(),
+            ),
         ],
     );
 }

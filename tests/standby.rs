@@ -1,14 +1,17 @@
 //! Against a real broker, with several instances of one application: a query answers from any
-//! instance, a standby makes a takeover restore only the tail, and a restart with static
-//! membership moves no partition.
+//! instance (over HTTPS too), a standby makes a takeover restore only the tail, and a restart
+//! with static membership moves no partition.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::pipeline::wait_metric;
 use common::{assert_trusted, read_all, Processor, Setup};
 use tally::workload::Flow;
 
@@ -36,12 +39,23 @@ struct Answer {
 fn query(p: &Processor, path: &str) -> Answer {
     let mut s = TcpStream::connect(("127.0.0.1", p.http_port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
     let mut lines = head.lines();
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers = lines
         .filter_map(|l| l.split_once(": "))
         .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
@@ -69,8 +83,13 @@ fn metric_with(p: &Processor, name: &str, label: &str) -> f64 {
 fn wait_settled(all: &[&Processor], probe: &str) {
     let started = Instant::now();
     loop {
-        let assigned: f64 = all.iter().map(|p| p.metric("tally_partitions_assigned")).sum();
-        let ready = all.iter().all(|p| p.get("/readyz").is_some_and(|(c, _)| c == 200));
+        let assigned: f64 = all
+            .iter()
+            .map(|p| p.metric("tally_partitions_assigned"))
+            .sum();
+        let ready = all
+            .iter()
+            .all(|p| p.get("/readyz").is_some_and(|(c, _)| c == 200));
         let owned = all.iter().all(|p| {
             let a = query(p, &format!("/owners/inventory/{probe}"));
             a.status == 200 && a.body.contains("\"moving\":false")
@@ -132,15 +151,23 @@ fn a_query_sent_to_any_of_three_instances_returns_the_owners_answer() {
             .collect();
         for (p, a) in all.iter().zip(&answers) {
             assert_eq!(a.status, 200, "{key} on port {}: {}", p.http_port, a.body);
-            assert_eq!(a.body, answers[0].body, "{key}: every instance gives the owner's answer");
-            assert_eq!(a.headers["tally-served-by"], owner, "{key} is answered by its owner");
+            assert_eq!(
+                a.body, answers[0].body,
+                "{key}: every instance gives the owner's answer"
+            );
+            assert_eq!(
+                a.headers["tally-served-by"], owner,
+                "{key} is answered by its owner"
+            );
         }
     }
     // Every instance names the same owner and standby, never the owner as its own standby.
     for key in &keys[..5] {
         let views: Vec<serde_json::Value> = all
             .iter()
-            .map(|p| serde_json::from_str(&query(p, &format!("/owners/inventory/{key}")).body).unwrap())
+            .map(|p| {
+                serde_json::from_str(&query(p, &format!("/owners/inventory/{key}")).body).unwrap()
+            })
             .collect();
         for v in &views {
             assert_eq!(v["active"], views[0]["active"]);
@@ -149,6 +176,84 @@ fn a_query_sent_to_any_of_three_instances_returns_the_owners_answer() {
             assert_ne!(v["standbys"][0]["instance"], v["active"]["instance"]);
         }
     }
+}
+
+/// `GET path` over HTTPS (checked against `ca`) with a bearer token: status, `Tally-Served-By`,
+/// body.
+fn https_query(p: &Processor, path: &str, ca: &Path, token: Option<&str>) -> (u16, String, String) {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-D", "-", "--cacert"])
+        .arg(ca)
+        .arg(format!("https://127.0.0.1:{}{path}", p.http_port));
+    if let Some(t) = token {
+        c.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned();
+    let Some((head, body)) = out.split_once("\r\n\r\n") else {
+        return (0, String::new(), out);
+    };
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let served_by = head
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .find(|(k, _)| k.eq_ignore_ascii_case("tally-served-by"))
+        .map_or(String::new(), |(_, v)| v.to_string());
+    (status, served_by, body.to_string())
+}
+
+#[test]
+fn a_query_over_https_is_forwarded_to_the_owner_with_its_token() {
+    let certs = &common::secure().dir;
+    let ca = certs.join("ca.pem");
+    let mut setup = Setup::new("routed-https", Flow::Inventory, 2);
+    setup.extra = format!(
+        "token = \"routed-token\"\n[http.tls]\ncertificate = {:?}\nprivate_key = {:?}\npeer_ca = {:?}\n",
+        certs.join("broker.crt").display().to_string(),
+        certs.join("broker.key").display().to_string(),
+        ca.display().to_string()
+    );
+    let all = ["a", "b"].map(|i| member(&setup, i, &[]));
+    setup.load(500, 40, 0.0, 0.0, 0.0, 25);
+    setup.wait_caught_up(LIMIT);
+    let keys = some_keys(&setup, 20);
+    let token = Some("routed-token");
+    let mut forwarded = [0, 0];
+    for key in &keys {
+        let path = format!("/state/inventory/{key}");
+        // Both instances answer alike once the group has settled.
+        let started = Instant::now();
+        let answers = loop {
+            let answers = all.each_ref().map(|p| https_query(p, &path, &ca, token));
+            if answers.iter().all(|a| a.0 == 200) && answers[0] == answers[1] {
+                break answers;
+            }
+            assert!(started.elapsed() < LIMIT, "{key}: {answers:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let owner = &answers[0].1;
+        for (i, name) in ["a", "b"].iter().enumerate() {
+            forwarded[i] += usize::from(owner != name);
+        }
+        let owners = https_query(&all[0], &format!("/owners/inventory/{key}"), &ca, token).2;
+        let owners: serde_json::Value = serde_json::from_str(&owners).unwrap();
+        assert_eq!(
+            owners["active"]["instance"],
+            owner.as_str(),
+            "{key} is answered by its owner"
+        );
+    }
+    assert!(
+        forwarded.iter().all(|&n| n > 0),
+        "each instance forwarded some: {forwarded:?}"
+    );
+    let without = all
+        .each_ref()
+        .map(|p| https_query(p, &format!("/state/inventory/{}", keys[0]), &ca, None).0);
+    assert_eq!(without, [401, 401], "no token, no answer, forwarded or not");
 }
 
 #[test]
@@ -198,9 +303,10 @@ fn a_kill_9_with_a_standby_restores_only_the_tail_and_loses_nothing() {
         "each partition taken over restored its tail"
     );
     assert_eq!(query(&b, &format!("/state/inventory/{key}")).status, 200);
+    // The fence runs beside the restores, so it may finish after them.
     assert_eq!(
-        b.metric("tally_departed_owners_fenced_total"),
-        1.0,
+        wait_metric(&b, "tally_departed_owners_fenced_total", 1),
+        1,
         "the departed owner's transactional id is fenced once for all its partitions"
     );
     assert_trusted(&setup.oracle());
@@ -233,8 +339,14 @@ fn a_restart_with_static_membership_moves_no_partition_and_restores_no_store() {
 
     assert_eq!(b_moves(), b_before, "b gained or lost no partition");
     assert_eq!(a.metric("tally_partitions_assigned"), a_owns);
-    assert_eq!(metric_with(&a, "tally_restores_total", "kind=\"full\""), 0.0);
-    assert_eq!(metric_with(&a, "tally_restores_total", "kind=\"tail\""), a_owns);
+    assert_eq!(
+        metric_with(&a, "tally_restores_total", "kind=\"full\""),
+        0.0
+    );
+    assert_eq!(
+        metric_with(&a, "tally_restores_total", "kind=\"tail\""),
+        a_owns
+    );
     assert_eq!(
         a.metric("tally_restore_records_total"),
         0.0,

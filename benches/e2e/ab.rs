@@ -8,10 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tally::kafka::topics::{TopicRole, Topics};
-use tally::workload::{Flow, LoadSpec};
 
 use super::env_or;
-use super::support::{measured_catch_up, write_instance_config, Broker, Measured};
+use super::support::{inventory_load, measured_catch_up, write_instance_config, Broker, Measured};
 
 /// One way of running the processor: a binary, a bootstrap and extra `[kafka]` settings.
 pub struct Variant {
@@ -38,16 +37,7 @@ pub fn compare(load_bootstrap: &str, variants: &[Variant], secure_port: Option<u
     topics
         .create(&input, partitions, 1, TopicRole::Log)
         .unwrap();
-    let spec = LoadSpec {
-        flow: Flow::Inventory,
-        events,
-        keys,
-        duplicates: 0.05,
-        invalid: 0.0,
-        conflicts: 0.0,
-        rate: 0,
-        seed: 1,
-    };
+    let spec = inventory_load(events, keys, 0, 1);
     tally::workload::produce(load_bootstrap, &none, &input, &spec).unwrap();
     eprintln!("loaded {events} events ({keys} SKUs, {partitions} partitions)");
     let mut results: BTreeMap<String, Vec<Measured>> = BTreeMap::new();

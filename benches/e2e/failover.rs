@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tally::kafka::topics::{TopicRole, Topics};
-use tally::workload::LoadSpec;
 
 use super::support::*;
 
@@ -54,23 +53,22 @@ pub fn measure(
         .unwrap()
         .create(&input, partitions, 1, TopicRole::Log)
         .unwrap();
-    let spec = LoadSpec {
-        flow: tally::workload::Flow::Inventory,
-        events,
-        keys,
-        duplicates: 0.05,
-        invalid: 0.0,
-        conflicts: 0.0,
-        rate: 0,
-        seed: 11,
-    };
+    let spec = inventory_load(events, keys, 0, 11);
     eprintln!("failover: loading {events} events over {keys} SKUs");
     tally::workload::produce(bootstrap, &Default::default(), &input, &spec).unwrap();
     let mut out = Vec::new();
     for load_rate in [0, LOAD_RATE] {
         for &s in standbys {
             let app = format!("bench-{run}-{keys}-s{s}-r{load_rate}");
-            let f = once(bootstrap, work, &app, &input, partitions as usize, s, load_rate);
+            let f = once(
+                bootstrap,
+                work,
+                &app,
+                &input,
+                partitions as usize,
+                s,
+                load_rate,
+            );
             let f = Failover { keys, events, ..f };
             eprintln!("failover: {f:?}");
             out.push(f);
@@ -106,7 +104,10 @@ fn once(
                 break (xa, ya);
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(900), "no shared assignment");
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "no shared assignment"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     if standbys > 0 {
@@ -115,22 +116,16 @@ fn once(
         while metric(ports[1], "tally_standby_partitions") != shared.0 as f64
             || metric(ports[1], "tally_standby_lag_records") != 0.0
         {
-            assert!(started.elapsed() < Duration::from_secs(900), "standbys never current");
+            assert!(
+                started.elapsed() < Duration::from_secs(900),
+                "standbys never current"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
     // Under load, the kill lands with a transaction open: 20 s of records from 3 s before it.
     let load = (load_rate > 0).then(|| {
-        let spec = LoadSpec {
-            flow: tally::workload::Flow::Inventory,
-            events: load_rate * 20,
-            keys: 100_000,
-            duplicates: 0.05,
-            invalid: 0.0,
-            conflicts: 0.0,
-            rate: load_rate,
-            seed: 12 + u64::from(standbys),
-        };
+        let spec = inventory_load(load_rate * 20, 100_000, load_rate, 12 + u64::from(standbys));
         let (bootstrap, input) = (bootstrap.to_string(), input.to_string());
         let t = std::thread::spawn(move || {
             tally::workload::produce(&bootstrap, &Default::default(), &input, &spec).unwrap()
@@ -155,11 +150,17 @@ fn once(
             done = Some(Instant::now());
         }
         if settled.is_none()
-            && ends(&committed, &output, partitions).iter().zip(&written).all(|(c, w)| c >= w)
+            && ends(&committed, &output, partitions)
+                .iter()
+                .zip(&written)
+                .all(|(c, w)| c >= w)
         {
             settled = Some(Instant::now());
         }
-        assert!(killed.elapsed() < Duration::from_secs(600), "no takeover within 10 minutes");
+        assert!(
+            killed.elapsed() < Duration::from_secs(600),
+            "no takeover within 10 minutes"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let done = done.unwrap_or_else(Instant::now);
@@ -187,7 +188,12 @@ fn once(
 
 /// Two readers of partition ends: read_uncommitted (the high watermark) and read_committed
 /// (the last stable offset).
-fn output_readers(bootstrap: &str) -> (rdkafka::consumer::BaseConsumer, rdkafka::consumer::BaseConsumer) {
+fn output_readers(
+    bootstrap: &str,
+) -> (
+    rdkafka::consumer::BaseConsumer,
+    rdkafka::consumer::BaseConsumer,
+) {
     let make = |isolation: &str| {
         let mut c = rdkafka::ClientConfig::new();
         c.set("bootstrap.servers", bootstrap)
@@ -210,17 +216,6 @@ fn ends(reader: &rdkafka::consumer::BaseConsumer, topic: &str, partitions: usize
         .collect()
 }
 
-/// (assigned, restoring) from `/readyz`.
-fn assigned(port: u16) -> Option<(usize, usize)> {
-    let r = http(port, "/readyz")?;
-    let body = r.split("\r\n\r\n").nth(1)?;
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
-    Some((
-        v["partitions_assigned"].as_u64()? as usize,
-        v["partitions_restoring"].as_u64()? as usize,
-    ))
-}
-
 /// Writes `benches/report/failover.{json,md}`.
 pub fn write_report(runs: &[Failover], partitions: i32) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/report");
@@ -231,7 +226,11 @@ pub fn write_report(runs: &[Failover], partitions: i32) {
         "session_timeout_ms": 10000,
         "runs": runs,
     });
-    std::fs::write(dir.join("failover.json"), serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("failover.json"),
+        serde_json::to_string_pretty(&json).unwrap(),
+    )
+    .unwrap();
     let mut md = format!(
         "# tally failover: kill -9 of one of two processors\n\ncommit `{}` on {} cores; {partitions} partitions, one broker, tally's default `session.timeout.ms` (10 s), the processor killed when caught up (load 0) or 3 s into a paced load of 20,000 records/s over 100k keys (a transaction open at the kill). Detection: kill to the survivor's assignment of the dead one's partitions. Takeover: that assignment to every partition restored and served (`/readyz`, polled every 5 ms). Outputs settled: kill to every output record written before the kill being committed or aborted (the outputs' last stable offset past their high watermark at the kill), until which a read_committed consumer of the outputs sees nothing newer. Survivor RSS: its peak over the whole run.\n\n| keys | events | load | standbys | partitions moved | detection | takeover | records restored | outputs settled | survivor peak RSS |\n|---|---|---|---|---|---|---|---|---|---|\n",
         git_commit(),
@@ -240,7 +239,16 @@ pub fn write_report(runs: &[Failover], partitions: i32) {
     for r in runs {
         md.push_str(&format!(
             "| {} | {} | {}/s | {} | {} | {:.2} s | {:.3} s | {:.0} | {:.2} s | {:.0} MiB |\n",
-            r.keys, r.events, r.load_rate, r.standbys, r.moved, r.detect_seconds, r.takeover_seconds, r.restored_records, r.outputs_settled_seconds, r.survivor_peak_rss_mib
+            r.keys,
+            r.events,
+            r.load_rate,
+            r.standbys,
+            r.moved,
+            r.detect_seconds,
+            r.takeover_seconds,
+            r.restored_records,
+            r.outputs_settled_seconds,
+            r.survivor_peak_rss_mib
         ));
     }
     std::fs::write(dir.join("failover.md"), md).unwrap();

@@ -9,7 +9,7 @@ use tally::recovery::replay::{self, Plan};
 use tally::recovery::scope::Scope;
 use tally_topology::Inventory;
 
-use super::support::{http, start};
+use super::support::{assigned, start};
 
 /// (seconds, events processed, trusted) of a dry-run replay of `scope` over the config's flow.
 pub fn replay_time(config: &Path, scope: &[&str]) -> (f64, u64, bool) {
@@ -25,16 +25,6 @@ pub fn replay_time(config: &Path, scope: &[&str]) -> (f64, u64, bool) {
         eprintln!("replay {scope:?} untrusted: {:?}", ev.reasons);
     }
     (secs, ev.events_processed, ev.trusted())
-}
-
-fn assigned(port: u16) -> Option<(usize, usize)> {
-    let r = http(port, "/readyz")?;
-    let body = r.split("\r\n\r\n").nth(1)?;
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
-    Some((
-        v["partitions_assigned"].as_u64()? as usize,
-        v["partitions_restoring"].as_u64()? as usize,
-    ))
 }
 
 /// Starts two processors of one application (their own instance ids and state dirs), waits until

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 use tally::kafka::topics::{TopicRole, Topics};
-use tally::workload::{Kind, LoadSpec};
+use tally::workload::Kind;
 
 use super::support::*;
 
@@ -40,16 +40,7 @@ pub fn measure(
     topics
         .create(&input, partitions, 1, TopicRole::Log)
         .unwrap();
-    let spec = LoadSpec {
-        flow: tally::workload::Flow::Inventory,
-        events,
-        keys,
-        duplicates: 0.05,
-        invalid: 0.0,
-        conflicts: 0.0,
-        rate: 0,
-        seed: 5,
-    };
+    let spec = inventory_load(events, keys, 0, 5);
     let mut scale = Scale {
         keys,
         events,

@@ -165,6 +165,32 @@ pub fn http(port: u16, path: &str) -> Option<String> {
     Some(raw)
 }
 
+/// The benchmark's inventory workload: `events` over `keys` SKUs with 5% duplicates, paced at
+/// `rate` records/s (0: as fast as the broker takes them).
+pub fn inventory_load(events: u64, keys: u64, rate: u64, seed: u64) -> tally::workload::LoadSpec {
+    tally::workload::LoadSpec {
+        flow: tally::workload::Flow::Inventory,
+        events,
+        keys,
+        duplicates: 0.05,
+        invalid: 0.0,
+        conflicts: 0.0,
+        rate,
+        seed,
+    }
+}
+
+/// (assigned, restoring) partitions from `/readyz`.
+pub fn assigned(port: u16) -> Option<(usize, usize)> {
+    let r = http(port, "/readyz")?;
+    let body = r.split("\r\n\r\n").nth(1)?;
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    Some((
+        v["partitions_assigned"].as_u64()? as usize,
+        v["partitions_restoring"].as_u64()? as usize,
+    ))
+}
+
 pub fn wait_ready(port: u16, partitions: usize) {
     let want = format!("\"partitions_assigned\":{partitions},\"partitions_restoring\":0");
     let started = Instant::now();

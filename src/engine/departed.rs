@@ -126,6 +126,9 @@ mod tests {
         assert!(!claim("app-gone-1"), "its other partitions skip theirs");
         assert!(claim("app-gone-2"));
         release("app-gone-1");
-        assert!(claim("app-gone-1"), "a fence that did not happen can be tried again");
+        assert!(
+            claim("app-gone-1"),
+            "a fence that did not happen can be tried again"
+        );
     }
 }

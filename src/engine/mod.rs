@@ -71,9 +71,13 @@ pub struct LocalStore {
 /// (answers only when the query accepts stale state).
 #[derive(Clone)]
 pub enum StoreRole {
-    Task { active: Arc<AtomicBool> },
+    Task {
+        active: Arc<AtomicBool>,
+    },
     /// `lag`: records behind the changelog's end, -1 until first read.
-    Standby { lag: Arc<std::sync::atomic::AtomicI64> },
+    Standby {
+        lag: Arc<std::sync::atomic::AtomicI64>,
+    },
 }
 
 /// State shared by the poll loop and the rebalance callbacks.
@@ -119,6 +123,11 @@ pub(crate) fn run(
         (flows, producer)
     });
     let flows = flows?;
+    // A helper thread that cannot start (a process limit) stops the start as an IO error.
+    let thread_failed = |source| tally_state::StateError::Fs {
+        path: cfg.state_dir.clone(),
+        source,
+    };
     directory.set_flows(flows.iter().map(|f| {
         let located = crate::group::Located {
             input: f.input.clone(),
@@ -133,10 +142,7 @@ pub(crate) fn run(
             (*cfg.kafka).clone(),
             cfg.application_id.clone(),
         )
-        .map_err(|source| tally_state::StateError::Fs {
-            path: cfg.state_dir.clone(),
-            source,
-        })?;
+        .map_err(thread_failed)?;
     let producer = producer.map_err(|e| match crate::kafka::errors::fatal(&e) {
         Some(why) => EngineError::Fatal(format!("creating the producer: {why}: {e}")),
         None => e.into(),
@@ -166,10 +172,7 @@ pub(crate) fn run(
         (*cfg.kafka).clone(),
         cfg.application_id.clone(),
     )
-    .map_err(|source| tally_state::StateError::Fs {
-        path: cfg.state_dir.clone(),
-        source,
-    })?;
+    .map_err(thread_failed)?;
     let context = EngineContext::new(
         Arc::clone(&engine),
         Arc::clone(&health),
@@ -182,8 +185,7 @@ pub(crate) fn run(
     if cfg.static_membership {
         member.set("group.instance.id", cfg.instance());
     }
-    let consumer: Arc<BaseConsumer<EngineContext>> =
-        Arc::new(clients::create(&member, context)?);
+    let consumer: Arc<BaseConsumer<EngineContext>> = Arc::new(clients::create(&member, context)?);
     let inputs: Vec<&str> = flows.iter().map(|f| f.input.as_str()).collect();
     consumer.subscribe(&inputs)?;
     lock(&engine)

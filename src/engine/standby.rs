@@ -137,6 +137,8 @@ struct Tail {
     chunk: RestoreBatch,
     /// The changelog offset after the last record read.
     next: i64,
+    /// The changelog offset after the last record written to the store (what a query sees).
+    written: i64,
     watermark: i64,
     last_flush: Instant,
 }
@@ -150,6 +152,7 @@ impl Tail {
             lag,
             chunk: RestoreBatch::default(),
             next: 0,
+            written: 0,
             watermark: i64::MIN,
             last_flush: Instant::now(),
         }
@@ -169,10 +172,16 @@ impl Tail {
                 self.next = 0;
             }
         }
+        self.written = self.next;
         Ok(self.next)
     }
 
-    fn push(&mut self, key: &[u8], value: Option<&[u8]>, offset: i64) -> Result<(), tally_state::StateError> {
+    fn push(
+        &mut self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        offset: i64,
+    ) -> Result<(), tally_state::StateError> {
         self.chunk.push(key, value);
         self.next = offset + 1;
         if self.chunk.dedupe_is_full() {
@@ -182,6 +191,13 @@ impl Tail {
             self.flush()?;
         }
         Ok(())
+    }
+
+    fn set_lag(&self, lag: i64) {
+        self.lag.store(lag, Ordering::Relaxed);
+        ::metrics::gauge!("tally_standby_lag_records", "flow" => self.flow.name.clone(),
+            "partition" => self.partition.to_string())
+        .set(lag as f64);
     }
 
     /// Writes what was read, with the checkpoint it reaches.
@@ -200,6 +216,7 @@ impl Tail {
         };
         let records = self.chunk.len() as u64;
         self.store.restore(&mut self.chunk)?;
+        self.written = self.next;
         ::metrics::counter!("tally_standby_records_total", "flow" => self.flow.name.clone())
             .increment(records);
         Ok(())
@@ -235,7 +252,11 @@ impl Tailer {
 
     fn run(mut self, rx: &Receiver<Command>) {
         loop {
-            let wait = if self.tails.is_empty() { Duration::from_secs(1) } else { Duration::ZERO };
+            let wait = if self.tails.is_empty() {
+                Duration::from_secs(1)
+            } else {
+                Duration::ZERO
+            };
             match rx.recv_timeout(wait) {
                 Ok(cmd) => {
                     self.command(cmd);
@@ -318,7 +339,11 @@ impl Tailer {
             }
         };
         let mut tpl = TopicPartitionList::new();
-        let offset = if from > 0 { Offset::Offset(from) } else { Offset::Beginning };
+        let offset = if from > 0 {
+            Offset::Offset(from)
+        } else {
+            Offset::Beginning
+        };
         if tpl.add_partition_offset(&topic, partition, offset).is_err()
             || reader.incremental_assign(&tpl).is_err()
         {
@@ -326,6 +351,10 @@ impl Tailer {
             return;
         }
         tracing::info!(flow = %tail.flow.name, partition, from, "standby started");
+        if high != i64::MAX {
+            // Behind by the whole way until its first reading, never "current" before it.
+            tail.set_lag((high - from).max(0));
+        }
         self.tails.insert((topic, partition), tail);
     }
 
@@ -342,7 +371,9 @@ impl Tailer {
                 Ok(m) => {
                     let key = (m.topic().to_string(), m.partition());
                     if let Some(tail) = self.tails.get_mut(&key) {
-                        if let Err(e) = tail.push(m.key().unwrap_or_default(), m.payload(), m.offset()) {
+                        if let Err(e) =
+                            tail.push(m.key().unwrap_or_default(), m.payload(), m.offset())
+                        {
                             tracing::warn!(topic = %key.0, partition = key.1, error = %e, "a standby cannot apply its changelog; starting it over");
                             failed.push(key);
                         }
@@ -377,27 +408,30 @@ impl Tailer {
         }
     }
 
-    /// Records behind the changelog's end, per standby: the end less the reader's position.
+    /// Records behind the changelog's end, per standby: the end less what its store holds (the
+    /// reader's position once everything read is written).
     fn read_lag(&self) {
         let Some(reader) = self.reader.as_ref() else {
             return;
         };
         let positions = reader.position().ok();
         for ((topic, partition), tail) in &self.tails {
-            let Ok((_, high)) = reader.fetch_watermarks(topic, *partition, Duration::from_secs(1)) else {
+            let Ok((_, high)) = reader.fetch_watermarks(topic, *partition, Duration::from_secs(1))
+            else {
                 continue;
             };
-            let at = positions
-                .as_ref()
-                .and_then(|p| p.find_partition(topic, *partition))
-                .and_then(|e| e.offset().to_raw())
-                .unwrap_or(0)
-                .max(tail.next);
-            let lag = (high - at).max(0);
-            tail.lag.store(lag, Ordering::Relaxed);
-            ::metrics::gauge!("tally_standby_lag_records", "flow" => tail.flow.name.clone(),
-                "partition" => partition.to_string())
-            .set(lag as f64);
+            // The position counts the transaction markers past the last record read.
+            let at = if tail.chunk.is_empty() {
+                positions
+                    .as_ref()
+                    .and_then(|p| p.find_partition(topic, *partition))
+                    .and_then(|e| e.offset().to_raw())
+                    .unwrap_or(0)
+                    .max(tail.next)
+            } else {
+                tail.written
+            };
+            tail.set_lag((high - at).max(0));
         }
     }
 }

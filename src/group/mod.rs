@@ -163,7 +163,10 @@ impl Directory {
         if f.partitions <= 0 || key.is_empty() {
             return None;
         }
-        Some((f.input.clone(), f.partitioner.partition(key.as_bytes(), f.partitions)))
+        Some((
+            f.input.clone(),
+            f.partitioner.partition(key.as_bytes(), f.partitions),
+        ))
     }
 
     /// The other instance that owned `topic`'s `partition` before this one, as stable views
@@ -185,7 +188,11 @@ impl Directory {
 
     /// The latest view, unless the broker has not answered for a while.
     pub fn view(&self) -> Option<Arc<GroupView>> {
-        let view = self.view.read().unwrap_or_else(|p| p.into_inner()).clone()?;
+        let view = self
+            .view
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
         (view.read_at.elapsed() < STALE_AFTER).then_some(view)
     }
 
@@ -231,7 +238,10 @@ impl Directory {
     pub fn describe(&self) -> Option<Arc<GroupView>> {
         let mut guard = self.describer.lock().unwrap_or_else(|p| p.into_inner());
         let d = guard.as_mut()?;
-        let list = match d.client.fetch_group_list(Some(&d.group), Duration::from_secs(5)) {
+        let list = match d
+            .client
+            .fetch_group_list(Some(&d.group), Duration::from_secs(5))
+        {
             Ok(list) => list,
             Err(e) => {
                 tracing::debug!(error = %e, "describing the group failed; retrying");

@@ -49,7 +49,9 @@ mod tests {
     #[test]
     fn one_owners_partitions_spread_their_standbys_over_the_others() {
         let members = ["a", "b", "c", "d"];
-        let holders: BTreeSet<_> = (0..12).flat_map(|p| standbys(&members, "a", p, 1)).collect();
+        let holders: BTreeSet<_> = (0..12)
+            .flat_map(|p| standbys(&members, "a", p, 1))
+            .collect();
         assert_eq!(holders, BTreeSet::from(["b", "c", "d"]));
     }
 

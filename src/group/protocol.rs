@@ -80,7 +80,10 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], Unreadable> {
         let end = self.at.checked_add(n).ok_or_else(|| self.unreadable())?;
-        let slice = self.bytes.get(self.at..end).ok_or_else(|| self.unreadable())?;
+        let slice = self
+            .bytes
+            .get(self.at..end)
+            .ok_or_else(|| self.unreadable())?;
         self.at = end;
         Ok(slice)
     }

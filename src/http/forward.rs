@@ -116,11 +116,7 @@ where
         .await
         .map_err(|e| e.to_string())?;
     let (parts, body) = response.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
     Ok(Answer {
         status: parts.status,
         headers: parts.headers,

@@ -133,7 +133,10 @@ pub(super) async fn state(
             format!("key `{key}` is owned by `{owner}`, which advertises no application_server"),
         );
     };
-    let mut pass = vec![(FORWARDED_BY, HeaderValue::from_str(&me).unwrap_or(HeaderValue::from_static("tally")))];
+    let mut pass = vec![(
+        FORWARDED_BY,
+        HeaderValue::from_str(&me).unwrap_or(HeaderValue::from_static("tally")),
+    )];
     if let Some(auth) = headers.get(header::AUTHORIZATION) {
         pass.push((header::AUTHORIZATION, auth.clone()));
     }
@@ -145,7 +148,13 @@ pub(super) async fn state(
     match s.forward.get(&server, &path, &pass).await {
         Ok(a) => {
             let mut r = (a.status, a.body).into_response();
-            for name in [header::CONTENT_TYPE, header::RETRY_AFTER, SERVED_BY, PARTITION, STANDBY_LAG] {
+            for name in [
+                header::CONTENT_TYPE,
+                header::RETRY_AFTER,
+                SERVED_BY,
+                PARTITION,
+                STANDBY_LAG,
+            ] {
                 if let Some(v) = a.headers.get(&name) {
                     r.headers_mut().insert(name, v.clone());
                 }
@@ -187,9 +196,7 @@ pub(super) async fn owners(
     let Some(view) = s.directory.view() else {
         return moving("the group has not been described yet".into());
     };
-    let who = |m: &crate::group::Member| {
-        serde_json::json!({ "instance": m.instance, "server": m.server })
-    };
+    let who = |m: &crate::group::Member| serde_json::json!({ "instance": m.instance, "server": m.server });
     let active = view.owner(&topic, partition);
     let standbys: Vec<_> = view
         .standbys(&topic, partition, s.directory.replicas())

@@ -52,7 +52,12 @@ impl<'a> Fleet<'a> {
 
     /// kill -9 of processor `i`, then a restart with the same instance id (and `hook`).
     pub fn kill_and_restart(&mut self, i: usize, hook: &[(&str, &str)]) {
-        let env: Vec<(&str, &str)> = self.env.iter().copied().chain(hook.iter().copied()).collect();
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .copied()
+            .chain(hook.iter().copied())
+            .collect();
         let (name, p, hooked) = &mut self.procs[i];
         if let Some(p) = p.take() {
             p.kill9();

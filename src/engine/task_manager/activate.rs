@@ -9,9 +9,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Restored, TaskId, TaskManager};
-use crate::engine::StoreRole;
 use crate::config::ProcessingGuarantee;
 use crate::engine::restore::RestoreJob;
+use crate::engine::StoreRole;
 
 /// A running restore as the engine sees it: to cancel it, and to see it read on.
 #[derive(Clone, Default)]

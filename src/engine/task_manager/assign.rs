@@ -88,7 +88,11 @@ impl TaskManager {
     /// The store of a partition: open already (a store stays open for the life of the process:
     /// sled locks its files, and a restore thread of an earlier assignment may hold a handle),
     /// or opened now.
-    pub(super) fn open_store(&mut self, flow_idx: usize, partition: i32) -> Result<Store, EngineError> {
+    pub(super) fn open_store(
+        &mut self,
+        flow_idx: usize,
+        partition: i32,
+    ) -> Result<Store, EngineError> {
         if let Some(s) = self.open_stores.get(&(flow_idx, partition)) {
             return Ok(s.clone());
         }

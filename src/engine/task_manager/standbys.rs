@@ -42,7 +42,11 @@ impl TaskManager {
                 }
             }
         }
-        let stale: Vec<TaskId> = self.standbys.held().filter(|id| !wanted.contains(id)).collect();
+        let stale: Vec<TaskId> = self
+            .standbys
+            .held()
+            .filter(|id| !wanted.contains(id))
+            .collect();
         for id in stale {
             self.standbys.drop_later(id);
             self.stores.remove(&(self.flows[id.0].name.clone(), id.1));
