@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientContext;
@@ -29,25 +30,82 @@ pub enum ProbeError {
     Client(#[from] KafkaError),
 }
 
-/// A client context that keeps the last error librdkafka reported, to say why a call timed out.
+/// A client context that keeps the errors librdkafka reported, to say why a call timed out.
 #[derive(Default)]
-pub struct LastError(Mutex<Option<(RDKafkaErrorCode, String)>>);
+pub struct ClientErrors(Mutex<Vec<(RDKafkaErrorCode, String)>>);
 
-impl LastError {
-    fn take(&self) -> Option<(RDKafkaErrorCode, String)> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+/// Errors kept between two reads at most (the probe reads them every half second).
+const KEPT: usize = 64;
+
+impl ClientErrors {
+    fn keep(&self, code: RDKafkaErrorCode, why: &str) {
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() < KEPT {
+            kept.push((code, why.to_string()));
+        }
+    }
+
+    fn take(&self) -> Vec<(RDKafkaErrorCode, String)> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
-impl ClientContext for LastError {
+impl ClientContext for ClientErrors {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        // A refused handshake is always logged but its error event is not always queued (a
+        // start under load then ended as "unreachable" instead of naming the refusal).
+        if let Some(code) = logged_refusal(level, message) {
+            self.keep(code, message);
+        }
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         let code = error.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
         tracing::debug!(%error, reason, "kafka client error while connecting");
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((code, reason.to_string()));
+        self.keep(code, reason);
     }
 }
 
-impl ConsumerContext for LastError {}
+impl ConsumerContext for ClientErrors {}
+
+/// The refusal an error-level librdkafka log line reports, if it reports one.
+fn logged_refusal(level: RDKafkaLogLevel, message: &str) -> Option<RDKafkaErrorCode> {
+    let error = matches!(
+        level,
+        RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+    );
+    if !error {
+        None
+    } else if message.contains("SSL handshake failed")
+        || message.contains("certificate verify failed")
+    {
+        Some(RDKafkaErrorCode::SSL)
+    } else if message.contains("SASL authentication error") {
+        Some(RDKafkaErrorCode::Authentication)
+    } else {
+        None
+    }
+}
 
 /// Whether an error says the cluster refused this client (no retry helps).
 fn refused(code: RDKafkaErrorCode) -> bool {
@@ -63,9 +121,9 @@ fn refused(code: RDKafkaErrorCode) -> bool {
 }
 
 /// The errors of the client's pending events: librdkafka hands a connection error to the error
-/// callback (the context) or queues it as an event that `poll` returns, whichever path its
-/// queues take; both are read, every pending event of one call, refusals first.
-fn served_errors(client: &BaseConsumer<LastError>) -> Vec<(RDKafkaErrorCode, String)> {
+/// callback or queues it as an event that `poll` returns, whichever path its queues take, and
+/// logs it; all three are read, every pending event of one call, refusals last (they win).
+fn served_errors(client: &BaseConsumer<ClientErrors>) -> Vec<(RDKafkaErrorCode, String)> {
     let mut seen = Vec::new();
     for _ in 0..1000 {
         match client.poll(Duration::ZERO) {
@@ -89,9 +147,9 @@ pub fn check(
     passthrough: &BTreeMap<String, String>,
     limit: Duration,
 ) -> Result<(), ProbeError> {
-    let client: BaseConsumer<LastError> = super::clients::create(
+    let client: BaseConsumer<ClientErrors> = super::clients::create(
         &super::clients::base(bootstrap, passthrough),
-        LastError::default(),
+        ClientErrors::default(),
     )?;
     let started = Instant::now();
     let mut last = None;
@@ -128,5 +186,42 @@ pub fn check(
             }
             (Err(_), _) => std::thread::sleep(Duration::from_millis(100)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rstest::rstest;
+
+    use super::*;
+
+    #[rstest]
+    #[case::unknown_ca(
+        RDKafkaLogLevel::Error,
+        "sasl_ssl://127.0.0.1:19192/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed",
+        Some(RDKafkaErrorCode::SSL)
+    )]
+    #[case::short_form(
+        RDKafkaLogLevel::Error,
+        "sasl_ssl://127.0.0.1:19192/bootstrap: error:0A000086:SSL routines::certificate verify failed (after 3ms in state SSL_HANDSHAKE)",
+        Some(RDKafkaErrorCode::SSL)
+    )]
+    #[case::wrong_password(
+        RDKafkaLogLevel::Error,
+        "sasl_ssl://127.0.0.1:19192/bootstrap: SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512",
+        Some(RDKafkaErrorCode::Authentication)
+    )]
+    #[case::nothing_listens(
+        RDKafkaLogLevel::Error,
+        "127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection refused",
+        None
+    )]
+    #[case::only_a_warning(RDKafkaLogLevel::Warning, "SSL handshake failed", None)]
+    fn a_refusal_is_read_from_its_log_line(
+        #[case] level: RDKafkaLogLevel,
+        #[case] message: &str,
+        #[case] refusal: Option<RDKafkaErrorCode>,
+    ) {
+        assert_eq!(logged_refusal(level, message), refusal);
     }
 }
