@@ -106,7 +106,7 @@ fn describe() {
     );
     metrics::describe_gauge!(
         "tally_standby_partitions",
-        "Standby replicas this instance keeps"
+        "Standby replicas running on this instance"
     );
     metrics::describe_counter!(
         "tally_standby_records_total",

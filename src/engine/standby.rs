@@ -305,6 +305,7 @@ impl Tailer {
                             "partition" => partition.to_string())
                         .set(0.0);
                     }
+                    self.count_running();
                     if let Some(reader) = self.reader.as_ref() {
                         let mut tpl = TopicPartitionList::new();
                         tpl.add_partition(&key.0, key.1);
@@ -356,6 +357,13 @@ impl Tailer {
             tail.set_lag((high - from).max(0));
         }
         self.tails.insert((topic, partition), tail);
+        self.count_running();
+    }
+
+    /// Standbys counted once they run, each with its lag set: "every standby current" is never
+    /// read from standbys still starting.
+    fn count_running(&self) {
+        ::metrics::gauge!("tally_standby_partitions").set(self.tails.len() as f64);
     }
 
     /// Reads what arrived, writes what waited long enough, reads the lag now and then.
@@ -401,6 +409,7 @@ impl Tailer {
                 tail.chunk = RestoreBatch::default();
                 self.add(tail);
             }
+            self.count_running();
         }
         if self.last_lag.elapsed() >= LAG_EVERY {
             self.last_lag = Instant::now();

@@ -73,7 +73,6 @@ impl TaskManager {
                 },
             );
         }
-        ::metrics::gauge!("tally_standby_partitions").set(self.standbys.held().count() as f64);
     }
 
     /// Under exactly_once, fences (on threads of their own, while the restores run) the other
