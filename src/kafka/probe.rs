@@ -34,15 +34,16 @@ pub enum ProbeError {
 #[derive(Default)]
 pub struct ClientErrors(Mutex<Vec<(RDKafkaErrorCode, String)>>);
 
-/// Errors kept between two reads at most (the probe reads them every half second).
+/// Errors kept between two reads at most, the latest (the probe reads them every half second).
 const KEPT: usize = 64;
 
 impl ClientErrors {
     fn keep(&self, code: RDKafkaErrorCode, why: &str) {
         let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if kept.len() < KEPT {
-            kept.push((code, why.to_string()));
+        if kept.len() >= KEPT {
+            kept.remove(0);
         }
+        kept.push((code, why.to_string()));
     }
 
     fn take(&self) -> Vec<(RDKafkaErrorCode, String)> {

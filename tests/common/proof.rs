@@ -9,7 +9,7 @@ use std::process::Command;
 use tally::oracle::OracleReport;
 use tally::workload::{Flow, LoadReport};
 use tally_state::bundle::decode_bundle;
-use tally_state::{ChangelogKey, RecordKind, Store, StoreOptions};
+use tally_state::{ChangelogKey, DedupeEntry, RecordKind, Store, StoreOptions};
 use tally_topology::{Inventory, Ledger, Projection};
 
 use super::{read_all_on, Setup};
@@ -215,10 +215,24 @@ pub fn stores_differ_from_changelog(setup: &Setup, instances: &[&str]) -> Vec<St
                     None => diffs.push(format!("p{p} state {}: not in changelog", show(&k))),
                 }
             }
-            let mut ids = want_ids.get(&p).cloned().unwrap_or_default();
+            // Entries past the retention as of the store's watermark are ignored by lookups;
+            // each copy sweeps them (and the owner tombstones their bundles) in its own time.
+            let watermark = store
+                .checkpoint()
+                .ok()
+                .flatten()
+                .map_or(i64::MIN, |c| c.watermark_ms);
+            let live_from = watermark.saturating_sub(setup.dedupe_retention.as_millis() as i64);
+            let mut ids: BTreeSet<Vec<u8>> = want_ids
+                .get(&p)
+                .into_iter()
+                .flatten()
+                .filter(|(_, t)| **t >= live_from)
+                .map(|(id, _)| id.clone())
+                .collect();
             for item in store.dedupe_entries() {
-                let (id, _) = item.expect("read dedupe entry");
-                if !ids.remove(&id) {
+                let (id, entry) = item.expect("read dedupe entry");
+                if entry.event_time_ms >= live_from && !ids.remove(&id) {
                     diffs.push(format!("p{p} dedupe {}: not in changelog", show(&id)));
                 }
             }
@@ -239,19 +253,20 @@ pub fn stores_differ_from_changelog(setup: &Setup, instances: &[&str]) -> Vec<St
 }
 
 /// Takes the dedupe records (per-id ones and bundles) out of `contents` and returns the ids
-/// they hold, per partition.
+/// they hold with their event times, per partition.
 fn take_dedupe_ids(
     contents: &mut HashMap<(i32, Vec<u8>), Vec<u8>>,
-) -> HashMap<i32, BTreeSet<Vec<u8>>> {
-    let mut ids: HashMap<i32, BTreeSet<Vec<u8>>> = HashMap::new();
+) -> HashMap<i32, BTreeMap<Vec<u8>, i64>> {
+    let mut ids: HashMap<i32, BTreeMap<Vec<u8>, i64>> = HashMap::new();
     contents.retain(|(p, k), v| {
         let set = ids.entry(*p).or_default();
         match ChangelogKey::parse(k).map(|k| (k.kind, k.id)) {
             Ok((RecordKind::Dedupe, id)) => {
-                set.insert(id.to_vec());
+                let entry = DedupeEntry::decode(v).expect("a readable dedupe entry");
+                set.insert(id.to_vec(), entry.event_time_ms);
             }
-            Ok((RecordKind::Bundle, _)) => decode_bundle(v, |id, _| {
-                set.insert(id.to_vec());
+            Ok((RecordKind::Bundle, _)) => decode_bundle(v, |id, e| {
+                set.insert(id.to_vec(), e.event_time_ms);
             })
             .expect("a readable dedupe bundle"),
             _ => return true,
